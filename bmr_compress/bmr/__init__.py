@@ -1,0 +1,1 @@
+"""bmr stage (see docs/INTERNALS.md)."""

@@ -1,0 +1,1 @@
+"""cli stage (see docs/INTERNALS.md)."""

@@ -1,0 +1,1 @@
+"""surgery stage (see docs/INTERNALS.md)."""

@@ -1,0 +1,1 @@
+"""variational stage (see docs/INTERNALS.md)."""

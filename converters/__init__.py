@@ -1,0 +1,1 @@
+"""Format converters users run on their own files; each verifies what it wrote."""

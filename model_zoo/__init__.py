@@ -1,0 +1,1 @@
+"""Model-zoo recipes (TOML), shipped as package data."""
