@@ -14,12 +14,13 @@ stamp="$VENV/.bmr-installed"
 want="$(cat "$ROOT/pyproject.toml" "$ROOT/constraints.txt" 2>/dev/null | sha256sum | cut -d' ' -f1)"
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
   echo "[env] installing bmr-compress and its dependencies into $VENV" >&2
-  python -m pip install -q --upgrade pip >/dev/null
+  # pip's own notes about unreachable extra indexes are noise here; real errors still show
+  _quiet() { "$@" 2> >(grep -v -E "Location .* is ignored|^\s*$" >&2); }
   # torch first, pinned: pip picks the CPU wheel on machines that carry one locally and
   # the default (CUDA on Linux) wheel elsewhere; the project's own range (torch>=2.4)
   # is then already satisfied and pulls nothing more.
-  python -m pip install -q "torch==${BMR_TORCH_VERSION:-2.13.0}"
-  python -m pip install -q -c "$ROOT/constraints.txt" -e "$ROOT[test]"
+  _quiet python -m pip install -q "torch==${BMR_TORCH_VERSION:-2.13.0}"
+  _quiet python -m pip install -q -c "$ROOT/constraints.txt" -e "$ROOT[test]"
   echo "$want" > "$stamp"
 fi
 export PYTHONHASHSEED="${PYTHONHASHSEED:-0}"
