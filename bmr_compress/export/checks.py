@@ -1,0 +1,199 @@
+"""The individual checks behind `validate`; each appends `Check`s to a `ValidationResult`."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from bmr_compress.export.validation import (
+    ValidationResult,
+    ValidationSettings,
+    _sample_dims,
+    _to_numpy,
+    _torch_out,
+    make_inputs_like,
+    max_positions,
+    parity_shapes,
+)
+from bmr_compress.tasks import Task
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+
+log = logging.getLogger(__name__)
+
+
+def initializer_bytes(path: Path) -> tuple[int, int]:
+    """(stored, dense) bytes of an ONNX file's initializers (sparse: values + indices)."""
+    import onnx
+
+    from bmr_compress.export.onnx_export import _dense_bytes_of_sparse, _stored_bytes, _tensor_bytes
+
+    proto = onnx.load(str(path), load_external_data=False)  # sizes come from dims
+    dense = sum(_tensor_bytes(t) for t in proto.graph.initializer)
+    dense += sum(_dense_bytes_of_sparse(s) for s in proto.graph.sparse_initializer)
+    return _stored_bytes(proto), dense
+
+
+def onnx_file_bytes(path: Path) -> int:
+    data = path.with_name(path.name + ".data")
+    return path.stat().st_size + (data.stat().st_size if data.exists() else 0)
+
+
+def check_onnx_files(res: ValidationResult, paths: dict[str, Path]) -> bool:
+    import onnx
+    import onnxruntime as ort
+
+    ok = True
+    for label, path in paths.items():
+        try:
+            # full_check adds strict shape inference, which rejects sparse_initializer inputs
+            # (ORT densifies those at load); use it on dense graphs only.
+            head = onnx.load(str(path), load_external_data=False)
+            onnx.checker.check_model(str(path), full_check=not head.graph.sparse_initializer)
+            ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+            ok &= res.add(f"onnx_checker[{label}]", True, f"{path.name}: checker and ORT load ok")
+        except Exception as e:  # noqa: BLE001 - any failure is a failed check, reported
+            ok &= res.add(f"onnx_checker[{label}]", False, f"{path}: {type(e).__name__}: {_one_line(e)}")
+    return ok
+
+
+def check_finite(res: ValidationResult, model: nn.Module) -> None:
+    import torch
+
+    bad = [n for n, t in model.state_dict().items() if t.is_floating_point() and not torch.isfinite(t).all()]
+    res.add("finite_parameters", not bad,
+            "all parameters finite" if not bad else f"NaN/Inf in {len(bad)} tensors, e.g. {bad[:3]}")
+
+
+def check_parity(
+    res: ValidationResult, model: nn.Module, path: Path, sample: dict[str, torch.Tensor],
+    st: ValidationSettings,
+) -> None:
+    import numpy as np
+
+    from bmr_compress.export.latency import cpu_session
+
+    shapes = list(st.parity_shapes) if st.parity_shapes else parity_shapes(sample, max_positions(model))
+    sess = cpu_session(path)
+    res.parity = {"atol": st.atol, "rtol": st.rtol, "export_shape": list(_sample_dims(sample)), "shapes": []}
+    worst = 0.0
+    all_ok = True
+    for i, (b, s) in enumerate(shapes):
+        try:
+            batch = make_inputs_like(sample, b, s, seed=st.seed + i)
+            ref = _torch_out(model, batch)
+            got = sess.run(None, _to_numpy(batch))[0]
+            if got.shape != ref.shape:
+                raise ValueError(f"ORT output shape {got.shape} != PyTorch {ref.shape}")
+            err = np.abs(got - ref)
+            ok = bool(np.isfinite(got).all()) and bool((err <= st.atol + st.rtol * np.abs(ref)).all())
+            max_abs = float(np.nan_to_num(err, nan=np.inf).max()) if err.size else 0.0
+            res.parity["shapes"].append({"batch": b, "seq": s, "max_abs_error": max_abs,
+                                         "max_abs_reference": float(np.abs(ref).max()), "passed": ok})
+        except Exception as e:  # noqa: BLE001
+            ok, max_abs = False, float("inf")
+            res.parity["shapes"].append({"batch": b, "seq": s, "error": _one_line(e), "passed": False})
+        worst = max(worst, max_abs)
+        all_ok &= ok
+    res.parity["max_abs_error"] = worst
+    res.add("onnx_parity", all_ok,
+            f"ORT vs PyTorch at {shapes}: max |err| {worst:.3g} (atol {st.atol}, rtol {st.rtol})", worst)
+
+
+def check_sizes(res: ValidationResult, path: Path, original: Path) -> None:
+    stored_c, dense_c = initializer_bytes(path)
+    stored_o, dense_o = initializer_bytes(original)
+    res.sizes = {"onnx_file_bytes": {"original": onnx_file_bytes(original), "compressed": onnx_file_bytes(path)},
+                 "onnx_initializer_bytes": {"original": stored_o, "compressed": stored_c},
+                 "onnx_dense_initializer_bytes": {"original": dense_o, "compressed": dense_c}}
+    res.add("size_not_larger", stored_c <= stored_o,
+            f"ONNX initializer bytes {stored_o} -> {stored_c}", {"original": stored_o, "compressed": stored_c})
+
+
+def check_latency(
+    res: ValidationResult, model: nn.Module, paths: dict[str, Path], sample: dict[str, torch.Tensor],
+    st: ValidationSettings,
+) -> None:
+    from bmr_compress.export.latency import measure_latency
+
+    _, s = _sample_dims(sample)
+    seq = st.latency_seq or s
+    cap = max_positions(model)
+    if seq is not None and cap is not None:
+        seq = min(seq, cap)
+    try:
+        batch = make_inputs_like(sample, st.latency_batch, seq, seed=st.seed + 99)
+        res.latency = measure_latency({k: str(v) for k, v in paths.items()}, _to_numpy(batch),
+                                      threads=st.latency_threads, runs=st.latency_runs,
+                                      warmup=st.latency_warmup)
+        res.latency.update({"batch": st.latency_batch, "seq": seq})
+        res.add("latency_measured", True,
+                f"median {res.latency['original']['median_ms']:.3g} -> "
+                f"{res.latency['compressed']['median_ms']:.3g} ms ({st.latency_threads} threads)")
+    except Exception as e:  # noqa: BLE001
+        res.add("latency_measured", False, f"ORT latency run failed: {_one_line(e)}")
+
+
+_GATES = {  # task -> (settings field, higher is better)
+    Task.CLASSIFICATION: ("min_top1_agreement", True),
+    Task.EMBEDDING: ("min_cosine", True),
+    Task.CAUSAL_LM: ("max_perplexity_ratio", False),
+    Task.REGRESSION: ("min_r2", True),
+}
+
+
+def check_metric(
+    res: ValidationResult, original: nn.Module, compressed: nn.Module,
+    batches: Iterable[dict[str, torch.Tensor]], task: Task | str, st: ValidationSettings,
+) -> None:
+    from bmr_compress.export.metrics import task_metric
+
+    task = Task.parse(task) if isinstance(task, str) else task
+    key, higher = _GATES[task]
+    limit = getattr(st, key)
+    try:
+        res.metric = task_metric(original, compressed, batches, task)
+    except Exception as e:  # noqa: BLE001
+        res.add("task_metric", False, f"task metric failed: {_one_line(e)}")
+        return
+    v = res.metric["gate"]
+    ok = v >= limit if higher else v <= limit
+    res.metric["threshold"] = {key: limit}
+    res.add("task_metric", ok, f"{res.metric['name']} {v:.4g} ({'>=' if higher else '<='} {limit})", v)
+
+
+def check_int8(
+    res: ValidationResult, path: Path, fp32_path: Path | None, sample: dict[str, torch.Tensor],
+    model: nn.Module, st: ValidationSettings,
+) -> None:
+    import numpy as np
+
+    from bmr_compress.export.latency import cpu_session
+
+    if not check_onnx_files(res, {"int8": path}) or fp32_path is None:
+        return
+    try:
+        q, f = cpu_session(path), cpu_session(fp32_path)
+        errs = []
+        for i, (b, s) in enumerate(parity_shapes(sample, max_positions(model))):
+            feed = _to_numpy(make_inputs_like(sample, b, s, seed=st.seed + 10 + i))
+            yq, yf = q.run(None, feed)[0], f.run(None, feed)[0]
+            errs.append(float(np.linalg.norm(yq - yf) / max(float(np.linalg.norm(yf)), 1e-12)))
+        worst = max(errs)
+        stored, _ = initializer_bytes(path)
+        res.int8 = {"path": path.name, "file_bytes": onnx_file_bytes(path), "initializer_bytes": stored,
+                    "rel_error_vs_fp32": errs, "max_rel_error": st.int8_max_rel_error}
+        res.add("int8_parity", bool(np.isfinite(worst)) and worst <= st.int8_max_rel_error,
+                f"int8 vs fp32 ORT relative L2 error {worst:.3g} (<= {st.int8_max_rel_error})", worst)
+    except Exception as e:  # noqa: BLE001
+        res.add("int8_parity", False, f"int8 validation failed: {_one_line(e)}")
+
+
+def _one_line(e: BaseException) -> str:
+    return " ".join(str(e).split())[:300]
+
+
