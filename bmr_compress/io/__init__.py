@@ -1,1 +1,29 @@
-"""io stage (see docs/INTERNALS.md)."""
+"""I/O stage (docs/INTERNALS.md §5): sources, recipes, data, atomic writes, hub push.
+
+Importing this package does not import torch; names resolve lazily on first use.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "resolve_source": "sources", "LoadedSource": "sources", "parse_hub_spec": "sources",
+    "load_weight_file": "sources", "package_snapshot_dir": "sources",
+    "load_recipe": "recipes", "Recipe": "recipes", "recipe_names": "recipes",
+    "DataSpec": "recipes", "SourceSpec": "recipes", "RecipeSettings": "recipes", "TrainSpec": "recipes",
+    "make_dataset": "data", "DataBundle": "data", "parse_data_spec": "data",
+    "digits_split": "digits", "docstring_corpus": "corpus",
+    "atomic_output_dir": "atomic", "check_output_dir": "atomic",
+    "push_to_hub": "hub", "PushResult": "hub",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+__all__ = sorted(_EXPORTS)

@@ -1,0 +1,51 @@
+"""`bmr-compress compress`: the whole pipeline (bmr_compress.pipeline.compress)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import click
+
+from bmr_compress.cli.options import (
+    common_options, data_options, emit, fit_options, out_options, plan_options, run_command,
+    source_options, compress_settings,
+)
+
+EPILOG = """\b
+Examples:
+  bmr-compress compress zoo:mlp-digits --out out/mlp
+  bmr-compress compress zoo:all-minilm-l6-v2 --out out/minilm --steps 100 --round-to 8
+  bmr-compress compress openai-community/gpt2@607a30d --out out/gpt2 --size-budget 0.7
+  bmr-compress compress weights.safetensors --recipe lenet5-digits --out out/lenet --int8 --json
+"""
+
+
+def _human(result: Any) -> str:
+    lines = [f"wrote {result.out}"]
+    for k, v in (getattr(result, "summary", None) or {}).items():
+        lines.append(f"  {k}: {v}")
+    return "\n".join(lines)
+
+
+@click.command("compress", epilog=EPILOG)
+@source_options
+@out_options
+@data_options
+@fit_options
+@plan_options
+@click.option("--int8", is_flag=True, help="Also write an int8-quantised ONNX model.")
+@common_options
+@run_command
+def command(as_json: bool, debug: bool, verbose: bool, **opts: Any) -> None:
+    """Compress SOURCE into --out: model.safetensors, model.onnx, bmr_manifest.json,
+    posterior.safetensors and report.json/.md.
+
+    SOURCE is a hub id (org/name[@rev]), a local hub snapshot directory, zoo:RECIPE,
+    or a .safetensors / .pt state-dict file together with --recipe.
+    """
+    from bmr_compress import pipeline
+
+    result = pipeline.compress(compress_settings(opts, what="compress", progress=verbose))
+    emit(result, as_json, _human)
+
+

@@ -1,0 +1,33 @@
+"""`bmr-compress finetune`: fit the variational posterior only (pipeline.finetune_only)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import click
+
+from bmr_compress.cli.options import (
+    common_options, compress_settings, data_options, emit, fit_options, out_options,
+    pipeline_function, run_command, source_options,
+)
+
+EPILOG = """\b
+Examples:
+  bmr-compress finetune zoo:mlp-digits --out fit/mlp --steps 300
+  bmr-compress finetune zoo:all-minilm-l6-v2 --out fit/minilm --gates bmrs_n --json
+Then: bmr-compress reduce fit/mlp --out out/mlp --size-budget 0.5
+"""
+
+
+@click.command("finetune", epilog=EPILOG)
+@source_options
+@out_options
+@data_options
+@fit_options
+@common_options
+@run_command
+def command(as_json: bool, debug: bool, verbose: bool, **opts: Any) -> None:
+    """Wrap SOURCE in a Gaussian posterior, fine-tune it briefly and write
+    posterior.safetensors (+ the settings needed to reload the source) into --out."""
+    settings = compress_settings(opts, what="finetune", progress=verbose)
+    emit(pipeline_function("finetune_only")(settings), as_json)

@@ -1,0 +1,89 @@
+"""`bmr-compress inspect`: what the tool sees in a checkpoint (family, prunable units, coverage)."""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import Any
+
+import click
+
+from bmr_compress.cli.options import common_options, emit, run_command, source_options
+
+EPILOG = """\b
+Examples:
+  bmr-compress inspect zoo:all-minilm-l6-v2
+  bmr-compress inspect ./my-snapshot --json
+  bmr-compress inspect weights.safetensors --recipe mlp-digits
+"""
+
+
+def example_inputs(source: Any) -> dict[str, Any]:
+    """A small batch (B=2) the model accepts, for tracing its coupling graph."""
+    import torch
+
+    cfg = source.config
+    get = cfg.get if isinstance(cfg, dict) else lambda k, d=None: getattr(cfg, k, d)
+    tok = source.tokenizer_or_processor
+    if get("image_size") is not None:
+        c = int(get("in_channels", get("num_channels", 3)))
+        s = int(get("image_size"))
+        return {"pixel_values": torch.rand(2, c, s, s, generator=torch.Generator().manual_seed(0))}
+    if tok is not None and callable(tok) and hasattr(tok, "pad_token"):
+        enc = tok(["Bayesian model reduction prunes weights.", "A short one."], padding=True, return_tensors="pt")
+        return dict(enc)
+    vocab = int(get("vocab_size", 100))
+    ids = torch.randint(0, vocab, (2, 8), generator=torch.Generator().manual_seed(0))
+    return {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+
+
+def inspect_source(source: Any) -> dict[str, Any]:
+    import copy
+
+    from bmr_compress.surgery import discover_groups
+    from bmr_compress.variational import wrap_
+
+    model = source.model
+    params = sum(p.numel() for p in model.parameters())
+    example = example_inputs(source)
+    groups = discover_groups(model, example)
+    units = [{"name": g.name, "kind": g.kind, "units": int(g.num_units)} for g in groups]
+    report = wrap_(copy.deepcopy(model), None)
+    status = Counter(v.split(":")[0] for v in report.coverage.values())
+    skipped = {k: v for k, v in report.coverage.items() if v.startswith("skipped")}
+    return {
+        "source": source.source_id, "revision": source.revision, "family": source.family,
+        "task": source.task, "model_class": type(model).__name__, "parameters": params,
+        "unit_groups": units, "prunable_units": sum(u["units"] for u in units),
+        "unit_kinds": dict(Counter(u["kind"] for u in units)),
+        "coverage": dict(status), "skipped": skipped,
+        "preprocessor": type(source.tokenizer_or_processor).__name__ if source.tokenizer_or_processor else None,
+    }
+
+
+def _human(info: dict[str, Any]) -> str:
+    lines = [f"{info['source']}: {info['model_class']} (family {info['family']}, task {info['task']})",
+             f"  parameters: {info['parameters']:,}",
+             f"  unit groups: {len(info['unit_groups'])} ({info['prunable_units']:,} prunable units: "
+             + ", ".join(f"{k} x{v}" for k, v in info["unit_kinds"].items()) + ")"]
+    for g in info["unit_groups"][:40]:
+        lines.append(f"    {g['name']:<48} {g['kind']:<9} {g['units']}")
+    if len(info["unit_groups"]) > 40:
+        lines.append(f"    ... {len(info['unit_groups']) - 40} more (use --json)")
+    lines.append("  coverage: " + ", ".join(f"{k} {v}" for k, v in info["coverage"].items()))
+    for k, v in list(info["skipped"].items())[:10]:
+        lines.append(f"    {k}: {v}")
+    return "\n".join(lines)
+
+
+@click.command("inspect", epilog=EPILOG)
+@source_options
+@common_options
+@run_command
+def command(source: str, recipe: str | None, revision: str | None, trust_remote_code: bool,
+            task: str | None, as_json: bool, debug: bool, verbose: bool) -> None:
+    """Load SOURCE and report its family, task, prunable unit groups and posterior coverage."""
+    from bmr_compress.io.sources import resolve_source
+
+    loaded = resolve_source(source, revision=revision, trust_remote_code=trust_remote_code,
+                            recipe=recipe, task=task)
+    emit(inspect_source(loaded), as_json, _human)

@@ -1,0 +1,175 @@
+"""Options shared by several commands (defined once) and the error/exit-code wrapper."""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import logging
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+INTERNAL_ERROR_EXIT = 3  # a bug in the tool (not bad input, not a failed validation)
+
+
+def _stack(*decorators: Callable[[F], F]) -> Callable[[F], F]:
+    def apply(f: F) -> F:
+        for d in reversed(decorators):
+            f = d(f)
+        return f
+
+    return apply
+
+
+common_options = _stack(
+    click.option("--json", "as_json", is_flag=True, help="Print the result as JSON on stdout."),
+    click.option("--debug", is_flag=True, help="Show tracebacks and debug logs."),
+    click.option("-v", "--verbose", is_flag=True, help="Log progress (INFO) to stderr."),
+)
+
+source_options = _stack(
+    click.argument("source"),
+    click.option("--recipe", metavar="NAME|FILE", help="Model-zoo recipe (needed for a bare weight file)."),
+    click.option("--revision", help="Hub revision (commit, tag or branch); same as SOURCE@REV."),
+    click.option("--trust-remote-code", is_flag=True, help="Allow the checkpoint's own Python code (off by default)."),
+    click.option("--task", type=click.Choice(["classification", "regression", "embedding", "causal_lm"]),
+                 help="Override the task inferred from the checkpoint."),
+)
+
+data_options = _stack(
+    click.option("--data", metavar="SPEC",
+                 help="digits | docstrings | hf:NAME[:CONFIG][:SPLIT] | FILE (.npz .pt .txt .jsonl) | IMAGE_DIR."),
+    click.option("--max-samples", type=click.IntRange(2), help="Calibration examples (train + held-out)."),
+    click.option("--batch-size", type=click.IntRange(1), help="Examples per batch."),
+)
+
+fit_options = _stack(
+    click.option("--steps", type=click.IntRange(0), help="Variational fine-tune steps."),
+    click.option("--seed", type=int, help="Random seed."),
+    click.option("--device", default="auto", show_default=True, help="auto | cpu | cuda | cuda:N."),
+    click.option("--gates", type=click.Choice(["none", "bmrs_n", "bmrs_u"]), help="Unit gates (BMRS)."),
+)
+
+plan_options = _stack(
+    click.option("--structured/--unstructured", "structured", default=None,
+                 help="Remove whole units (faster on CPU) or only zero single weights (size only)."),
+    click.option("--round-to", type=click.IntRange(1), help="Round kept widths up to a multiple of N."),
+    click.option("--size-budget", type=click.FloatRange(0, 1, min_open=True),
+                 help="Keep at most this fraction of the original parameters."),
+    click.option("--latency-budget", type=click.FloatRange(0, min_open=True),
+                 help="Target ORT CPU latency as a fraction of the original."),
+    click.option("--iterative", is_flag=True, default=None, help="Prune, refit, re-score in rounds."),
+)
+
+out_options = _stack(
+    click.option("--out", "out", required=True, type=click.Path(file_okay=False, path_type=Path),
+                 help="Output directory (assembled aside, moved into place on success)."),
+    click.option("--overwrite", is_flag=True, help="Replace a non-empty output directory."),
+)
+
+
+def setup_logging(verbose: bool, debug: bool) -> None:
+    """Logs go to stderr; --debug / -v raise the tool's own loggers, third parties stay at WARNING."""
+    level = logging.DEBUG if debug else logging.INFO if verbose else logging.WARNING
+    logging.basicConfig(level=logging.WARNING, stream=sys.stderr,
+                        format="%(levelname)s %(name)s: %(message)s", force=True)
+    logging.getLogger("bmr_compress").setLevel(level)
+
+
+def to_jsonable(obj: Any) -> Any:
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return {f.name: to_jsonable(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+    if isinstance(obj, dict):
+        return {str(k): to_jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple, set)):
+        return [to_jsonable(v) for v in obj]
+    if isinstance(obj, Path):
+        return str(obj)
+    if isinstance(obj, (str, int, float, bool)) or obj is None:
+        return obj
+    if hasattr(obj, "tolist"):
+        return obj.tolist()
+    return str(obj)
+
+
+def emit(result: Any, as_json: bool, human: Callable[[Any], str] | None = None) -> None:
+    """Results go to stdout: JSON with --json, else a short human summary."""
+    data = to_jsonable(result)
+    if as_json:
+        click.echo(json.dumps(data, indent=2, sort_keys=True))
+    elif human is not None:
+        click.echo(human(result))
+    elif isinstance(data, dict):
+        for k, v in data.items():
+            click.echo(f"{k}: {json.dumps(v) if isinstance(v, (dict, list)) else v}")
+    else:
+        click.echo(str(data))
+
+
+def run_command(f: F) -> F:
+    """Configure logging and map errors to exit codes (BmrError.exit_code; 3 for bugs).
+
+    Without --debug a failure prints one line on stderr and no traceback.
+    """
+
+    @functools.wraps(f)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        debug, verbose = bool(kwargs.get("debug")), bool(kwargs.get("verbose"))
+        setup_logging(verbose, debug)
+        from bmr_compress.errors import BmrError
+
+        try:
+            return f(*args, **kwargs)
+        except BmrError as e:
+            if debug:
+                raise
+            click.echo(f"error: {e}", err=True)
+            sys.exit(e.exit_code)
+        except (click.ClickException, click.Abort, SystemExit, KeyboardInterrupt):
+            raise
+        except Exception as e:  # a bug: say so in one line, full traceback with --debug
+            if debug:
+                raise
+            first = str(e).splitlines()[0] if str(e) else ""
+            click.echo(f"internal error: {type(e).__name__}: {first} (rerun with --debug for the traceback)",
+                       err=True)
+            sys.exit(INTERNAL_ERROR_EXIT)
+
+    return wrapper  # type: ignore[return-value]
+
+
+def settings_kwargs(cls: type, values: dict[str, Any], *, what: str) -> dict[str, Any]:
+    """Keep the entries ``cls`` has fields for; a set option it lacks is an InputError."""
+    from bmr_compress.errors import InputError
+
+    names = {f.name for f in dataclasses.fields(cls)}
+    extra = [k for k, v in values.items() if k not in names and v not in (None, False)]
+    if extra:
+        flag = "--" + extra[0].replace("_", "-")
+        raise InputError(f"{flag} is not supported by {what} in this version")
+    return {k: v for k, v in values.items() if k in names}
+
+
+def pipeline_function(name: str) -> Callable[..., Any]:
+    """``bmr_compress.pipeline.<name>``; a clear error when this build's pipeline lacks it."""
+    from bmr_compress import pipeline
+
+    fn = getattr(pipeline, name, None)
+    if fn is None:
+        raise NotImplementedError(f"bmr_compress.pipeline.{name} does not exist in this build")
+    return fn  # type: ignore[no-any-return]
+
+
+def compress_settings(opts: dict[str, Any], *, what: str, progress: bool) -> Any:
+    """pipeline.CompressSettings from CLI options (option names == field names)."""
+    from bmr_compress import pipeline
+
+    opts = {k: (str(v) if isinstance(v, Path) else v) for k, v in opts.items()}
+    return pipeline.CompressSettings(**settings_kwargs(pipeline.CompressSettings, opts, what=what),
+                                     progress=progress)

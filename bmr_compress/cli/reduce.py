@@ -1,0 +1,32 @@
+"""`bmr-compress reduce`: re-plan and cut from a saved posterior, no refit (pipeline.reduce)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import click
+
+from bmr_compress.cli.options import (
+    common_options, emit, out_options, pipeline_function, plan_options, run_command,
+)
+
+EPILOG = """\b
+Examples:
+  bmr-compress reduce out/mlp --out out/mlp-half --size-budget 0.5 --overwrite
+  bmr-compress reduce fit/minilm --out out/minilm-r16 --round-to 16 --json
+"""
+
+
+@click.command("reduce", epilog=EPILOG)
+@click.argument("posterior_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@out_options
+@plan_options
+@click.option("--int8", is_flag=True, help="Also write an int8-quantised ONNX model.")
+@common_options
+@run_command
+def command(posterior_dir: Path, as_json: bool, debug: bool, verbose: bool, **opts: Any) -> None:
+    """Re-plan from POSTERIOR_DIR/posterior.safetensors (written by `compress` or `finetune`)
+    with new planning options, cut, export and validate into --out, without refitting."""
+    opts = {k: str(v) if isinstance(v, Path) else v for k, v in opts.items()}
+    emit(pipeline_function("reduce")(posterior_dir, **{k: v for k, v in opts.items() if v is not None}), as_json)

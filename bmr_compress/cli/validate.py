@@ -1,0 +1,27 @@
+"""`bmr-compress validate`: validate an output directory on onnxruntime CPU (pipeline.validate_directory)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from bmr_compress.cli.options import common_options, emit, pipeline_function, run_command
+
+EPILOG = """\b
+Examples:
+  bmr-compress validate out/mlp
+  bmr-compress validate out/minilm --json
+Exit code 1 when a check fails.
+"""
+
+
+@click.command("validate", epilog=EPILOG)
+@click.argument("directory", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--data", metavar="SPEC", help="Held-out data to measure the task metric on.")
+@common_options
+@run_command
+def command(directory: Path, data: str | None, as_json: bool, debug: bool, verbose: bool) -> None:
+    """Re-run the checks on DIRECTORY: ONNX checker, ORT parity at other shapes, task metric,
+    sizes and latency. Raises exit code 1 if any check fails."""
+    emit(pipeline_function("validate_directory")(directory, data=data), as_json)

@@ -1,0 +1,65 @@
+"""Atomic output directories: assemble beside the target, move into place only on success."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+from bmr_compress.errors import InputError
+
+log = logging.getLogger(__name__)
+
+
+def check_output_dir(out: str | Path, overwrite: bool) -> Path:
+    """Fail early (InputError) when ``out`` exists, is non-empty and ``overwrite`` is off."""
+    path = Path(out).expanduser()
+    if path.exists() and not path.is_dir():
+        raise InputError(f"output path exists and is not a directory: {path}")
+    if path.is_dir() and any(path.iterdir()) and not overwrite:
+        raise InputError(f"output directory is not empty: {path} (pass --overwrite to replace it)")
+    return path
+
+
+@contextlib.contextmanager
+def atomic_output_dir(out: str | Path, overwrite: bool = False) -> Iterator[Path]:
+    """Yield a fresh staging directory; on clean exit it replaces ``out`` in one rename.
+
+    On an exception the staging directory is deleted and ``out`` is left untouched.
+    """
+    target = check_output_dir(out, overwrite).resolve()
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+    try:
+        yield staging
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    old: Path | None = None
+    if target.exists():
+        check_output_dir(target, overwrite)  # re-check: something may have appeared meanwhile
+        old = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=target.parent))
+        old.rmdir()
+        target.rename(old)
+    staging.rename(target)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+    log.info("wrote %s", target)
+
+
+@contextlib.contextmanager
+def replace_files(directory: str | Path) -> Iterator[Path]:
+    """Yield a staging directory inside ``directory``; on clean exit each file written there
+    replaces its namesake in ``directory`` by rename (atomic per file). On an exception
+    nothing in ``directory`` changes."""
+    target = Path(directory)
+    staging = Path(tempfile.mkdtemp(prefix=".bmr-replace-", dir=target))
+    try:
+        yield staging
+        for item in sorted(staging.iterdir()):
+            item.replace(target / item.name)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)

@@ -1,0 +1,198 @@
+"""Calibration / evaluation data -> batches (dicts of the model's keyword inputs), train + held-out.
+
+``--data`` specs: ``digits``, ``docstrings``, ``hf:NAME[:CONFIG][:SPLIT]``, or a path (``.npz``,
+``.pt``, ``.txt``, ``.jsonl``, an image folder). Text is tokenised with the checkpoint's own
+tokenizer; images go through its image processor (or are decoded to [0, 1] at the model's
+size when it has none). Labels, when known, ride along as ``labels``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from bmr_compress.errors import InputError
+from bmr_compress.io.recipes import DataSpec
+
+if TYPE_CHECKING:
+    import torch
+
+    from bmr_compress.io.sources import LoadedSource
+
+log = logging.getLogger(__name__)
+
+Batch = dict[str, "torch.Tensor"]
+HELDOUT_FRACTION = 0.2
+
+
+@dataclass
+class DataBundle:
+    train_batches: list[Batch]
+    heldout_batches: list[Batch]
+    task: str
+    description: str = ""
+
+
+def parse_data_spec(spec: str | DataSpec | None, default: DataSpec | None = None) -> DataSpec:
+    """A DataSpec from a ``--data`` string (or the recipe's default when ``spec`` is None)."""
+    if isinstance(spec, DataSpec):
+        return spec
+    base = default or DataSpec()
+    if spec is None:
+        return base
+    if spec in ("digits", "docstrings"):
+        return dataclasses.replace(base, kind=spec, path=None)
+    if spec.startswith("hf:"):
+        parts = spec[3:].split(":")
+        if not parts[0] or len(parts) > 3:
+            raise InputError(f"bad hf data spec {spec!r} (expected hf:NAME[:CONFIG][:SPLIT])")
+        name, config, split = (parts + [None, None])[:3]
+        return dataclasses.replace(base, kind="hf", name=name, config=config or None, split=split or "train")
+    return dataclasses.replace(base, kind="file", path=spec)
+
+
+def _split_indices(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Seeded permutation: first 20 % (at least 1 when n >= 2) held out."""
+    perm = np.random.default_rng(seed).permutation(n)
+    k = max(1, int(round(n * HELDOUT_FRACTION))) if n >= 2 else 0
+    return np.sort(perm[k:]), np.sort(perm[:k])
+
+
+def _batches(arrays: dict[str, np.ndarray], batch_size: int) -> list[Batch]:
+    import torch
+
+    n = len(next(iter(arrays.values())))
+    out = []
+    for s in range(0, n, batch_size):
+        out.append({k: torch.from_numpy(np.ascontiguousarray(v[s : s + batch_size])) for k, v in arrays.items()})
+    return out
+
+
+def _main_input(source: LoadedSource) -> str:
+    import inspect
+
+    params = [p for p in inspect.signature(source.model.forward).parameters if p != "self"]
+    for name in ("pixel_values", "input_ids", "inputs", "input_values"):
+        if name in params:
+            return name
+    return params[0] if params else "inputs"
+
+
+def _tokenise(texts: list[str], source: LoadedSource, seq_len: int) -> dict[str, np.ndarray]:
+    tok = source.tokenizer_or_processor
+    if tok is None or not callable(tok):
+        raise InputError(f"{source.source_id} has no tokenizer: text data cannot be used with it")
+    enc = tok(list(texts), padding=True, truncation=True, max_length=seq_len, return_tensors="np")
+    return {k: np.asarray(v).astype(np.int64) for k, v in enc.items()}
+
+
+def _text_arrays(texts: list[str], source: LoadedSource, spec: DataSpec) -> dict[str, np.ndarray]:
+    arrays = _tokenise(texts, source, spec.seq_len)
+    keep = set(_forward_params(source))
+    return {k: v for k, v in arrays.items() if k in keep or not keep}
+
+
+def _forward_params(source: LoadedSource) -> list[str]:
+    import inspect
+
+    return [p for p in inspect.signature(source.model.forward).parameters if p != "self"]
+
+
+def _image_arrays(images: list[Any], source: LoadedSource) -> dict[str, np.ndarray]:
+    """``images``: PIL images or paths."""
+    proc = source.tokenizer_or_processor
+    if proc is not None and callable(proc):
+        from PIL import Image
+
+        pil = [Image.open(x).convert("RGB") if isinstance(x, Path) else x.convert("RGB") for x in images]
+        return {"pixel_values": np.asarray(proc(images=pil, return_tensors="np")["pixel_values"], dtype=np.float32)}
+    from bmr_compress.io.userdata import images_to_array
+
+    cfg = source.config
+    get = cfg.get if isinstance(cfg, dict) else lambda k, d=None: getattr(cfg, k, d)
+    channels = int(get("in_channels", get("num_channels", 3)))
+    paths = [x for x in images if isinstance(x, Path)]
+    if len(paths) != len(images):
+        raise InputError("in-memory images need the model's image processor")
+    return {_main_input(source): images_to_array(paths, channels=channels, size=get("image_size"))}
+
+
+def _examples(spec: DataSpec, source: LoadedSource) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray, str]:
+    """(arrays, train idx, held-out idx, description)."""
+    from bmr_compress.io import userdata
+
+    if spec.kind == "digits":
+        from bmr_compress.io.digits import digits_split
+
+        x_tr, y_tr, x_ho, y_ho = digits_split()
+        arrays = {_main_input(source): np.concatenate([x_tr, x_ho]), "labels": np.concatenate([y_tr, y_ho])}
+        n_tr = len(x_tr)
+        return arrays, np.arange(n_tr), np.arange(n_tr, n_tr + len(x_ho)), "sklearn digits (seeded split)"
+    if spec.kind == "docstrings":
+        from bmr_compress.io.corpus import docstring_corpus
+
+        train, held = docstring_corpus(max(spec.max_samples, 64))
+        texts = list(train) + list(held)
+        arrays = _text_arrays(texts, source, spec)
+        return arrays, np.arange(len(train)), np.arange(len(train), len(texts)), "stdlib docstrings"
+    if spec.kind == "hf":
+        assert spec.name is not None
+        values, labels, kind = userdata.load_hf_dataset(spec.name, spec.config, spec.split, spec.column)
+        values = values[: spec.max_samples]
+        arrays = _text_arrays(values, source, spec) if kind == "text" else _image_arrays(values, source)
+        if labels is not None:
+            arrays["labels"] = np.asarray(labels[: len(values)], dtype=np.int64)
+        return (arrays, *_split_indices(len(values), spec.seed), f"hf:{spec.name}")
+    if spec.path is None:
+        raise InputError("this recipe needs data: pass --data PATH (a .npz/.pt/.txt/.jsonl file or an image folder)")
+    path = Path(spec.path).expanduser()
+    if path.is_dir():
+        files, labels, _ = userdata.load_image_folder(path)
+        arrays = _image_arrays(list(files), source)
+        if labels is not None:
+            arrays["labels"] = np.asarray(labels, dtype=np.int64)
+    elif not path.is_file():
+        raise InputError(f"data path not found: {path}")
+    elif path.suffix in (".npz", ".pt"):
+        arrays = userdata.load_tensor_file(path)
+        for alias in ("x", "inputs", "arr_0"):  # a single unnamed input -> the model's main input
+            if alias in arrays and alias not in _forward_params(source):
+                arrays[_main_input(source)] = arrays.pop(alias)
+        for alias in ("y", "arr_1"):
+            if alias in arrays:
+                arrays["labels"] = arrays.pop(alias)
+    elif path.suffix in (".txt", ".jsonl"):
+        texts, labels = userdata.load_texts(path, spec.column)
+        arrays = _text_arrays(texts, source, spec)
+        if labels is not None:
+            arrays["labels"] = np.asarray(labels, dtype=np.int64)
+    else:
+        raise InputError(f"unsupported data file {path} (expected .npz, .pt, .txt, .jsonl or a folder)")
+    n = len(next(iter(arrays.values())))
+    if n < 2:
+        raise InputError(f"{path}: need at least 2 examples, found {n}")
+    return (arrays, *_split_indices(n, spec.seed), str(path))
+
+
+def make_dataset(spec: str | DataSpec | None, source: LoadedSource, *, default: DataSpec | None = None,
+                 max_samples: int | None = None, batch_size: int | None = None) -> DataBundle:
+    """Batches for ``source`` from ``spec`` (or ``default``, e.g. the recipe's [data])."""
+    ds = parse_data_spec(spec, default)
+    if max_samples is not None:
+        ds = dataclasses.replace(ds, max_samples=max_samples)
+    if batch_size is not None:
+        ds = dataclasses.replace(ds, batch_size=batch_size)
+    arrays, tr, ho, desc = _examples(ds, source)
+    total = len(tr) + len(ho)
+    if ds.max_samples < total:  # shrink both splits proportionally
+        n_ho = min(len(ho), max(1, round(len(ho) * ds.max_samples / total)))
+        tr, ho = tr[: max(1, ds.max_samples - n_ho)], ho[:n_ho]
+    train = _batches({k: v[tr] for k, v in arrays.items()}, ds.batch_size)
+    held = _batches({k: v[ho] for k, v in arrays.items()}, ds.batch_size)
+    log.info("data %s: %d train / %d held-out examples", desc, len(tr), len(ho))
+    return DataBundle(train, held, source.task, f"{desc}: {len(tr)} train / {len(ho)} held-out")

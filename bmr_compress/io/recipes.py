@@ -1,0 +1,216 @@
+"""Model-zoo recipes: strict TOML -> frozen dataclasses (unknown keys are an InputError).
+
+A recipe pins a source (hub id + revision, an installed package carrying a hub snapshot, or
+a zoo architecture), the task, the calibration data and compression settings. Recipes ship
+as package data in ``bmr_compress.model_zoo`` (the top-level ``model_zoo/`` folder).
+
+    name = "mlp-digits"                  # must equal the file stem
+    description = "..."
+    task = "classification"
+    [source]   zoo = "mlp"  |  hub = "org/name" + revision = "<sha>"  |  package = "dist-name"
+    [source.arch]  widths = [128, 64]    # zoo architecture kwargs
+    [train]    epochs = 40 ...           # zoo recipes only: how `zoo train` fits the seed model
+    [data]     kind = "digits" | "docstrings" | "file" | "hf" ...
+    [settings] steps = 300 ...           # defaults for `compress` (CLI options override)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+import types
+import typing
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any, Union
+
+from bmr_compress.errors import InputError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+RECIPE_PACKAGE = "bmr_compress.model_zoo"
+TASKS = ("classification", "regression", "embedding", "causal_lm")
+DATA_KINDS = ("digits", "docstrings", "file", "hf")
+GATES = ("none", "bmrs_n", "bmrs_u")
+
+
+@dataclass(frozen=True)
+class SourceSpec:
+    hub: str | None = None  # hub repo id
+    revision: str | None = None  # commit hash / tag / branch
+    package: str | None = None  # installed distribution that bundles a hub snapshot
+    zoo: str | None = None  # zoo architecture name (bmr_compress.zoo)
+    arch: dict[str, Any] = field(default_factory=dict)  # zoo architecture kwargs
+
+    def kind(self) -> str:
+        return "zoo" if self.zoo else "package" if self.package else "hub"
+
+
+@dataclass(frozen=True)
+class TrainSpec:
+    epochs: int = 40
+    batch_size: int = 64
+    lr: float = 3e-3
+    weight_decay: float = 1e-4
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class DataSpec:
+    kind: str = "digits"
+    path: str | None = None  # kind="file": .npz/.pt/.txt/.jsonl or an image folder
+    name: str | None = None  # kind="hf": dataset name
+    config: str | None = None  # kind="hf": dataset config
+    split: str = "train"  # kind="hf"
+    column: str | None = None  # text/image column (hf, jsonl)
+    max_samples: int = 1024  # calibration examples (train + held-out)
+    seq_len: int = 128  # token budget per text example
+    batch_size: int = 32
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class RecipeSettings:
+    steps: int | None = None
+    seed: int | None = None
+    round_to: int | None = None
+    structured: bool | None = None
+    gates: str | None = None
+    iterative: bool | None = None
+    int8: bool | None = None
+    size_budget: float | None = None
+    latency_budget: float | None = None
+
+
+@dataclass(frozen=True)
+class Recipe:
+    name: str
+    task: str
+    source: SourceSpec
+    data: DataSpec
+    settings: RecipeSettings = RecipeSettings()
+    train: TrainSpec | None = None
+    description: str = ""
+    path: str = ""  # where it was loaded from (not a TOML key)
+
+
+# ---------------------------------------------------------------------------- strict parsing
+
+
+def _check_type(value: Any, tp: Any, where: str) -> Any:
+    origin = typing.get_origin(tp)
+    if origin in (Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for a in args:
+            if a is type(None):
+                continue
+            try:
+                return _check_type(value, a, where)
+            except InputError as e:
+                errors.append(e)
+        raise errors[0]
+    if origin is dict or tp is dict:
+        if not isinstance(value, dict):
+            raise InputError(f"{where}: expected a table, got {type(value).__name__}")
+        return dict(value)
+    if tp is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if tp in (int, float, str, bool):
+        if not isinstance(value, tp) or (tp is int and isinstance(value, bool)):
+            raise InputError(f"{where}: expected {tp.__name__}, got {value!r}")
+        return value
+    raise TypeError(f"unsupported recipe field type {tp!r}")  # programming error
+
+
+def strict_dataclass(cls: type, table: Any, where: str) -> Any:
+    """Build frozen dataclass ``cls`` from a TOML table; unknown keys or wrong types -> InputError."""
+    if not isinstance(table, dict):
+        raise InputError(f"{where}: expected a table, got {type(table).__name__}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls) if not (cls is Recipe and f.name == "path")}
+    unknown = sorted(set(table) - set(fields))
+    if unknown:
+        raise InputError(f"{where}: unknown key {unknown[0]!r} (allowed: {', '.join(sorted(fields))})")
+    kwargs = {}
+    for key, value in table.items():
+        tp = hints[key]
+        if dataclasses.is_dataclass(typing.get_args(tp)[0] if typing.get_args(tp) else tp):
+            sub = next(a for a in (typing.get_args(tp) or (tp,)) if dataclasses.is_dataclass(a))
+            kwargs[key] = strict_dataclass(sub, value, f"{where} [{key}]")
+        else:
+            kwargs[key] = _check_type(value, tp, f"{where}: key {key!r}")
+    missing = [n for n, f in fields.items() if n not in kwargs
+               and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
+    if missing:
+        raise InputError(f"{where}: missing required key {missing[0]!r}")
+    return cls(**kwargs)
+
+
+def _validate(recipe: Recipe, where: str) -> None:
+    if recipe.task not in TASKS:
+        raise InputError(f"{where}: task {recipe.task!r} is not one of {', '.join(TASKS)}")
+    src = recipe.source
+    if sum(x is not None for x in (src.hub, src.package, src.zoo)) == 0:
+        raise InputError(f"{where}: [source] needs one of 'hub', 'package' or 'zoo'")
+    if src.zoo and src.hub:
+        raise InputError(f"{where}: [source] cannot name both 'zoo' and 'hub'")
+    if src.hub and not src.revision:
+        raise InputError(f"{where}: [source] hub {src.hub!r} must pin a 'revision'")
+    if src.arch and not src.zoo:
+        raise InputError(f"{where}: [source.arch] is only valid with a zoo architecture")
+    if src.zoo:
+        from bmr_compress.zoo.architectures import ZOO_ARCHITECTURES, make_config
+
+        if src.zoo not in ZOO_ARCHITECTURES:
+            raise InputError(f"{where}: unknown zoo architecture {src.zoo!r}")
+        make_config(src.zoo, src.arch, origin=f"{where} [source.arch]")
+    if recipe.train is not None and not src.zoo:
+        raise InputError(f"{where}: [train] is only valid for zoo recipes")
+    if recipe.data.kind not in DATA_KINDS:
+        raise InputError(f"{where}: [data] kind {recipe.data.kind!r} is not one of {', '.join(DATA_KINDS)}")
+    gates = recipe.settings.gates
+    if gates is not None and gates not in GATES:
+        raise InputError(f"{where}: [settings] gates {gates!r} is not one of {', '.join(GATES)}")
+
+
+def parse_recipe(text: str, where: str, *, expected_name: str | None = None) -> Recipe:
+    try:
+        table = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise InputError(f"{where}: invalid TOML: {e}") from None
+    recipe = strict_dataclass(Recipe, table, where)
+    recipe = dataclasses.replace(recipe, path=where)
+    if expected_name is not None and recipe.name != expected_name:
+        raise InputError(f"{where}: name {recipe.name!r} does not match the file name {expected_name!r}")
+    _validate(recipe, where)
+    return recipe
+
+
+def recipe_names() -> list[str]:
+    """Names of the recipes shipped in bmr_compress.model_zoo."""
+    root = resources.files(RECIPE_PACKAGE)
+    return sorted(p.name[:-5] for p in root.iterdir() if p.name.endswith(".toml"))
+
+
+def load_recipe(path_or_name: str | Path) -> Recipe:
+    """A shipped recipe by name (``mlp-digits``, ``zoo:mlp-digits``) or a TOML file path."""
+    spec = str(path_or_name)
+    if spec.startswith("zoo:"):
+        spec = spec[4:]
+    p = Path(spec).expanduser()
+    if p.suffix == ".toml" or p.is_file():
+        if not p.is_file():
+            raise InputError(f"recipe file not found: {p}")
+        return parse_recipe(p.read_text(encoding="utf-8"), str(p), expected_name=p.stem)
+    res = resources.files(RECIPE_PACKAGE) / f"{spec}.toml"
+    if not res.is_file():
+        raise InputError(f"unknown recipe {spec!r} (known: {', '.join(recipe_names())})")
+    return parse_recipe(res.read_text(encoding="utf-8"), f"{RECIPE_PACKAGE}/{spec}.toml",
+                        expected_name=spec)

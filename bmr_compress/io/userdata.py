@@ -1,0 +1,126 @@
+"""User data files: tensors (.npz / .pt), text (.txt / .jsonl), image folders, hf datasets."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from bmr_compress.errors import InputError
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp")
+TEXT_KEYS = ("text", "sentence", "content")
+
+
+def load_tensor_file(path: Path) -> dict[str, np.ndarray]:
+    """Named arrays from .npz (allow_pickle=False) or .pt (torch.load weights_only=True)."""
+    if path.suffix == ".npz":
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                arrays = {k: np.asarray(z[k]) for k in z.files}
+        except (ValueError, OSError) as e:
+            raise InputError(f"cannot read {path}: {e}") from None
+    else:
+        import torch
+
+        try:
+            obj = torch.load(str(path), map_location="cpu", weights_only=True)
+        except Exception as e:  # pickle.UnpicklingError and friends
+            raise InputError(f"refusing to load {path} (weights_only=True failed: {str(e).splitlines()[0]})") from None
+        if isinstance(obj, torch.Tensor):
+            obj = {"inputs": obj}
+        if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+            raise InputError(f"{path}: expected a tensor or a dict of tensors")
+        arrays = {str(k): v.numpy() for k, v in obj.items()}
+    if not arrays:
+        raise InputError(f"{path} holds no arrays")
+    n = {len(a) for a in arrays.values()}
+    if len(n) != 1:
+        raise InputError(f"{path}: arrays differ in their first dimension {sorted(n)}")
+    return arrays
+
+
+def load_texts(path: Path, column: str | None = None) -> tuple[list[str], list[int] | None]:
+    """(texts, labels or None) from .txt (one non-empty line each) or .jsonl (text + optional label)."""
+    if path.suffix == ".txt":
+        texts = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        return texts, None
+    texts, labels = [], []
+    for i, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise InputError(f"{path}:{i}: invalid JSON: {e.msg}") from None
+        keys = (column,) if column else TEXT_KEYS
+        key = next((k for k in keys if isinstance(row, dict) and k in row), None)
+        if key is None:
+            raise InputError(f"{path}:{i}: no text field (looked for {', '.join(keys)})")
+        texts.append(str(row[key]))
+        if "label" in row:
+            labels.append(int(row["label"]))
+    if labels and len(labels) != len(texts):
+        raise InputError(f"{path}: 'label' must be on every line or on none")
+    return texts, labels or None
+
+
+def load_image_folder(path: Path) -> tuple[list[Path], list[int] | None, list[str]]:
+    """(files, labels, class names): class sub-folders give labels, a flat folder gives none."""
+    subdirs = sorted(d for d in path.iterdir() if d.is_dir() and not d.name.startswith("."))
+    if subdirs:
+        files, labels = [], []
+        for label, d in enumerate(subdirs):
+            for f in sorted(d.iterdir()):
+                if f.suffix.lower() in IMAGE_SUFFIXES:
+                    files.append(f)
+                    labels.append(label)
+        names: list[str] = [d.name for d in subdirs]
+        out_labels: list[int] | None = labels
+    else:
+        files = sorted(f for f in path.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES)
+        names, out_labels = [], None
+    if not files:
+        raise InputError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in {path}")
+    return files, out_labels, names
+
+
+def images_to_array(files: list[Path], *, channels: int, size: int | None) -> np.ndarray:
+    """Decode images to float32 (N, C, H, W) in [0, 1] (when no image processor is available)."""
+    from PIL import Image
+
+    out = []
+    for f in files:
+        with Image.open(f) as im:
+            im = im.convert("L" if channels == 1 else "RGB")
+            if size is not None:
+                im = im.resize((size, size), Image.Resampling.BILINEAR)
+            a = np.asarray(im, dtype=np.float32) / 255.0
+        out.append(a[None] if a.ndim == 2 else a.transpose(2, 0, 1))
+    shapes = {a.shape for a in out}
+    if len(shapes) != 1:
+        raise InputError(f"images differ in size {sorted(shapes)[:3]}; the model gives no image size to resize to")
+    return np.stack(out)
+
+
+def load_hf_dataset(name: str, config: str | None, split: str, column: str | None) -> tuple[list[Any], list[int] | None, str]:
+    """(examples, labels, kind) from Hugging Face ``datasets`` (only when it is installed)."""
+    if importlib.util.find_spec("datasets") is None:
+        raise InputError("hf: data needs the optional 'datasets' package (pip install datasets)")
+    import datasets
+
+    try:
+        ds = datasets.load_dataset(name, config, split=split)
+    except Exception as e:  # datasets raises many types (FileNotFoundError, ConnectionError, ...)
+        raise InputError(f"cannot load dataset {name!r}: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
+    cols = list(ds.column_names)
+    col = column or next((c for c in ("text", "sentence", "content", "image", "img") if c in cols), None)
+    if col is None:
+        raise InputError(f"dataset {name!r} has no text/image column (columns: {cols}); pass column")
+    labels = [int(x) for x in ds["label"]] if "label" in cols else None
+    values = list(ds[col])
+    kind = "text" if values and isinstance(values[0], str) else "image"
+    return values, labels, kind
