@@ -1,1 +1,34 @@
-"""surgery stage (see docs/INTERNALS.md)."""
+"""Coupling, scoring, planning and surgery (docs/INTERNALS.md §3).
+
+Score and plan are pure functions over posterior data; apply_plan_ mutates the model.
+Submodules import torch; `import bmr_compress` does not import this package.
+"""
+
+from bmr_compress.surgery.apply import SurgeryRecord, apply_plan_, discover_groups
+from bmr_compress.surgery.costs import unit_macs
+from bmr_compress.surgery.groups import Slice, UnitGroup
+from bmr_compress.surgery.iterate import IterationResult, Round, iterate_bmr, pin_scores
+from bmr_compress.surgery.manifest import (
+    load_compressed, read_manifest, register_architecture, save_compressed, write_manifest,
+)
+from bmr_compress.surgery.plan import (
+    Plan, PlanSettings, make_plan, structured_masks, unstructured_masks,
+)
+from bmr_compress.surgery.scoring import (
+    gate_site, gate_sites, score_groups, score_weights, structured_from_weights,
+)
+
+
+def coverage_report(record: SurgeryRecord) -> dict[str, str]:
+    """Every parameter tensor -> pruned structurally / pruned unstructured / kept / skipped: why."""
+    return dict(record.coverage)
+
+
+__all__ = [
+    "IterationResult", "Plan", "PlanSettings", "Round", "Slice", "SurgeryRecord", "UnitGroup",
+    "apply_plan_", "coverage_report", "discover_groups", "gate_site", "gate_sites",
+    "iterate_bmr", "load_compressed",
+    "make_plan", "pin_scores", "read_manifest", "register_architecture", "save_compressed",
+    "score_groups", "score_weights", "structured_from_weights", "structured_masks",
+    "unit_macs", "unstructured_masks", "write_manifest",
+]

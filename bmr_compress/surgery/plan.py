@@ -1,0 +1,267 @@
+"""Planning: which units and weights to remove, from ΔlnZ scores alone (no pruning ratio).
+
+Pure functions over scores; the plan is JSON-serialisable data, so it can be re-made from
+`posterior.safetensors` without refitting. Sign convention: ΔlnZ ≥ threshold ⇒ prune
+(threshold 0, or the Marković per-group Beta–Bernoulli ζ with "prune iff ΔlnZ > ζ").
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from bmr_compress.errors import InputError
+from bmr_compress.surgery.groups import UnitGroup
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class PlanSettings:
+    """threshold: "zero" (prune iff ΔlnZ ≥ 0) or "beta_bernoulli" (Marković ζ per group or
+    tensor).
+    round_to: kept channel widths are rounded to this multiple (0 or 1: off).
+    max_params: optional size budget on the elements the unit groups own (parameters in no
+        group are not counted); units then go in ΔlnZ order, and rounding rounds down.
+    max_macs: optional latency budget as multiply-accumulates per example at the shape
+        costs.unit_macs measured (pass its result to make_plan); same ordering and rounding.
+    """
+
+    structured: bool = True
+    unstructured: bool = True
+    threshold: str = "zero"
+    round_to: int = 8
+    min_units: int = 1
+    max_params: int | None = None
+    max_macs: float | None = None  # latency budget: MACs per example (see costs.unit_macs)
+    kinds: tuple[str, ...] = ("neuron", "filter", "head", "kv_group", "hidden")
+
+    def __post_init__(self) -> None:
+        if self.threshold not in ("zero", "beta_bernoulli"):
+            raise InputError("PlanSettings.threshold must be 'zero' or 'beta_bernoulli',"
+                             f" got {self.threshold!r}")
+        if self.round_to < 0 or self.min_units < 1:
+            raise InputError("PlanSettings: round_to must be >= 0 and min_units >= 1")
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> PlanSettings:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(data) - known
+        if unknown:
+            raise InputError(f"unknown plan settings: {sorted(unknown)}")
+        data = dict(data)
+        if "kinds" in data:
+            data["kinds"] = tuple(data["kinds"])
+        return cls(**data)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["kinds"] = list(self.kinds)
+        return d
+
+
+@dataclass(frozen=True)
+class UnstructuredRule:
+    rule: str  # "spike"
+    threshold: float  # prune iff ΔlnZ >= threshold (zero rule) / > ζ (beta_bernoulli)
+    num_pruned: int
+    numel: int
+
+
+@dataclass(frozen=True)
+class Plan:
+    keep: dict[str, list[int]]
+    unstructured: dict[str, UnstructuredRule]
+    settings: PlanSettings
+    summary: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "keep": self.keep,
+            "unstructured": {k: dataclasses.asdict(v) for k, v in self.unstructured.items()},
+            "settings": self.settings.to_dict(),
+            "summary": self.summary,
+        }
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> Plan:
+        return cls(
+            keep={k: [int(i) for i in v] for k, v in data["keep"].items()},
+            unstructured={k: UnstructuredRule(**v) for k, v in data["unstructured"].items()},
+            settings=PlanSettings.from_dict(data["settings"]),
+            summary=dict(data.get("summary", {})),
+        )
+
+
+def _threshold(scores: torch.Tensor, settings: PlanSettings) -> float:
+    if settings.threshold == "zero":
+        return 0.0
+    from bmr_compress.bmr import beta_bernoulli_threshold
+
+    return float(beta_bernoulli_threshold(scores.flatten().double()))
+
+
+def _prune_mask(scores: torch.Tensor, zeta: float, settings: PlanSettings) -> torch.Tensor:
+    return scores >= zeta if settings.threshold == "zero" else scores > zeta
+
+
+def _step(g: UnitGroup, round_to: int) -> int:
+    """Units per rounding step so that units * unit_width is a multiple of round_to."""
+    if round_to <= 1:
+        return 1
+    return round_to // math.gcd(round_to, g.unit_width)
+
+
+def rounded_count(g: UnitGroup, n_keep: int, round_to: int, min_units: int,
+                  down: bool = False, scores: torch.Tensor | None = None) -> int:
+    """Kept count whose width is a multiple of round_to, within [step, num_units].
+
+    With `scores` (ΔlnZ per unit) the direction is chosen by evidence: rounding down loses
+    Σ max(−ΔlnZ, 0) over the extra units removed, rounding up loses Σ max(ΔlnZ, 0) over the
+    units added back (0 for units pinned at +inf: their weights are already zero, so adding
+    them back changes neither function nor evidence); the smaller loss wins, ties go to the
+    nearest count, then up. Without scores: nearest (ties up). `down`: always the multiple
+    below (a size budget still holds). If no positive multiple fits, keep n_keep unrounded.
+    """
+    n_keep = max(n_keep, min(min_units, g.num_units))
+    step = _step(g, round_to)
+    if step == 1:
+        return n_keep
+    lo, hi = (n_keep // step) * step, -(-n_keep // step) * step
+    candidates = [c for c in (lo, hi) if step <= c <= g.num_units]
+    if not candidates:
+        return n_keep  # the whole structure would vanish: keep unrounded
+    if down:
+        return candidates[0]
+    if scores is None or len(candidates) == 1 or lo == hi:
+        return min(candidates, key=lambda c: (abs(c - n_keep), -c))
+    ranked = scores.double()[torch.argsort(scores.double(), stable=True)]  # keep-first order
+    dropped, added = ranked[lo:n_keep], ranked[n_keep:hi]
+    loss_down = float((-dropped).clamp(min=0).sum())
+    loss_up = float(torch.where(torch.isinf(added), torch.zeros_like(added), added)
+                    .clamp(min=0).sum())
+    return min(candidates, key=lambda c: ((loss_down if c == lo else loss_up),
+                                          abs(c - n_keep), -c))
+
+
+def _keep_top(scores: torch.Tensor, n: int) -> list[int]:
+    """The n units with the lowest ΔlnZ (most evidence lost if removed), sorted."""
+    order = torch.argsort(scores.double(), stable=True)
+    return sorted(int(i) for i in order[:n])
+
+
+def make_plan(
+    groups: list[UnitGroup],
+    scores: Mapping[str, torch.Tensor],
+    weight_scores: Mapping[str, torch.Tensor] | None,
+    settings: PlanSettings,
+    *,
+    unit_macs: Mapping[str, float] | None = None,
+) -> Plan:
+    """Decide kept units per group and unstructured thresholds per tensor.
+
+    unit_macs (group -> MACs one unit costs, from costs.unit_macs) is needed for max_macs.
+    """
+    keep: dict[str, list[int]] = {}
+    summary: dict[str, dict[str, Any]] = {}
+    for g in groups:
+        sc = scores.get(g.name)
+        if not settings.structured or g.kind not in settings.kinds or sc is None:
+            keep[g.name] = list(range(g.num_units))
+            continue
+        zeta = _threshold(sc, settings)
+        n_keep = int((~_prune_mask(sc, zeta, settings)).sum())
+        keep[g.name] = _keep_top(sc, n_keep)
+        finite = sc[torch.isfinite(sc)]  # units pinned at +inf by earlier rounds excluded
+        summary[g.name] = {"kind": g.kind, "num_units": g.num_units, "threshold": zeta,
+                           "evidence_keep": n_keep,
+                           "max_delta_lnz": float(finite.max()) if finite.numel() else None,
+                           "min_delta_lnz": float(finite.min()) if finite.numel() else None}
+    budgeted = settings.max_params is not None or settings.max_macs is not None
+    if settings.max_params is not None:
+        _apply_budget(groups, scores, keep, settings, settings.max_params,
+                      {g.name: float(g.numel_per_unit) for g in groups})
+    if settings.max_macs is not None:
+        if unit_macs is None:
+            raise InputError("PlanSettings.max_macs needs unit_macs (surgery.costs.unit_macs)")
+        _apply_budget(groups, scores, keep, settings, settings.max_macs, unit_macs)
+    for g in groups:
+        if g.name not in summary:
+            continue
+        n = rounded_count(g, len(keep[g.name]), settings.round_to, settings.min_units,
+                          down=budgeted, scores=scores[g.name])
+        keep[g.name] = _keep_top(scores[g.name], n)
+        summary[g.name]["kept"] = n
+    unstructured: dict[str, UnstructuredRule] = {}
+    if settings.unstructured and weight_scores:
+        for name, ws in weight_scores.items():
+            zeta = _threshold(ws, settings)
+            n = int(_prune_mask(ws, zeta, settings).sum())
+            unstructured[name] = UnstructuredRule("spike", zeta, n, ws.numel())
+    return Plan(keep, unstructured, settings, summary)
+
+
+def _apply_budget(groups: list[UnitGroup], scores: Mapping[str, torch.Tensor],
+                  keep: dict[str, list[int]], settings: PlanSettings, budget: float,
+                  unit_cost: Mapping[str, float]) -> None:
+    """Remove further units, highest ΔlnZ first across all groups, until the budget holds.
+
+    Costs are counted over the groups' own units (parameters or MACs that surgery can
+    remove; what no group owns is outside the budget). With a budget, rounding goes down.
+    """
+    total = sum(unit_cost.get(g.name, 0.0) * len(keep[g.name]) for g in groups)
+    by_name = {g.name: g for g in groups}
+    candidates = []
+    for g in groups:
+        if g.name in scores and g.kind in settings.kinds and unit_cost.get(g.name, 0.0) > 0:
+            for j in keep[g.name]:
+                candidates.append((float(scores[g.name][j]), g.name, j))
+    candidates.sort(reverse=True)
+    kept_sets = {k: set(v) for k, v in keep.items()}
+    for _, name, j in candidates:
+        if total <= budget:
+            break
+        g = by_name[name]
+        if len(kept_sets[name]) <= max(settings.min_units, _step(g, settings.round_to)):
+            continue
+        kept_sets[name].discard(j)
+        total -= unit_cost[name]
+    if total > budget:
+        log.warning("budget %.4g not reachable: %.4g left at the minimum widths", budget, total)
+    for k, v in kept_sets.items():
+        keep[k] = sorted(v)
+
+
+def unstructured_masks(plan: Plan,
+                       weight_scores: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Bool keep-masks (True = keep) per tensor, re-derived from the plan's thresholds."""
+    out = {}
+    for name, rule in plan.unstructured.items():
+        ws = weight_scores[name]
+        pruned = ws >= rule.threshold if plan.settings.threshold == "zero" else ws > rule.threshold
+        out[name] = ~pruned
+    return out
+
+
+def structured_masks(groups: list[UnitGroup], plan: Plan,
+                     shapes: Mapping[str, torch.Size]) -> dict[str, torch.Tensor]:
+    """Bool keep-masks over full tensors that zero every removed unit's slices."""
+    out: dict[str, torch.Tensor] = {}
+    for g in groups:
+        kept = set(plan.keep.get(g.name, range(g.num_units)))
+        gone = [j for j in range(g.num_units) if j not in kept]
+        if not gone:
+            continue
+        rows = torch.tensor(gone, dtype=torch.long)
+        for s in g.slices:
+            if s.param not in shapes:
+                continue
+            m = out.setdefault(s.param, torch.ones(shapes[s.param], dtype=torch.bool))
+            m.index_fill_(s.dim, s.index.index_select(0, rows).flatten(), False)
+    return out
