@@ -196,8 +196,25 @@ def load_stage(settings: CompressSettings, timer: StageTimer) -> tuple[Any, Any,
     return source, data, opts
 
 
+def checkpoint_dir(settings: CompressSettings, opts: Mapping[str, Any]) -> Path:
+    """Where the fine-tune checkpoints go: beside --out, keyed by what determines the fit, so
+    a rerun after Ctrl-C or a crash resumes and a changed setting starts afresh."""
+    import hashlib
+
+    out = Path(settings.out).expanduser().resolve()
+    key = json.dumps({"source": settings.source, "recipe": settings.recipe,
+                      "revision": settings.revision, "data": settings.data,
+                      "max_samples": settings.max_samples, "batch_size": settings.batch_size,
+                      "opts": _jsonable(opts)}, sort_keys=True)
+    return out.parent / f".{out.name}.bmr-ckpt-{hashlib.sha256(key.encode()).hexdigest()[:12]}"
+
+
 def fit_stage(settings: CompressSettings, timer: StageTimer, work: Path) -> Fitted:
-    """Load, discover coupled units, wrap in a Gaussian posterior and fine-tune."""
+    """Load, discover coupled units, wrap in a Gaussian posterior and fine-tune.
+
+    The fine-tune checkpoints every ~10 % of its steps into checkpoint_dir(); a rerun with
+    the same settings resumes from there. The caller removes it once the output is in place.
+    """
     from bmr_compress.surgery import discover_groups, gate_sites
     from bmr_compress.variational import FinetuneSettings, PosteriorSpec, finetune, save_posterior, wrap_
 
@@ -208,9 +225,12 @@ def fit_stage(settings: CompressSettings, timer: StageTimer, work: Path) -> Fitt
     with timer("coupling"):
         groups = discover_groups(model, example)
     sites = tuple(gate_sites(groups)) if opts["gates"] != "none" else ()
+    steps = int(opts["steps"])
+    ckpt = checkpoint_dir(settings, opts)
     ft = FinetuneSettings(
-        steps=int(opts["steps"]), seed=int(opts["seed"]), device=settings.device,
-        progress=settings.progress, **{k: opts[k] for k in _FIT_KEYS if opts.get(k) is not None},
+        steps=steps, seed=int(opts["seed"]), device=settings.device, progress=settings.progress,
+        checkpoint_dir=str(ckpt), checkpoint_every=max(steps // 10, 10), resume=True,
+        **{k: opts[k] for k in _FIT_KEYS if opts.get(k) is not None},
     )
     with timer("finetune"):
         for p in model.parameters():
@@ -390,7 +410,10 @@ def compress(settings: CompressSettings) -> CompressResult:
         work = Path(work_s)
         fitted = fit_stage(settings, timer, work)
         cut = cut_stage(fitted, timer)
-        return finish_stage(settings, fitted, cut, timer, work, out)
+        try:
+            return finish_stage(settings, fitted, cut, timer, work, out)
+        finally:  # the fit is complete either way; only an interrupted run leaves it
+            shutil.rmtree(checkpoint_dir(settings, fitted.opts), ignore_errors=True)
 
 
 def finetune_only(settings: CompressSettings) -> dict[str, Any]:
@@ -406,6 +429,7 @@ def finetune_only(settings: CompressSettings) -> dict[str, Any]:
             record = {**_provenance(f, settings), "finetune": _fit_summary(f.fit),
                       "stage_seconds": timer.total()}
             (stage / FIT_RECORD).write_text(json.dumps(_jsonable(record), indent=2) + "\n")
+        shutil.rmtree(checkpoint_dir(settings, f.opts), ignore_errors=True)
     return {"out": str(out), "posterior": str(out / "posterior.safetensors"),
             "finetune": _fit_summary(f.fit)}
 
@@ -606,3 +630,42 @@ def summary_of(report: Mapping[str, Any]) -> dict[str, Any]:
         "metric": report.get("metric"),
         "wall_s": report.get("stage_seconds", {}).get("total"),
     }
+
+
+def _mb(n: Any) -> str:
+    return "-" if n is None else f"{n / 1e6:.2f} MB"
+
+
+def _ratio(a: Any, b: Any) -> str:
+    return "-" if not a or not b else f"{a / b:.2f}x"
+
+
+def format_summary(summary: Mapping[str, Any]) -> str:
+    """Human table of `summary_of(report)`: before / after / ratio per row."""
+    p = summary.get("parameters") or {}
+    rows = [("parameters", f"{p.get('original', 0):,}", f"{p.get('compressed', 0):,}",
+             _ratio(p.get("original"), p.get("compressed")))]
+    for k, v in (summary.get("bytes") or {}).items():
+        rows.append((k, _mb(v.get("before")), _mb(v.get("after")),
+                     _ratio(v.get("before"), v.get("after"))))
+    if summary.get("int8_onnx_bytes"):
+        before = ((summary.get("bytes") or {}).get("model.onnx") or {}).get("before")
+        rows.append(("model.int8.onnx", _mb(before), _mb(summary["int8_onnx_bytes"]),
+                     _ratio(before, summary["int8_onnx_bytes"])))
+    lat = summary.get("latency") or {}
+    if lat.get("original") and lat.get("compressed"):
+        o, c = lat["original"]["median_ms"], lat["compressed"]["median_ms"]
+        shape = ", ".join(f"{k} {tuple(v)}" for k, v in (lat.get("input_shapes") or {}).items())
+        rows.append((f"ORT CPU latency, median ({lat.get('threads')} thread; {shape})",
+                     f"{o:.3f} ms", f"{c:.3f} ms", _ratio(o, c)))
+    m = summary.get("metric") or {}
+    for k, v in (m.get("compressed") or {}).items():
+        before = (m.get("original") or {}).get(k)
+        rows.append((f"{k} (held-out, n={m.get('n')})", "-" if before is None else f"{before:.4f}",
+                     f"{v:.4f}", ""))
+    width = max(len(r[0]) for r in rows)
+    lines = [f"{'':<{width}}  {'before':>12}  {'after':>12}  {'ratio':>7}"]
+    lines += [f"{a:<{width}}  {b:>12}  {c:>12}  {d:>7}" for a, b, c, d in rows]
+    if summary.get("wall_s") is not None:
+        lines.append(f"wall time: {summary['wall_s']:.1f} s")
+    return "\n".join(lines)

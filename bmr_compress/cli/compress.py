@@ -21,10 +21,9 @@ Examples:
 
 
 def _human(result: Any) -> str:
-    lines = [f"wrote {result.out}"]
-    for k, v in (getattr(result, "summary", None) or {}).items():
-        lines.append(f"  {k}: {v}")
-    return "\n".join(lines)
+    from bmr_compress.pipeline import format_summary
+
+    return f"wrote {result.out} (validation passed)\n" + format_summary(result.summary)
 
 
 @click.command("compress", epilog=EPILOG)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -19,9 +20,26 @@ def check_output_dir(out: str | Path, overwrite: bool) -> Path:
     path = Path(out).expanduser()
     if path.exists() and not path.is_dir():
         raise InputError(f"output path exists and is not a directory: {path}")
-    if path.is_dir() and any(path.iterdir()) and not overwrite:
+    try:
+        non_empty = path.is_dir() and any(path.iterdir())
+    except OSError as e:
+        raise InputError(f"cannot read output directory {path}: {e.strerror or e}") from None
+    if non_empty and not overwrite:
         raise InputError(f"output directory is not empty: {path} (pass --overwrite to replace it)")
+    _check_writable_parent(path)
     return path
+
+
+def _check_writable_parent(path: Path) -> None:
+    """The output is renamed into place inside its parent: that (or its nearest existing
+    ancestor, when the parent is still to be created) must be a writable directory."""
+    anc = path.absolute().parent
+    while not anc.exists() and anc != anc.parent:
+        anc = anc.parent
+    if not anc.is_dir():
+        raise InputError(f"cannot create output directory {path}: {anc} is not a directory")
+    if not os.access(anc, os.W_OK | os.X_OK):
+        raise InputError(f"cannot create output directory {path}: {anc} is not writable")
 
 
 @contextlib.contextmanager
@@ -31,8 +49,11 @@ def atomic_output_dir(out: str | Path, overwrite: bool = False) -> Iterator[Path
     On an exception the staging directory is deleted and ``out`` is left untouched.
     """
     target = check_output_dir(out, overwrite).resolve()
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+    except OSError as e:
+        raise InputError(f"cannot create output directory {target}: {e.strerror or e}") from None
     try:
         yield staging
     except BaseException:

@@ -7,8 +7,13 @@ Accepted specs (docs/INTERNALS.md §5):
 * a local hub snapshot directory (config.json + model.safetensors [+ tokenizer files]),
   including bmr-compress zoo checkpoints (config.json with ``bmr_zoo_architecture``);
 * ``zoo:<recipe>``: a shipped recipe (zoo-trained checkpoint, installed-package snapshot or hub);
-* a ``.safetensors`` file or a PyTorch state dict (``.pt``/``.pth``/``.bin``, read with
-  ``weights_only=True``) plus a recipe (``recipe=``) or a config.json beside the file.
+* a ``.safetensors`` file or a PyTorch state dict (``.pt``/``.pth``/``.bin``: pickle, refused
+  unless ``allow_pickle=True`` and then read with ``weights_only=True``) plus a recipe
+  (``recipe=``) or a config.json beside the file.
+
+Every weight file is checked before a third-party loader sees it (io.checks): a truncated or
+corrupted file, a tensor whose shape or dtype disagrees with the config, or NaN/Inf in the
+loaded weights is an InputError naming the file (and tensor).
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from bmr_compress.errors import InputError
+from bmr_compress.io.checks import check_dtypes, check_finite, check_weight_files, read_safetensors_header
 from bmr_compress.io.recipes import Recipe, load_recipe
 
 log = logging.getLogger(__name__)
@@ -155,16 +161,39 @@ def _preprocessor(directory: Path, trust_remote_code: bool) -> Any:
     return None
 
 
+def _first_line(e: BaseException) -> str:
+    return str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+
+
+def _load_pretrained(auto: Any, directory: Path, **kw: Any) -> tuple[Any, dict[str, Any]]:
+    """auto.from_pretrained with its failures as InputErrors naming the directory."""
+    try:
+        model, info = auto.from_pretrained(str(directory), output_loading_info=True,
+                                           ignore_mismatched_sizes=True, **kw)
+    except (OSError, RuntimeError, ValueError, KeyError) as e:
+        raise InputError(f"{directory}: cannot load the weights: {_first_line(e)}") from None
+    mismatched = list(info.get("mismatched_keys", []))
+    if mismatched:
+        first = mismatched[0]
+        detail = (f"{first[0]}: file {tuple(first[1])} vs config {tuple(first[2])}"
+                  if isinstance(first, (tuple, list)) and len(first) == 3 else str(first))
+        raise InputError(f"{directory}: {len(mismatched)} tensor(s) disagree with config.json in "
+                         f"shape, e.g. {detail}")
+    return model, info
+
+
 def _from_pretrained(auto: Any, directory: Path, config: Any, trust_remote_code: bool) -> Any:
     """from_pretrained in float32; a pooler absent from the checkpoint is left out, not random."""
     import torch
 
+    header = check_weight_files(directory)
     kw = {"config": config, "dtype": torch.float32, "trust_remote_code": trust_remote_code}
-    model, info = auto.from_pretrained(str(directory), output_loading_info=True, **kw)
+    model, info = _load_pretrained(auto, directory, **kw)
     missing = list(info.get("missing_keys", []))
     if missing and all(k.split(".")[0] == "pooler" for k in missing) and hasattr(model, "pooler"):
-        model = auto.from_pretrained(str(directory), add_pooling_layer=False, **kw)
+        model, _ = _load_pretrained(auto, directory, add_pooling_layer=False, **kw)
         missing = []
+    check_dtypes(model, header, str(directory))
     if missing:
         log.warning("%s: %d tensors missing from the checkpoint were initialised at random: %s",
                     directory, len(missing), ", ".join(missing[:5]))
@@ -178,8 +207,15 @@ def _load_transformers(directory: Path, task: str | None, trust_remote_code: boo
 
     try:
         config = tf.AutoConfig.from_pretrained(str(directory), trust_remote_code=trust_remote_code)
-    except ValueError as e:  # unknown model_type, or remote code needed
-        raise InputError(f"{directory}: cannot read config.json: {str(e).splitlines()[0]}") from None
+    except (ValueError, OSError, KeyError, TypeError, AttributeError) as e:
+        # unknown model_type, remote code needed, invalid JSON, wrong JSON structure
+        msg = _first_line(e)
+        if not trust_remote_code and ("custom code" in msg or "trust_remote_code" in msg):
+            raise InputError(f"{directory}: this checkpoint needs its own Python code (config.json "
+                             "auto_map); pass --trust-remote-code if you trust it") from None
+        if "valid JSON" in msg:
+            msg = "not valid JSON (truncated or corrupted?)"
+        raise InputError(f"{directory}: cannot read config.json: {msg}") from None
     task = task or _task_from_config(config)
     auto = _auto_class(task, config)
     if task == "regression" and getattr(config, "num_labels", 2) != 1:
@@ -202,18 +238,27 @@ def _load_transformers(directory: Path, task: str | None, trust_remote_code: boo
 # ----------------------------------------------------------------------------- weight files
 
 
-def load_weight_file(path: Path) -> dict[str, Any]:
-    """tensors from .safetensors, or a state dict via torch.load(weights_only=True)."""
+def load_weight_file(path: Path, *, allow_pickle: bool = False) -> dict[str, Any]:
+    """tensors from .safetensors, or (only with ``allow_pickle``) a pickled state dict read
+    with torch.load(weights_only=True)."""
     import torch
 
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
 
+        read_safetensors_header(path)  # truncation/corruption as an InputError naming the file
         try:
             return load_file(str(path))
         except Exception as e:  # safetensors raises its own SafetensorError
-            raise InputError(f"cannot read safetensors file {path}: {e}") from None
+            raise InputError(f"cannot read safetensors file {path}: {_first_line(e)}") from None
     if path.suffix in STATE_DICT_SUFFIXES:
+        if not allow_pickle:
+            raise InputError(
+                f"{path} is a pickle checkpoint, refused by default (unpickling can run code); "
+                "pass --allow-pickle to read it with torch.load(weights_only=True), or convert it: "
+                "python -m bmr_compress.converters.pt_to_safetensors")
+        if not path.is_file():
+            raise InputError(f"weight file not found: {path}")
         try:
             obj = torch.load(str(path), map_location="cpu", weights_only=True)
         except Exception as e:  # pickle.UnpicklingError for anything but plain tensors/containers
@@ -235,6 +280,8 @@ def _from_zoo_dir(directory: Path, source_id: str) -> LoadedSource:
     from bmr_compress.zoo.train import load_zoo_checkpoint
 
     register_with_surgery()  # the pipeline's coupling discovery uses the zoo adapters
+    if (directory / "model.safetensors").is_file():
+        read_safetensors_header(directory / "model.safetensors")
 
     model = load_zoo_checkpoint(directory)
     config = json.loads((directory / "config.json").read_text())
@@ -286,7 +333,7 @@ def _from_snapshot_dir(directory: Path, source_id: str, revision: str | None, ta
 
 
 def _from_recipe(recipe: Recipe, source_id: str, task: str | None, trust_remote_code: bool,
-                 weights_file: Path | None = None) -> LoadedSource:
+                 weights_file: Path | None = None, allow_pickle: bool = False) -> LoadedSource:
     src = recipe.source
     task = task or recipe.task
     if src.zoo:
@@ -306,7 +353,10 @@ def _from_recipe(recipe: Recipe, source_id: str, task: str | None, trust_remote_
                 train_recipe(recipe.name, d, overwrite=True)
             return _from_zoo_dir(d, source_id)
         model = build_model(src.zoo, src.arch, origin=recipe.path)
-        load_state_dict_strict(model, load_weight_file(weights_file), origin=str(weights_file))
+        state = load_weight_file(weights_file, allow_pickle=allow_pickle)
+        header = {k: (_st_dtype(v), tuple(v.shape)) for k, v in state.items()}
+        check_dtypes(model, header, str(weights_file))
+        load_state_dict_strict(model, state, origin=str(weights_file))
         cfg = {**model.zoo_config_dict(), "task": task}
         return LoadedSource(model.eval(), f"zoo:{src.zoo}", task, cfg, None, source_id, None,
                             {"weights": weights_file}, None)
@@ -320,15 +370,30 @@ def _from_recipe(recipe: Recipe, source_id: str, task: str | None, trust_remote_
     if weights_file is None:
         return _from_snapshot_dir(directory, source_id, rev, task, trust_remote_code)
     model, config, task = _load_transformers(directory, task, trust_remote_code,
-                                             weights=load_weight_file(weights_file))
+                                             weights=load_weight_file(weights_file, allow_pickle=allow_pickle))
     return LoadedSource(model, str(config.model_type), task, config,
                         _preprocessor(directory, trust_remote_code), source_id, rev,
                         {"config": directory / "config.json", "weights": weights_file}, directory)
 
 
+def _st_dtype(t: Any) -> str:
+    return "F32" if t.is_floating_point() else "I64"  # only the float/non-float kind matters
+
+
 def resolve_source(spec: str, *, revision: str | None = None, trust_remote_code: bool = False,
-                   recipe: str | None = None, task: str | None = None) -> LoadedSource:
-    """Load SOURCE ``spec`` (see module docstring). ``recipe``/``task`` override the inferred ones."""
+                   recipe: str | None = None, task: str | None = None,
+                   allow_pickle: bool = False) -> LoadedSource:
+    """Load SOURCE ``spec`` (see module docstring). ``recipe``/``task`` override the inferred ones.
+
+    A loaded model with NaN/Inf in any parameter or buffer is refused (InputError).
+    """
+    src = _resolve(spec, revision, trust_remote_code, recipe, task, allow_pickle)
+    check_finite(src.model, str(src.files.get("weights") or spec))
+    return src
+
+
+def _resolve(spec: str, revision: str | None, trust_remote_code: bool, recipe: str | None,
+             task: str | None, allow_pickle: bool) -> LoadedSource:
     if task is not None:
         from bmr_compress.tasks import Task
 
@@ -342,7 +407,8 @@ def resolve_source(spec: str, *, revision: str | None = None, trust_remote_code:
         return _from_snapshot_dir(path.resolve(), spec, revision, task, trust_remote_code)
     if path.is_file():
         if recipe is not None:
-            return _from_recipe(load_recipe(recipe), spec, task, trust_remote_code, weights_file=path)
+            return _from_recipe(load_recipe(recipe), spec, task, trust_remote_code, weights_file=path,
+                                allow_pickle=allow_pickle)
         sibling = path.parent / "config.json"
         if sibling.is_file():
             from bmr_compress.zoo.train import is_zoo_checkpoint
@@ -351,7 +417,7 @@ def resolve_source(spec: str, *, revision: str | None = None, trust_remote_code:
                 return _from_snapshot_dir(path.parent.resolve(), spec, revision, task, trust_remote_code)
             if not is_zoo_checkpoint(path.parent):
                 model, config, task = _load_transformers(path.parent, task, trust_remote_code,
-                                                         weights=load_weight_file(path))
+                                                         weights=load_weight_file(path, allow_pickle=allow_pickle))
                 return LoadedSource(model, str(config.model_type), task, config,
                                     _preprocessor(path.parent, trust_remote_code), spec, revision,
                                     {"config": sibling, "weights": path}, path.parent)
