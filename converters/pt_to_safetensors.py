@@ -40,7 +40,7 @@ def convert_state_dict(source: str | Path, target: str | Path, *, overwrite: boo
         raise InputError(f"target must end in .safetensors: {dst}")
     if dst.exists() and not overwrite:
         raise InputError(f"target exists: {dst} (pass --overwrite)")
-    state = {k: v.detach().contiguous().clone() for k, v in load_weight_file(src).items()}
+    state = {k: v.detach().contiguous().clone() for k, v in load_weight_file(src, allow_pickle=True).items()}
     if not state:
         raise InputError(f"{src} holds no tensors")
     tmp = dst.with_name(f".{dst.name}.tmp")

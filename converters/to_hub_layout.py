@@ -33,7 +33,7 @@ def weights_to_hub_layout(weights: str | Path, recipe: str, out_dir: str | Path,
     if not r.source.zoo:
         raise InputError(f"recipe {r.name!r} is not a zoo architecture; hub checkpoints already have a layout")
     model = build_model(r.source.zoo, r.source.arch, origin=r.path).eval()
-    load_state_dict_strict(model, load_weight_file(Path(weights)), origin=str(weights))
+    load_state_dict_strict(model, load_weight_file(Path(weights), allow_pickle=True), origin=str(weights))
     readme = (f"# {r.name}\n\nConverted from `{Path(weights).name}` with bmr-compress "
               f"(zoo architecture `{r.source.zoo}`).\n")
     with atomic_output_dir(out_dir, overwrite) as staging:

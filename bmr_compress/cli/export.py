@@ -24,4 +24,7 @@ Examples:
 def command(directory: Path, int8: bool, compact_zeros: bool, as_json: bool, debug: bool, verbose: bool) -> None:
     """Reload DIRECTORY with the project's own loader and write model.onnx (+ int8) into it,
     each checked against onnxruntime."""
+    from bmr_compress.io.checks import check_artifacts
+
+    check_artifacts(directory, onnx=False)  # model.onnx is rewritten, the rest must be sound
     emit(pipeline_function("export_directory")(directory, int8=int8, compact_zeros=compact_zeros), as_json)

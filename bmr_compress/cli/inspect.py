@@ -80,10 +80,10 @@ def _human(info: dict[str, Any]) -> str:
 @common_options
 @run_command
 def command(source: str, recipe: str | None, revision: str | None, trust_remote_code: bool,
-            task: str | None, as_json: bool, debug: bool, verbose: bool) -> None:
+            task: str | None, allow_pickle: bool, as_json: bool, debug: bool, verbose: bool) -> None:
     """Load SOURCE and report its family, task, prunable unit groups and posterior coverage."""
     from bmr_compress.io.sources import resolve_source
 
     loaded = resolve_source(source, revision=revision, trust_remote_code=trust_remote_code,
-                            recipe=recipe, task=task)
+                            recipe=recipe, task=task, allow_pickle=allow_pickle)
     emit(inspect_source(loaded), as_json, _human)

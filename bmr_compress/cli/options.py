@@ -6,6 +6,7 @@ import dataclasses
 import functools
 import json
 import logging
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -38,6 +39,8 @@ source_options = _stack(
     click.option("--recipe", metavar="NAME|FILE", help="Model-zoo recipe (needed for a bare weight file)."),
     click.option("--revision", help="Hub revision (commit, tag or branch); same as SOURCE@REV."),
     click.option("--trust-remote-code", is_flag=True, help="Allow the checkpoint's own Python code (off by default)."),
+    click.option("--allow-pickle", is_flag=True,
+                 help="Accept a pickled .pt/.pth/.bin state dict (read with weights_only=True; off by default)."),
     click.option("--task", type=click.Choice(["classification", "regression", "embedding", "causal_lm"]),
                  help="Override the task inferred from the checkpoint."),
 )
@@ -80,6 +83,16 @@ def setup_logging(verbose: bool, debug: bool) -> None:
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr,
                         format="%(levelname)s %(name)s: %(message)s", force=True)
     logging.getLogger("bmr_compress").setLevel(level)
+    # transformers prints multi-line load reports on stderr through its own handler; the tool
+    # logs what matters itself (one line each), so keep them for -v / --debug only
+    if not (verbose or debug):
+        os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+        if "transformers" in sys.modules:
+            sys.modules["transformers"].logging.set_verbosity_error()
+            sys.modules["transformers"].logging.disable_progress_bar()
+        if "huggingface_hub" in sys.modules:
+            sys.modules["huggingface_hub"].utils.disable_progress_bars()
 
 
 def to_jsonable(obj: Any) -> Any:

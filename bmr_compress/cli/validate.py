@@ -24,4 +24,7 @@ Exit code 1 when a check fails.
 def command(directory: Path, data: str | None, as_json: bool, debug: bool, verbose: bool) -> None:
     """Re-run the checks on DIRECTORY: ONNX checker, ORT parity at other shapes, task metric,
     sizes and latency. Raises exit code 1 if any check fails."""
+    from bmr_compress.io.checks import check_artifacts
+
+    check_artifacts(directory)  # unreadable files: exit 2 naming the file; NaN/Inf: exit 1
     emit(pipeline_function("validate_directory")(directory, data=data), as_json)

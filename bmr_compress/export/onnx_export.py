@@ -140,12 +140,25 @@ def _wrapper(model: nn.Module, input_names: tuple[str, ...]) -> nn.Module:
         def forward(self, *args: torch.Tensor) -> torch.Tensor:
             kwargs: dict[str, Any] = dict(zip(input_names, args, strict=True))
             if hf:
-                kwargs["return_dict"] = True
-                if getattr(model.config, "use_cache", None) is not None:
-                    kwargs["use_cache"] = False
+                kwargs.update(hf_call_kwargs(model))
             return output_tensor(self.model(**kwargs))
 
     return _Named().eval()
+
+
+def hf_call_kwargs(model: nn.Module) -> dict[str, Any]:
+    """``return_dict=True`` / ``use_cache=False`` for a transformers model, each only when its
+    forward accepts it (remote-code models may take neither)."""
+    import inspect
+
+    params = inspect.signature(model.forward).parameters
+    any_kw = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+    kw: dict[str, Any] = {}
+    if any_kw or "return_dict" in params:
+        kw["return_dict"] = True
+    if getattr(model.config, "use_cache", None) is not None and (any_kw or "use_cache" in params):
+        kw["use_cache"] = False
+    return kw
 
 
 def _is_hf(model: nn.Module) -> bool:
@@ -164,13 +177,13 @@ def infer_io_spec(model: nn.Module, sample_inputs: dict[str, torch.Tensor]) -> I
     out_name = "logits"
     if _is_hf(model):
         with torch.no_grad():
-            kw: dict[str, Any] = {"return_dict": True}
-            if getattr(model.config, "use_cache", None) is not None:
-                kw["use_cache"] = False
-            out = model(**sample_inputs, **kw)
+            out = model(**sample_inputs, **hf_call_kwargs(model))
         if getattr(out, "logits", None) is None and getattr(out, "last_hidden_state", None) is not None:
             out_name = "last_hidden_state"
-        out_t = out.logits if out_name == "logits" else out.last_hidden_state
+        if isinstance(out, torch.Tensor):  # a remote-code model returning a plain tensor
+            out_t = out
+        else:
+            out_t = out.logits if out_name == "logits" else out.last_hidden_state
     else:
         with torch.no_grad():
             from bmr_compress.tasks import output_tensor

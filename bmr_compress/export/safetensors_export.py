@@ -67,19 +67,30 @@ def load_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     """Read a file written by `export_safetensors`: restores compact zeros and tied aliases."""
     from safetensors import safe_open
 
+    from bmr_compress.io.checks import read_safetensors_header
+
     path = Path(path)
     if not path.is_file():
         raise InputError(f"no safetensors file at {path}")
-    with safe_open(str(path), framework="pt") as f:
-        meta = f.metadata() or {}
-        raw = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 - safe_open has no iterator
-    compact = json.loads(meta.get("bmr_compact_zeros", "{}"))
-    state: dict[str, torch.Tensor] = {}
-    for name, info in compact.items():
-        state[name] = _expand(raw.pop(name + _VALUES), raw.pop(name + _MASK), info["shape"])
-    state.update(raw)
-    for alias, target in json.loads(meta.get("bmr_aliases", "{}")).items():
-        state[alias] = state[target]
+    read_safetensors_header(path)  # truncated/corrupted -> InputError naming the file
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+            raw = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 - safe_open has no iterator
+    except Exception as e:  # noqa: BLE001 - SafetensorError: a corrupted file
+        raise InputError(f"cannot read {path}: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
+    try:
+        compact = json.loads(meta.get("bmr_compact_zeros", "{}"))
+        aliases = json.loads(meta.get("bmr_aliases", "{}"))
+        state: dict[str, torch.Tensor] = {}
+        for name, info in compact.items():
+            state[name] = _expand(raw.pop(name + _VALUES), raw.pop(name + _MASK), info["shape"])
+        state.update(raw)
+        for alias, target in aliases.items():
+            state[alias] = state[target]
+    except (ValueError, KeyError, TypeError, AttributeError, IndexError, RuntimeError) as e:
+        raise InputError(f"{path}: inconsistent bmr metadata (compact zeros / aliases): "
+                         f"{type(e).__name__}: {e}") from None
     return state
 
 

@@ -157,13 +157,11 @@ def _to_numpy(batch: dict[str, torch.Tensor]) -> dict[str, np.ndarray]:
 def _torch_out(model: nn.Module, batch: dict[str, torch.Tensor]) -> np.ndarray:
     import torch
 
-    from bmr_compress.export.onnx_export import _is_hf
+    from bmr_compress.export.onnx_export import _is_hf, hf_call_kwargs
 
     kw: dict[str, Any] = dict(batch)
     if _is_hf(model):
-        kw["return_dict"] = True
-        if getattr(model.config, "use_cache", None) is not None:
-            kw["use_cache"] = False
+        kw.update(hf_call_kwargs(model))
     with torch.no_grad():
         return output_tensor(model(**kw)).float().cpu().numpy()
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -51,7 +52,8 @@ def atomic_output_dir(out: str | Path, overwrite: bool = False) -> Iterator[Path
     target = check_output_dir(out, overwrite).resolve()
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+        remove_stale_staging(target)
+        staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-{os.getpid()}-", dir=target.parent))
     except OSError as e:
         raise InputError(f"cannot create output directory {target}: {e.strerror or e}") from None
     try:
@@ -60,15 +62,69 @@ def atomic_output_dir(out: str | Path, overwrite: bool = False) -> Iterator[Path
         shutil.rmtree(staging, ignore_errors=True)
         raise
     old: Path | None = None
-    if target.exists():
-        check_output_dir(target, overwrite)  # re-check: something may have appeared meanwhile
-        old = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=target.parent))
-        old.rmdir()
-        target.rename(old)
-    staging.rename(target)
+    try:
+        if target.exists():
+            check_output_dir(target, overwrite)  # re-check: something may have appeared meanwhile
+            old = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-{os.getpid()}-", dir=target.parent))
+            old.rmdir()
+        with _signals_deferred():  # Ctrl-C waits until both renames are done
+            if old is not None:
+                target.rename(old)
+            staging.rename(target)
+    except BaseException:
+        if old is not None and old.exists() and not target.exists():
+            old.rename(target)  # the previous state
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
     log.info("wrote %s", target)
+
+
+@contextlib.contextmanager
+def _signals_deferred() -> Iterator[None]:
+    """Block SIGINT/SIGTERM in this thread for a few syscalls; they are delivered afterwards."""
+    import signal
+
+    if not hasattr(signal, "pthread_sigmask"):  # pragma: no cover - not POSIX
+        yield
+        return
+    sigs = {signal.SIGINT, signal.SIGTERM}
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, sigs)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    return True
+
+
+def remove_stale_staging(target: Path) -> list[Path]:
+    """Delete ``.<name>.tmp-<pid>-*`` / ``.<name>.old-<pid>-*`` beside ``target`` left by a run
+    that was killed (its pid no longer exists). An ``old`` copy is put back first when the kill
+    fell between moving the previous output aside and moving the new one in."""
+    pat = re.compile(rf"^\.{re.escape(target.name)}\.(tmp|old)-(\d+)-")
+    removed = []
+    for p in sorted(target.parent.iterdir()):
+        m = pat.match(p.name)
+        if m is None or _alive(int(m.group(2))) or not p.is_dir():
+            continue
+        if m.group(1) == "old" and not target.exists():
+            p.rename(target)  # the previous state, restored
+            log.warning("restored %s from an interrupted replacement", target)
+            continue
+        shutil.rmtree(p, ignore_errors=True)
+        removed.append(p)
+        log.info("removed stale staging directory %s", p)
+    return removed
 
 
 @contextlib.contextmanager

@@ -63,13 +63,31 @@ def _split_indices(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     return np.sort(perm[k:]), np.sort(perm[:k])
 
 
-def _batches(arrays: dict[str, np.ndarray], batch_size: int) -> list[Batch]:
+def _batches(arrays: dict[str, np.ndarray], batch_size: int, seed: int = 0) -> list[Batch]:
+    """Fixed batches. Token sequences are bucketed by length (similar lengths share a batch,
+    batch order then shuffled with `seed`) and each batch is cut to its longest sequence, so
+    short texts do not pay for the corpus's longest one (4x fewer tokens on docstrings)."""
     import torch
 
     n = len(next(iter(arrays.values())))
+    mask = arrays.get("attention_mask")
+    order = np.arange(n)
+    if mask is not None and mask.ndim == 2:
+        order = np.argsort(mask.sum(axis=1), kind="stable")
+    starts = list(range(0, n, batch_size))
+    if mask is not None and len(starts) > 1:
+        starts = [starts[i] for i in np.random.default_rng(seed).permutation(len(starts))]
     out = []
-    for s in range(0, n, batch_size):
-        out.append({k: torch.from_numpy(np.ascontiguousarray(v[s : s + batch_size])) for k, v in arrays.items()})
+    for s in starts:
+        idx = order[s : s + batch_size]
+        width = int(mask[idx].sum(axis=1).max()) if mask is not None and mask.ndim == 2 else None
+        batch = {}
+        for k, v in arrays.items():
+            part = v[idx]
+            if width is not None and part.ndim == 2 and part.shape[1] == mask.shape[1] and k != "labels":
+                part = part[:, :max(width, 1)]
+            batch[k] = torch.from_numpy(np.ascontiguousarray(part))
+        out.append(batch)
     return out
 
 
@@ -192,7 +210,33 @@ def make_dataset(spec: str | DataSpec | None, source: LoadedSource, *, default: 
     if ds.max_samples < total:  # shrink both splits proportionally
         n_ho = min(len(ho), max(1, round(len(ho) * ds.max_samples / total)))
         tr, ho = tr[: max(1, ds.max_samples - n_ho)], ho[:n_ho]
-    train = _batches({k: v[tr] for k, v in arrays.items()}, ds.batch_size)
-    held = _batches({k: v[ho] for k, v in arrays.items()}, ds.batch_size)
+    train = _batches({k: v[tr] for k, v in arrays.items()}, ds.batch_size, ds.seed)
+    held = _batches({k: v[ho] for k, v in arrays.items()}, ds.batch_size, ds.seed)
+    check_fits(held[0], source, desc)
     log.info("data %s: %d train / %d held-out examples", desc, len(tr), len(ho))
     return DataBundle(train, held, source.task, f"{desc}: {len(tr)} train / {len(ho)} held-out")
+
+
+def check_fits(batch: Batch, source: LoadedSource, desc: str) -> None:
+    """One forward pass on two examples: data of the wrong kind or shape for the model is an
+    InputError naming the data, not a shape error deep inside the fine-tune."""
+    import inspect
+
+    import torch
+
+    inputs = {k: v[:2] for k, v in batch.items() if k != "labels"}
+    sig = inspect.signature(source.model.forward).parameters
+    params = {n for n, p in sig.items() if p.kind is not inspect.Parameter.VAR_KEYWORD}
+    open_kw = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in sig.values())
+    unknown = [] if open_kw else sorted(k for k in inputs if k not in params)
+    if unknown:
+        raise InputError(f"{desc}: input {unknown[0]!r} is not an input of {source.source_id} "
+                         f"(it takes {', '.join(sorted(params))})")
+    try:
+        with torch.no_grad():
+            source.model(**inputs)
+    except (RuntimeError, ValueError, IndexError, TypeError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        shapes = ", ".join(f"{k} {tuple(v.shape)} {str(v.dtype).replace('torch.', '')}"
+                           for k, v in inputs.items())
+        raise InputError(f"{desc}: data does not fit {source.source_id} ({shapes}): {first}") from None

@@ -199,6 +199,9 @@ def push_to_hub(
     if not d.is_dir():
         raise InputError(f"no output directory at {d}")
     report = load_validated_report(d)
+    from bmr_compress.io.checks import check_artifacts
+
+    check_artifacts(d)  # the files themselves: sound, readable, no NaN/Inf (else nothing is pushed)
     card = build_model_card(report, repo_id, d)
     files = sorted({str(p.relative_to(d)) for p in d.rglob("*") if p.is_file() and not p.name.startswith(".")}
                    | {CARD_NAME})

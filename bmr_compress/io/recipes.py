@@ -208,7 +208,13 @@ def load_recipe(path_or_name: str | Path) -> Recipe:
     if p.suffix == ".toml" or p.is_file():
         if not p.is_file():
             raise InputError(f"recipe file not found: {p}")
-        return parse_recipe(p.read_text(encoding="utf-8"), str(p), expected_name=p.stem)
+        try:
+            text = p.read_text(encoding="utf-8")
+        except UnicodeDecodeError as e:
+            raise InputError(f"{p}: not a UTF-8 TOML file (byte {e.start})") from None
+        except OSError as e:
+            raise InputError(f"cannot read recipe {p}: {e.strerror or e}") from None
+        return parse_recipe(text, str(p), expected_name=p.stem)
     res = resources.files(RECIPE_PACKAGE) / f"{spec}.toml"
     if not res.is_file():
         raise InputError(f"unknown recipe {spec!r} (known: {', '.join(recipe_names())})")

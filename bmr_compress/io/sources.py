@@ -28,7 +28,10 @@ from pathlib import Path
 from typing import Any
 
 from bmr_compress.errors import InputError
-from bmr_compress.io.checks import check_dtypes, check_finite, check_weight_files, read_safetensors_header
+from bmr_compress.io.checks import (
+    check_artifacts, check_dtypes, check_finite, check_json_file, check_weight_files, check_zoo_dims,
+    read_safetensors_header,
+)
 from bmr_compress.io.recipes import Recipe, load_recipe
 
 log = logging.getLogger(__name__)
@@ -170,8 +173,8 @@ def _load_pretrained(auto: Any, directory: Path, **kw: Any) -> tuple[Any, dict[s
     try:
         model, info = auto.from_pretrained(str(directory), output_loading_info=True,
                                            ignore_mismatched_sizes=True, **kw)
-    except (OSError, RuntimeError, ValueError, KeyError) as e:
-        raise InputError(f"{directory}: cannot load the weights: {_first_line(e)}") from None
+    except Exception as e:  # noqa: BLE001 - third-party model code run on the user's config/files
+        raise InputError(f"{directory}: cannot load the model: {type(e).__name__}: {_first_line(e)}") from None
     mismatched = list(info.get("mismatched_keys", []))
     if mismatched:
         first = mismatched[0]
@@ -282,9 +285,13 @@ def _from_zoo_dir(directory: Path, source_id: str) -> LoadedSource:
     register_with_surgery()  # the pipeline's coupling discovery uses the zoo adapters
     if (directory / "model.safetensors").is_file():
         read_safetensors_header(directory / "model.safetensors")
-
-    model = load_zoo_checkpoint(directory)
-    config = json.loads((directory / "config.json").read_text())
+    config = check_json_file(directory / "config.json")
+    check_zoo_dims(config, directory / "config.json")
+    try:
+        model = load_zoo_checkpoint(directory)
+    except (RuntimeError, ValueError, TypeError, OverflowError, ZeroDivisionError) as e:
+        raise InputError(f"{directory / 'config.json'}: cannot build the zoo model: "
+                         f"{type(e).__name__}: {_first_line(e)}") from None
     return LoadedSource(model, f"zoo:{config['bmr_zoo_architecture']}", config.get("task", "classification"),
                         config, None, source_id, None,
                         {"config": directory / "config.json", "weights": directory / "model.safetensors"},
@@ -297,6 +304,7 @@ def _from_compressed_dir(directory: Path, source_id: str, task: str | None) -> L
     from bmr_compress.zoo.architectures import register_with_surgery
 
     register_with_surgery()
+    check_artifacts(directory, onnx=False)
     manifest = read_manifest(directory)
     model = load_compressed(directory)
     config = getattr(model, "config", None)
@@ -320,6 +328,7 @@ def _from_snapshot_dir(directory: Path, source_id: str, revision: str | None, ta
 
     if not (directory / "config.json").is_file():
         raise InputError(f"{directory} has no config.json (not a hub snapshot directory)")
+    check_json_file(directory / "config.json")  # a JSON object, else InputError naming it
     if (directory / "bmr_manifest.json").is_file():
         return _from_compressed_dir(directory, source_id, task)
     if is_zoo_checkpoint(directory):

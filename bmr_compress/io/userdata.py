@@ -18,25 +18,38 @@ TEXT_KEYS = ("text", "sentence", "content")
 def load_tensor_file(path: Path) -> dict[str, np.ndarray]:
     """Named arrays from .npz (allow_pickle=False) or .pt (torch.load weights_only=True)."""
     if path.suffix == ".npz":
+        import zipfile
+
+        if not zipfile.is_zipfile(path):
+            raise InputError(f"{path} is not a .npz file (not a zip archive: truncated or corrupted?)")
         try:
-            with np.load(path, allow_pickle=False) as z:
+            with open(path, "rb") as fh, np.load(fh, allow_pickle=False) as z:  # we own the handle
                 arrays = {k: np.asarray(z[k]) for k in z.files}
-        except (ValueError, OSError) as e:
-            raise InputError(f"cannot read {path}: {e}") from None
+        except Exception as e:  # noqa: BLE001 - zip/zlib/npy parsers raise many types on bad bytes
+            first = str(e).splitlines()[0] if str(e) else type(e).__name__
+            raise InputError(f"cannot read {path}: {first}") from None
     else:
         import torch
 
         try:
             obj = torch.load(str(path), map_location="cpu", weights_only=True)
         except Exception as e:  # pickle.UnpicklingError and friends
-            raise InputError(f"refusing to load {path} (weights_only=True failed: {str(e).splitlines()[0]})") from None
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise InputError(f"refusing to load {path} (weights_only=True failed: {first})") from None
         if isinstance(obj, torch.Tensor):
             obj = {"inputs": obj}
         if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
             raise InputError(f"{path}: expected a tensor or a dict of tensors")
-        arrays = {str(k): v.numpy() for k, v in obj.items()}
+        arrays = {str(k): (v.float() if v.dtype == torch.bfloat16 else v).detach().cpu().numpy()
+                  for k, v in obj.items()}
     if not arrays:
         raise InputError(f"{path} holds no arrays")
+    zero_d = [k for k, a in arrays.items() if a.ndim == 0]
+    if zero_d:
+        raise InputError(f"{path}: array {zero_d[0]!r} is a scalar, expected one row per example")
+    bad = [k for k, a in arrays.items() if a.dtype.kind not in "biuf"]
+    if bad:
+        raise InputError(f"{path}: array {bad[0]!r} has dtype {arrays[bad[0]].dtype}, expected numbers")
     n = {len(a) for a in arrays.values()}
     if len(n) != 1:
         raise InputError(f"{path}: arrays differ in their first dimension {sorted(n)}")
@@ -45,11 +58,19 @@ def load_tensor_file(path: Path) -> dict[str, np.ndarray]:
 
 def load_texts(path: Path, column: str | None = None) -> tuple[list[str], list[int] | None]:
     """(texts, labels or None) from .txt (one non-empty line each) or .jsonl (text + optional label)."""
+    try:
+        content = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise InputError(f"{path} is not UTF-8 text (byte {e.start}): not a {path.suffix} file?") from None
+    except OSError as e:
+        raise InputError(f"cannot read {path}: {e.strerror or e}") from None
     if path.suffix == ".txt":
-        texts = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        texts = [line.strip() for line in content.splitlines() if line.strip()]
+        if not texts:
+            raise InputError(f"{path} is empty (no non-blank lines)")
         return texts, None
     texts, labels = [], []
-    for i, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+    for i, line in enumerate(content.splitlines(), 1):
         if not line.strip():
             continue
         try:
@@ -62,7 +83,11 @@ def load_texts(path: Path, column: str | None = None) -> tuple[list[str], list[i
             raise InputError(f"{path}:{i}: no text field (looked for {', '.join(keys)})")
         texts.append(str(row[key]))
         if "label" in row:
-            labels.append(int(row["label"]))
+            if isinstance(row["label"], bool) or not isinstance(row["label"], int):
+                raise InputError(f"{path}:{i}: 'label' must be an integer, got {row['label']!r}")
+            labels.append(row["label"])
+    if not texts:
+        raise InputError(f"{path} is empty (no JSON lines)")
     if labels and len(labels) != len(texts):
         raise InputError(f"{path}: 'label' must be on every line or on none")
     return texts, labels or None
