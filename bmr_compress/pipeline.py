@@ -45,6 +45,7 @@ class CompressSettings:
     recipe: str | None = None
     revision: str | None = None
     trust_remote_code: bool = False
+    allow_pickle: bool = False  # read .pt/.pth/.bin state dicts (always weights_only=True)
     task: str | None = None
     data: str | None = None
     max_samples: int | None = None
@@ -64,7 +65,9 @@ class CompressSettings:
     iterative: bool | None = None
     round_to: int | None = None
     size_budget: float | None = None  # ≤ 1: fraction of the original parameters; > 1: count
-    latency_budget: float | None = None  # accepted by the CLI; refused below (not implemented)
+    # fraction of the prunable units' multiply-accumulates to keep (a MAC proxy for latency,
+    # at the export sample's shape; the report measures real ORT latency)
+    latency_budget: float | None = None
     # export
     int8: bool = False
     compact_zeros: bool = False
@@ -72,7 +75,7 @@ class CompressSettings:
 
 
 DEFAULTS: dict[str, Any] = {
-    "steps": 200, "seed": 0, "structured": True, "unstructured": True, "gates": "none",
+    "steps": 200, "seed": 0, "structured": True, "unstructured": False, "gates": "none",
     "threshold": "zero", "iterative": False, "round_to": 8,
 }
 _FIT_KEYS = ("lr", "n_data", "temperature")
@@ -141,10 +144,6 @@ def resolve_settings(settings: CompressSettings, recipe_settings: Any | None) ->
     for layer in (recipe_settings, settings):
         if layer is not None:
             merged.update({k: v for k, v in dataclasses.asdict(layer).items() if v is not None})
-    if merged.get("latency_budget") is not None:
-        from bmr_compress.errors import InputError
-
-        raise InputError("--latency-budget is not supported yet; use --size-budget")
     return merged
 
 
@@ -183,7 +182,7 @@ def load_stage(settings: CompressSettings, timer: StageTimer) -> tuple[Any, Any,
         source = resolve_source(
             settings.source, revision=settings.revision,
             trust_remote_code=settings.trust_remote_code, recipe=settings.recipe,
-            task=settings.task,
+            task=settings.task, allow_pickle=settings.allow_pickle,
         )
     with timer("data"):
         data = make_dataset(
@@ -248,7 +247,9 @@ def fit_stage(settings: CompressSettings, timer: StageTimer, work: Path) -> Fitt
     return fitted
 
 
-def _plan_settings(opts: Mapping[str, Any], original: Any) -> Any:
+def _plan_settings(opts: Mapping[str, Any], original: Any,
+                   unit_macs: Mapping[str, float] | None = None,
+                   groups: list[Any] | None = None) -> Any:
     from bmr_compress.surgery import PlanSettings
 
     budget = opts.get("size_budget")
@@ -256,9 +257,14 @@ def _plan_settings(opts: Mapping[str, Any], original: Any) -> Any:
     if budget is not None:
         total = sum(p.numel() for p in original.parameters())
         max_params = int(total * float(budget)) if float(budget) <= 1.0 else int(budget)
+    max_macs = None
+    if opts.get("latency_budget") is not None and unit_macs is not None and groups:
+        total_macs = sum(g.num_units * unit_macs.get(g.name, 0.0) for g in groups)
+        max_macs = float(opts["latency_budget"]) * total_macs
     return PlanSettings(
         structured=bool(opts["structured"]), unstructured=bool(opts["unstructured"]),
         threshold=str(opts["threshold"]), round_to=int(opts["round_to"]), max_params=max_params,
+        max_macs=max_macs,
     )
 
 
@@ -293,12 +299,17 @@ def cut_stage(f: Fitted, timer: StageTimer) -> Cut:
         posterior = posterior_tensors(f.model)
         rule = _rule(f.opts)
         gates = gate_tensors(f.model) if rule != "spike" else None
-        plan_settings = _plan_settings(f.opts, f.original)
+        macs = None
+        if f.opts.get("latency_budget") is not None:
+            from bmr_compress.surgery import unit_macs
+
+            macs = unit_macs(f.original, f.groups, _strip_labels(f.data.heldout_batches[0]))
+        plan_settings = _plan_settings(f.opts, f.original, macs, f.groups)
         weight_scores = score_weights(posterior)
         unit_scores = score_groups(f.groups, posterior, gates, rule)
         if f.iteration is not None:  # units pruned in the rounds stay pruned
             unit_scores = pin_scores(unit_scores, f.iteration)
-        plan = make_plan(f.groups, unit_scores, weight_scores, plan_settings)
+        plan = make_plan(f.groups, unit_scores, weight_scores, plan_settings, unit_macs=macs)
         wmasks = unstructured_masks(plan, weight_scores) if plan_settings.unstructured else None
     with timer("surgery"):
         unwrap_(f.model)
@@ -336,7 +347,8 @@ def _provenance(f: Fitted, settings: CompressSettings) -> dict[str, Any]:
         "reload": {"source": settings.source, "recipe": settings.recipe,
                    "revision": settings.revision, "task": settings.task, "data": settings.data,
                    "max_samples": settings.max_samples, "batch_size": settings.batch_size,
-                   "trust_remote_code": settings.trust_remote_code},
+                   "trust_remote_code": settings.trust_remote_code,
+                   "allow_pickle": settings.allow_pickle},
     }
 
 
@@ -388,8 +400,11 @@ def finish_stage(settings: CompressSettings, f: Fitted, cut: Cut, timer: StageTi
         write_report(stage, report, delta_lnz=cut.unit_scores)
         if not result.passed:
             rejected = out.with_name(out.name + ".rejected")
+            partial = out.with_name(f".{out.name}.rejected-partial")
+            shutil.rmtree(partial, ignore_errors=True)
+            shutil.copytree(stage, partial)  # complete copy first, then one rename
             shutil.rmtree(rejected, ignore_errors=True)
-            shutil.copytree(stage, rejected)
+            partial.rename(rejected)
             raise ValidationFailed(
                 f"validation failed ({_failed_checks(report)}); nothing was written to {out}; "
                 f"the rejected result and its report are in {rejected}"

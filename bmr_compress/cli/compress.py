@@ -33,6 +33,8 @@ def _human(result: Any) -> str:
 @fit_options
 @plan_options
 @click.option("--int8", is_flag=True, help="Also write an int8-quantised ONNX model.")
+@click.option("--compact-zeros", is_flag=True,
+              help="Store mostly-zero tensors sparsely in model.safetensors (restored on load).")
 @common_options
 @run_command
 def command(as_json: bool, debug: bool, verbose: bool, **opts: Any) -> None:

@@ -56,18 +56,37 @@ fit_options = _stack(
     click.option("--steps", type=click.IntRange(0), help="Variational fine-tune steps."),
     click.option("--seed", type=int, help="Random seed."),
     click.option("--device", default="auto", show_default=True, help="auto | cpu | cuda | cuda:N."),
-    click.option("--gates", type=click.Choice(["none", "bmrs_n", "bmrs_u"]), help="Unit gates (BMRS)."),
+    click.option("--lr", type=click.FloatRange(0, min_open=True), help="Learning rate of the means."),
+    click.option("--n-data", type=click.IntRange(1),
+                 help="Effective data-set size N of the ELBO: smaller N = wider posterior = "
+                      "more pruning [default: examples seen, at least 10000]."),
+    click.option("--temperature", type=click.FloatRange(0),
+                 help="Weight of the KL term (1 = proper ELBO; < 1 cold posterior, less pruning)."),
+    click.option("--gates", type=click.Choice(["none", "bmrs_n", "bmrs_u"]),
+                 help="Per-unit BMRS gates and the rule that scores them."),
 )
 
 plan_options = _stack(
-    click.option("--structured/--unstructured", "structured", default=None,
-                 help="Remove whole units (faster on CPU) or only zero single weights (size only)."),
-    click.option("--round-to", type=click.IntRange(1), help="Round kept widths up to a multiple of N."),
+    click.option("--structured/--no-structured", "structured", default=None,
+                 help="Remove whole units (neurons, filters, heads, hidden dims): smaller and "
+                      "faster on CPU [default: on]."),
+    click.option("--unstructured/--no-unstructured", "unstructured", default=None,
+                 help="Also zero single weights with dlnZ >= 0: smaller files only (sparse "
+                      "storage), no CPU speed-up, costs accuracy [default: off]."),
+    click.option("--threshold", type=click.Choice(["zero", "beta_bernoulli"]),
+                 help="Prune where dlnZ >= 0 ('zero') or by the per-layer Beta-Bernoulli "
+                      "threshold of Markovic et al."),
+    click.option("--round-to", type=click.IntRange(0),
+                 help="Round kept widths to a multiple of N (0 or 1: off) [default: 8]."),
     click.option("--size-budget", type=click.FloatRange(0, 1, min_open=True),
-                 help="Keep at most this fraction of the original parameters."),
+                 help="Keep at most this fraction of the original parameters (units then go "
+                      "in dlnZ order)."),
     click.option("--latency-budget", type=click.FloatRange(0, min_open=True),
-                 help="Target ORT CPU latency as a fraction of the original."),
-    click.option("--iterative", is_flag=True, default=None, help="Prune, refit, re-score in rounds."),
+                 help="Keep at most this fraction of the prunable units' multiply-accumulates "
+                      "(a MAC proxy for latency; the report measures real ORT latency)."),
+    click.option("--iterative", is_flag=True, default=None,
+                 help="Beckers et al.: prune, pin at zero, refit, re-score, until a round prunes "
+                      "nothing or held-out ELBO stops improving."),
 )
 
 out_options = _stack(

@@ -54,7 +54,16 @@ def graph_groups(
     """Trace `model` with Torch-Pruning and return one UnitGroup per coupled channel group."""
     import torch_pruning as tp
 
-    dg = tp.DependencyGraph().build_dependency(model, example_inputs=example_inputs)
+    # Torch-Pruning traces through autograd: parameters that do not require grad (a frozen
+    # copy of a pretrained model) leave the graph empty, so enable grad while tracing.
+    frozen = [p for p in model.parameters() if not p.requires_grad]
+    for p in frozen:
+        p.requires_grad_(True)
+    try:
+        dg = tp.DependencyGraph().build_dependency(model, example_inputs=example_inputs)
+    finally:
+        for p in frozen:
+            p.requires_grad_(False)
     names = {id(m): n for n, m in model.named_modules()}
     ignore = list(ignored or []) + _output_modules(dg, model)
     groups: list[UnitGroup] = []

@@ -54,7 +54,12 @@ def read_manifest(directory: str | Path) -> dict[str, Any]:
     path = Path(directory) / MANIFEST
     if not path.is_file():
         raise InputError(f"{path}: no bmr_manifest.json")
-    data = json.loads(path.read_text())
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise InputError(f"{path}: unreadable manifest ({type(e).__name__}: {e})") from None
+    if not isinstance(data, dict):
+        raise InputError(f"{path}: manifest is not a JSON object")
     if data.get("format_version") != FORMAT_VERSION:
         raise InputError(f"{path}: unsupported manifest format {data.get('format_version')!r}")
     return data
@@ -162,10 +167,21 @@ def _drop_absent_submodules_(model: nn.Module, shapes: Mapping[str, list[int]]) 
 
 def load_compressed(directory: str | Path) -> nn.Module:
     """Rebuild a compressed model from config.json + bmr_manifest.json + model.safetensors."""
-    from safetensors.torch import load_model
+    from bmr_compress.io.checks import check_artifacts
 
     directory = Path(directory)
     manifest = read_manifest(directory)
+    check_artifacts(directory, onnx=False)  # readable config and weights, finite values
+    try:
+        return _load_compressed(directory, manifest)
+    except (KeyError, TypeError, json.JSONDecodeError) as e:
+        raise InputError(f"{directory}: manifest or config does not describe this model "
+                         f"({type(e).__name__}: {e})") from None
+
+
+def _load_compressed(directory: Path, manifest: dict[str, Any]) -> nn.Module:
+    from safetensors.torch import load_model
+
     config = json.loads((directory / "config.json").read_text())
     arch = manifest["architecture"]
     if arch["kind"] == "transformers":
