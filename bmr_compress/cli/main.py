@@ -85,7 +85,7 @@ Examples:
   bmr-compress zoo train mlp-digits
   bmr-compress compress zoo:mlp-digits --out out/mlp
   bmr-compress compress sentence-transformers/all-MiniLM-L6-v2@main --out out/minilm --data docstrings
-  bmr-compress push out/mlp me/mlp-digits-bmr --dry-run
+  bmr-compress push out/mlp --repo-id me/mlp-digits-bmr --dry-run
 
 Exit codes: 0 ok, 1 validation failed (nothing published), 2 bad input or usage.""",
 )
