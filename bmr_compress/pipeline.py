@@ -55,6 +55,8 @@ class CompressSettings:
     lr: float | None = None
     n_data: int | None = None
     temperature: float | None = None
+    noise_std: float | None = None  # distillation likelihood std, relative to the output RMS
+    laplace_batches: int | None = None  # start from the diagonal Laplace posterior (0: off)
     seed: int | None = None
     device: str = "auto"
     # planning
@@ -69,7 +71,7 @@ class CompressSettings:
     # at the export sample's shape; the report measures real ORT latency)
     latency_budget: float | None = None
     # export
-    int8: bool = False
+    int8: bool | None = None
     compact_zeros: bool = False
     progress: bool = True
 
@@ -78,7 +80,9 @@ DEFAULTS: dict[str, Any] = {
     "steps": 200, "seed": 0, "structured": True, "unstructured": False, "gates": "none",
     "threshold": "zero", "iterative": False, "round_to": 8,
 }
-_FIT_KEYS = ("lr", "n_data", "temperature")
+_FIT_KEYS = ("lr", "n_data", "temperature", "laplace_batches")
+# the task's output decides the distillation likelihood (variational.objective)
+_DISTILL = {"embedding": "pooled_gaussian"}
 
 
 @dataclass
@@ -229,7 +233,9 @@ def fit_stage(settings: CompressSettings, timer: StageTimer, work: Path) -> Fitt
     ft = FinetuneSettings(
         steps=steps, seed=int(opts["seed"]), device=settings.device, progress=settings.progress,
         checkpoint_dir=str(ckpt), checkpoint_every=max(steps // 10, 10), resume=True,
+        distill=_DISTILL.get(str(source.task), "auto"),
         **{k: opts[k] for k in _FIT_KEYS if opts.get(k) is not None},
+        **({"hidden_noise_std": float(opts["noise_std"])} if opts.get("noise_std") else {}),
     )
     with timer("finetune"):
         for p in model.parameters():
@@ -379,7 +385,7 @@ def finish_stage(settings: CompressSettings, f: Fitted, cut: Cut, timer: StageTi
             art = export_onnx(f.model, stage / "model.onnx", example)
             base_art = export_onnx(f.original, baseline / "model.onnx", example, sparse=False)
             base_st = export_safetensors(f.original, baseline, {"source": prov["source"]})
-            int8 = quantize_int8(art.path, stage / "model.int8.onnx").path if settings.int8 else None
+            int8 = quantize_int8(art.path, stage / "model.int8.onnx").path if f.opts.get("int8") else None
         with timer("validate"):
             result = validate(
                 f.original, f.model, onnx_path=art.path, original_onnx_path=base_art.path,
@@ -471,7 +477,7 @@ def reduce(posterior_dir: str | Path, *, out: str, overwrite: bool = False, **pl
     from bmr_compress.errors import InputError
     from bmr_compress.io.atomic import check_output_dir
     from bmr_compress.surgery import discover_groups
-    from bmr_compress.variational import PosteriorSpec, load_posterior, wrap_
+    from bmr_compress.variational import PosteriorSpec, load_posterior, restore_posterior_, wrap_
 
     posterior_dir = Path(posterior_dir)
     ppath = posterior_dir / "posterior.safetensors"
@@ -495,35 +501,12 @@ def reduce(posterior_dir: str | Path, *, out: str, overwrite: bool = False, **pl
             groups = discover_groups(model, example)
         sites = tuple(tuple(s) for s in state.settings.get("gate_sites", []))
         wrap_(model, PosteriorSpec(gates=sites))
-        load_posterior_(model, state)
+        restore_posterior_(model, state)
         shutil.copy2(ppath, work / "posterior.safetensors")
         f = Fitted(source, data, opts, source.model, model, groups,
                    work / "posterior.safetensors")
         cut = cut_stage(f, timer)
         return finish_stage(settings, f, cut, timer, work, out_path)
-
-
-def load_posterior_(model: Any, state: Any) -> None:
-    """Copy a saved posterior (μ, log σ², prior, gates) into a freshly wrapped model."""
-    import torch
-
-    from bmr_compress.errors import InputError
-    from bmr_compress.variational.wrap import wrap_state
-
-    st = wrap_state(model)
-    missing = sorted(set(state.tensors) - set(st.entries))
-    if missing:
-        raise InputError(f"posterior does not match the model: no parameter {missing[0]!r}")
-    with torch.no_grad():
-        for name, pt in state.tensors.items():
-            e = st.entries[name]
-            e.mu.copy_(pt.mu)
-            e.log_var.copy_(pt.log_var)
-            e.prior_log_var().copy_(pt.prior_log_var)
-        for name, g in state.gates.items():
-            if name in st.gates:
-                st.gates[name].mu.copy_(g.mu)
-                st.gates[name].log_sigma.copy_(g.log_sigma)
 
 
 def _example_from_spec(spec: Mapping[str, Any], seed: int = 0) -> dict[str, Any]:

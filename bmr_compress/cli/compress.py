@@ -32,7 +32,8 @@ def _human(result: Any) -> str:
 @data_options
 @fit_options
 @plan_options
-@click.option("--int8", is_flag=True, help="Also write an int8-quantised ONNX model.")
+@click.option("--int8", is_flag=True, default=None,
+              help="Also write an int8-quantised ONNX model (validated on its own).")
 @click.option("--compact-zeros", is_flag=True,
               help="Store mostly-zero tensors sparsely in model.safetensors (restored on load).")
 @common_options

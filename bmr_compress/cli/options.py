@@ -62,6 +62,9 @@ fit_options = _stack(
                       "more pruning [default: examples seen, at least 10000]."),
     click.option("--temperature", type=click.FloatRange(0),
                  help="Weight of the KL term (1 = proper ELBO; < 1 cold posterior, less pruning)."),
+    click.option("--laplace-batches", type=click.IntRange(0),
+                 help="Start the posterior at its diagonal Gauss-Newton Laplace approximation "
+                      "estimated on this many batches (0: off) [default: 0]."),
     click.option("--gates", type=click.Choice(["none", "bmrs_n", "bmrs_u"]),
                  help="Per-unit BMRS gates and the rule that scores them."),
 )

@@ -75,10 +75,19 @@ class DataSpec:
 
 @dataclass(frozen=True)
 class RecipeSettings:
+    """[settings]: defaults for `compress` (CLI flags override them); see CompressSettings."""
+
     steps: int | None = None
     seed: int | None = None
+    lr: float | None = None
+    n_data: int | None = None
+    temperature: float | None = None
+    noise_std: float | None = None
+    laplace_batches: int | None = None
     round_to: int | None = None
     structured: bool | None = None
+    unstructured: bool | None = None
+    threshold: str | None = None
     gates: str | None = None
     iterative: bool | None = None
     int8: bool | None = None

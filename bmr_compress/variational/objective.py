@@ -48,6 +48,24 @@ def hidden_gaussian(student: torch.Tensor, teacher: torch.Tensor,
     return sq.reshape(sq.shape[0], -1).sum(1).mean()
 
 
+def pooled_gaussian(student: torch.Tensor, teacher: torch.Tensor,
+                    attention_mask: torch.Tensor | None, noise_std: float) -> torch.Tensor:
+    """Gaussian likelihood on the sentence embedding: -ln N(pool(t); pool(s), tau^2 I) up to
+    a constant, pool = mean over unmasked tokens, tau = noise_std * RMS(pool(teacher)).
+
+    For embedding models this is the output the task uses (cosine / nearest neighbours), so
+    the likelihood asks the posterior to keep what moves the embedding, not every token state.
+    """
+    from bmr_compress.tasks import mean_pool
+
+    if student.dim() != 3:
+        return hidden_gaussian(student, teacher, attention_mask, noise_std)
+    s = mean_pool(student.float(), attention_mask)  # (B, H)
+    t = mean_pool(teacher.float(), attention_mask)
+    tau2 = (noise_std * t.pow(2).mean().sqrt().clamp_min(1e-8)) ** 2
+    return (0.5 * (s - t).pow(2) / tau2).sum(-1).mean()
+
+
 def supervised_nll(output: torch.Tensor, labels: torch.Tensor,
                    noise_std: float = 1.0) -> torch.Tensor:
     """Cross-entropy for integer labels (causal-LM labels shifted, -100 ignored), else Gaussian."""
@@ -85,6 +103,9 @@ def data_term(student: torch.Tensor, teacher: torch.Tensor | None, labels: torch
         if mode == "logits_kl":
             total = total + logits_kl(student, teacher, attention_mask,
                                       settings.distill_temperature)
+        elif mode == "pooled_gaussian":
+            total = total + pooled_gaussian(student, teacher, attention_mask,
+                                            settings.hidden_noise_std)
         else:
             total = total + hidden_gaussian(student, teacher, attention_mask,
                                             settings.hidden_noise_std)

@@ -89,8 +89,14 @@ def load_posterior(path: str | os.PathLike) -> PosteriorState:
             flat = {k: f.get_tensor(k) for k in f.keys()}
     except Exception as exc:  # safetensors raises its own error types
         raise InputError(f"cannot read posterior file {path}: {exc}") from exc
-    gate_meta = json.loads(meta.get("bmr_gates", "{}"))
-    settings = json.loads(meta.get("bmr_settings", "{}"))
+    try:
+        gate_meta = json.loads(meta.get("bmr_gates", "{}"))
+        settings = json.loads(meta.get("bmr_settings", "{}"))
+    except json.JSONDecodeError as exc:
+        raise InputError(f"posterior file {path}: unreadable header metadata ({exc})") from None
+    if not isinstance(gate_meta, dict) or not isinstance(settings, dict) or not all(
+            isinstance(g, dict) for g in gate_meta.values()):
+        raise InputError(f"posterior file {path}: header metadata is not a JSON object table")
     names = sorted({k.rsplit("::", 1)[0] for k in flat if k.endswith("::mu")})
     try:
         tensors = {n: PosteriorTensor(flat[f"{n}::mu"], flat[f"{n}::log_var"],
@@ -101,6 +107,8 @@ def load_posterior(path: str | os.PathLike) -> PosteriorState:
                  for n, g in gate_meta.items()}
     except KeyError as exc:
         raise InputError(f"posterior file {path} lacks tensor {exc}") from None
+    except (TypeError, ValueError) as exc:
+        raise InputError(f"posterior file {path}: malformed gate table ({exc})") from None
     return PosteriorState(tensors, gates, settings)
 
 

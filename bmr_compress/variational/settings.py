@@ -91,13 +91,22 @@ class FinetuneSettings:
     objective: "auto" (supervised when batches carry `labels`, else distillation),
         "distill", "supervised" or "both" (sum of the two data terms).
     distill: "auto" (KL on logits when the output has logits, else Gaussian on hidden
-        states), "logits_kl" or "hidden_gaussian".
+        states), "logits_kl", "hidden_gaussian" (every token state) or "pooled_gaussian"
+        (the mean-pooled sentence embedding; the pipeline uses it for embedding models).
     distill_temperature: softmax temperature of the logits KL.
     hidden_noise_std: std (relative to the teacher output's RMS) of the Gaussian likelihood
         on hidden states/embeddings.
     lr / log_var_lr: Adam learning rates of the means and of log-variances and gates (the
         variance parameters get a larger rate: they move slowly under a shared one; with
         log_var_lr 1e-2 sigma barely left its initial value in 300 steps on digits).
+    laplace_batches: batches used to start the posterior at its diagonal Gauss-Newton
+        Laplace approximation (precision N*F/lambda + 1/s^2, mean shrunk accordingly; see
+        variational/laplace.py) before the first step; 0 (default) starts at the pretrained
+        weights with sigma = init_std_ratio * RMS. Measured on the digits MLP (300 steps,
+        structured BMR): without it N = 1e4 kept 0.978 top-1 agreement at 1.35x fewer
+        parameters; with it N = 1e4 over-pruned (3x, 0.46), N = 1e6 kept 0.994 at 1.27x.
+        It converges in a few steps where the plain start cannot (a 22 M-parameter encoder
+        moved its KL by 4 % in 150 steps), so use it with a larger N on big models.
     prior_update_every: steps between closed-form prior (empirical-Bayes) updates.
     grad_clip: max global gradient norm (0 disables).
     """
@@ -112,6 +121,7 @@ class FinetuneSettings:
     distill: str = "auto"
     distill_temperature: float = 1.0
     hidden_noise_std: float = 0.1
+    laplace_batches: int = 0
     prior_update_every: int = 1
     grad_clip: float = 1.0
     seed: int = 0
@@ -126,7 +136,7 @@ class FinetuneSettings:
     def __post_init__(self) -> None:
         if self.objective not in ("auto", "distill", "supervised", "both"):
             raise InputError(f"unknown objective {self.objective!r}")
-        if self.distill not in ("auto", "logits_kl", "hidden_gaussian"):
+        if self.distill not in ("auto", "logits_kl", "hidden_gaussian", "pooled_gaussian"):
             raise InputError(f"unknown distill mode {self.distill!r}")
         if self.steps < 0 or self.temperature < 0 or (self.n_data is not None and self.n_data <= 0):
             raise InputError("steps and temperature must be >= 0 and n_data > 0")

@@ -154,10 +154,20 @@ def finetune(model: nn.Module, teacher: nn.Module | None, batches: Sequence[Batc
                             {"params": variances, "lr": settings.log_var_lr}],
                            **adam_kwargs(device))
     start, history = 0, []
-    if settings.resume and ckpt.has_checkpoint(settings.checkpoint_dir):
+    diverged_mark = Path(settings.checkpoint_dir or ".") / DIVERGED_MARK
+    if settings.resume and ckpt.has_checkpoint(settings.checkpoint_dir) and diverged_mark.exists():
+        log.warning("the run checkpointed in %s diverged: starting afresh (its state is kept "
+                    "until this run checkpoints)", settings.checkpoint_dir)
+    elif settings.resume and ckpt.has_checkpoint(settings.checkpoint_dir):
         info = ckpt.load_checkpoint(settings.checkpoint_dir, base, opt, gen)
         start, history = int(info["step"]), list(info["history"])
+        for group, lr in zip(opt.param_groups, (settings.lr, settings.log_var_lr)):
+            group["lr"] = lr  # this run's settings, not the checkpoint's
         log.info("resumed from %s at step %d", settings.checkpoint_dir, start)
+    elif settings.laplace_batches > 0:
+        from bmr_compress.variational.laplace import laplace_init_
+
+        laplace_init_(base, batches, settings, n_data, device)
     net: nn.Module = base
     if world > 1:
         from torch.nn.parallel import DistributedDataParallel as DDP
@@ -189,6 +199,15 @@ def finetune(model: nn.Module, teacher: nn.Module | None, batches: Sequence[Batc
                 bad = not (math.isfinite(gnorm) and math.isfinite(kl))
             if bad:
                 _diverged(settings, base, opt, gen, step, history, data.item(), kl, rank)
+            # checkpoint the state *before* this step once its loss proved finite, so that
+            # a checkpoint never holds parameters that have not been evaluated
+            every = settings.checkpoint_every
+            if (settings.checkpoint_dir and every and step % every == 0
+                    and (step != start or step == 0) and rank == 0):
+                ckpt.save_checkpoint(settings.checkpoint_dir, base, opt, gen,
+                                     {"step": step, "history": history,
+                                      "settings": settings.to_dict()})
+                diverged_mark.unlink(missing_ok=True)
             opt.step()
             enforce_masks_(base)
             with torch.no_grad():
@@ -206,11 +225,12 @@ def finetune(model: nn.Module, teacher: nn.Module | None, batches: Sequence[Batc
                 bar.update(1)
                 bar.set_postfix(elbo=f"{rec['elbo']:.4g}", data=f"{rec['data']:.4g}",
                                 kl=f"{rec['kl']:.4g}", refresh=False)
-            if (settings.checkpoint_dir and settings.checkpoint_every
-                    and (step + 1) % settings.checkpoint_every == 0 and rank == 0):
-                ckpt.save_checkpoint(settings.checkpoint_dir, base, opt, gen,
-                                     {"step": step + 1, "history": history,
-                                      "settings": settings.to_dict()})
+        every = settings.checkpoint_every
+        if (settings.checkpoint_dir and every and settings.steps % every == 0
+                and settings.steps > start and rank == 0):  # the completed run's end state
+            ckpt.save_checkpoint(settings.checkpoint_dir, base, opt, gen,
+                                 {"step": settings.steps, "history": history,
+                                  "settings": settings.to_dict()})
     finally:
         if bar is not None:
             bar.close()
@@ -252,12 +272,23 @@ def _progress(settings: FinetuneSettings, start: int, rank: int):
                 desc="variational fine-tune", dynamic_ncols=True)
 
 
+DIVERGED_MARK = "DIVERGED"
+
+
 def _diverged(settings, base, opt, gen, step, history, data, kl, rank) -> None:
+    """Stop with a clear message. The last periodic checkpoint (written before the step that
+    went non-finite) is the last good state and is kept as it is; with no checkpoint yet,
+    the current parameters (which produced the non-finite loss) are not saved."""
     where = ""
-    if settings.checkpoint_dir and rank == 0:
+    if (settings.checkpoint_dir and rank == 0 and not ckpt.has_checkpoint(settings.checkpoint_dir)
+            and all(bool(torch.isfinite(p).all()) for p in base.parameters())):
+        # no periodic checkpoint yet: keep the current (finite) parameters for inspection
         ckpt.save_checkpoint(settings.checkpoint_dir, base, opt, gen,
                              {"step": step, "history": history, "settings": settings.to_dict()})
-        where = f"; last good state saved to {settings.checkpoint_dir}"
+    if settings.checkpoint_dir and ckpt.has_checkpoint(settings.checkpoint_dir):
+        where = f"; last good state kept in {settings.checkpoint_dir}"
+        if rank == 0:  # a rerun starts afresh instead of resuming into the divergence
+            (Path(settings.checkpoint_dir) / DIVERGED_MARK).write_text(f"step {step + 1}\n")
     raise DivergenceError(
         f"fine-tune diverged at step {step + 1}: non-finite loss or gradient (data {data:.4g}, "
         f"KL {kl:.4g}); parameters kept at step {step}{where}; try a lower lr/log_var_lr")

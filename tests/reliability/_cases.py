@@ -479,9 +479,7 @@ CASES: list[Case] = [
     Case("output-is-a-file", "output directory", output_is_a_file),
     Case("output-parent-not-a-dir", "output directory", output_parent_not_a_directory),
     Case("output-not-writable", "output directory", output_not_writable),
-    Case("unsupported-layer", "unsupported layer type", unsupported_layer,
-         known_bug="pipeline.fit_stage traces the dependency graph with requires_grad=False params: "
-                   "surgery.graph_groups then finds 0 groups and the GroupNorm is never seen"),
+    Case("unsupported-layer", "unsupported layer type", unsupported_layer),
     Case("recipe-unknown-key", "recipe", recipe_unknown_key),
     Case("recipe-unknown-table", "recipe", recipe_unknown_table),
     Case("recipe-invalid-toml", "recipe", recipe_invalid_toml),

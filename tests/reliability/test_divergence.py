@@ -58,9 +58,6 @@ def test_divergence_is_one_line_exit_2_and_keeps_last_good_state(
     assert _finite_checkpoint(ckpt), "the kept state holds only finite numbers"
 
 
-@pytest.mark.xfail(strict=True, reason="variational.trainer._diverged saves the parameters that produced "
-                                       "the non-finite loss over the last periodic checkpoint, so a rerun "
-                                       "resumes into the same divergence (reported)")
 def test_rerun_after_divergence_succeeds(cache_env: Sources, tmp_path: Path,
                                          monkeypatch: pytest.MonkeyPatch) -> None:
     from bmr_compress.cli.main import cli

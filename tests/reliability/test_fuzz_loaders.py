@@ -295,8 +295,6 @@ def _mutated_dir(src: Path, dst: Path, name: str, raw: bytes) -> Path:
     return dst
 
 
-@pytest.mark.xfail(strict=True, reason="surgery.manifest.read_manifest: json.loads/data.get unguarded "
-                                       "(JSONDecodeError, UnicodeDecodeError, AttributeError; reported)")
 @FUZZ_KNOWN_BUG
 @given(data=st.data())
 def test_read_manifest(compressed_dir: Path, tmp_path: Path, data: st.DataObject) -> None:
@@ -307,8 +305,6 @@ def test_read_manifest(compressed_dir: Path, tmp_path: Path, data: st.DataObject
     only_typed_errors(lambda: read_manifest(d))
 
 
-@pytest.mark.xfail(strict=True, reason="surgery.manifest.load_compressed: JSON/KeyError/SafetensorError "
-                                       "escape untyped (reported)")
 @FUZZ_KNOWN_BUG
 @given(data=st.data())
 def test_load_compressed(compressed_dir: Path, tmp_path: Path, data: st.DataObject) -> None:
@@ -334,8 +330,6 @@ def test_compressed_dir_as_source_is_typed(compressed_dir: Path, tmp_path: Path)
                 resolve_source(str(d))
 
 
-@pytest.mark.xfail(strict=True, reason="variational.serialize.load_posterior: json.loads of header "
-                                       "metadata and gate table shape unguarded (reported)")
 @FUZZ_KNOWN_BUG
 @given(data=st.data())
 def test_load_posterior(compressed_dir: Path, tmp_path: Path, data: st.DataObject) -> None:
