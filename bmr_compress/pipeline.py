@@ -525,19 +525,28 @@ def _example_from_spec(spec: Mapping[str, Any], seed: int = 0) -> dict[str, Any]
     return out
 
 
+def _load_compressed(directory: Path) -> Any:
+    """surgery.load_compressed, with the zoo architectures registered for zoo models."""
+    from bmr_compress.surgery import load_compressed
+    from bmr_compress.zoo.architectures import register_with_surgery
+
+    register_with_surgery()
+    return load_compressed(directory).eval()
+
+
 def export_directory(directory: str | Path, *, int8: bool = False, compact_zeros: bool = False
                      ) -> dict[str, Any]:
     """Reload a compressed directory with the project's loader and (re-)write its ONNX files."""
     from bmr_compress.errors import InputError
     from bmr_compress.export import export_onnx, export_safetensors, quantize_int8
     from bmr_compress.io.atomic import replace_files
-    from bmr_compress.surgery import load_compressed, read_manifest
+    from bmr_compress.surgery import read_manifest
 
     directory = Path(directory)
     manifest = read_manifest(directory)
     if "export_sample" not in manifest:
         raise InputError(f"{directory / 'bmr_manifest.json'} has no export_sample")
-    model = load_compressed(directory).eval()
+    model = _load_compressed(directory)
     example = _example_from_spec(manifest["export_sample"])
     with replace_files(directory) as stage:
         art = export_onnx(model, stage / "model.onnx", example)
@@ -548,13 +557,14 @@ def export_directory(directory: str | Path, *, int8: bool = False, compact_zeros
             written.append("model.safetensors")
         if int8:
             written.append(quantize_int8(art.path, stage / "model.int8.onnx").path.name)
-    return {"directory": str(directory), "written": written, "onnx": art.to_dict()}
+        info = art.to_dict()  # while the staged files still exist
+    return {"directory": str(directory), "written": written, "onnx": info}
 
 
 def validate_directory(directory: str | Path, *, data: str | None = None) -> dict[str, Any]:
     """Re-run validation of a compressed directory against its original source."""
     from bmr_compress.export import export_onnx, validate
-    from bmr_compress.surgery import load_compressed, read_manifest
+    from bmr_compress.surgery import read_manifest
 
     directory = Path(directory)
     manifest = read_manifest(directory)
@@ -565,7 +575,7 @@ def validate_directory(directory: str | Path, *, data: str | None = None) -> dic
     settings = CompressSettings(**reload, out=str(directory), overwrite=True, steps=0,
                                 progress=False)
     source, bundle, _ = load_stage(settings, StageTimer())
-    model = load_compressed(directory).eval()
+    model = _load_compressed(directory)
     example = _strip_labels(bundle.heldout_batches[0])
     with tempfile.TemporaryDirectory(prefix="bmr-validate-") as work:
         base = export_onnx(source.model, Path(work) / "original.onnx", example, sparse=False)

@@ -47,7 +47,7 @@ def command(as_json: bool, debug: bool, verbose: bool, **opts: Any) -> None:
     """
     from bmr_compress import pipeline
 
-    result = pipeline.compress(compress_settings(opts, what="compress", progress=verbose))
+    result = pipeline.compress(compress_settings(opts, what="compress", progress=True))
     emit(result, as_json, _human)
 
 

@@ -29,5 +29,5 @@ Then: bmr-compress reduce fit/mlp --out out/mlp --size-budget 0.5
 def command(as_json: bool, debug: bool, verbose: bool, **opts: Any) -> None:
     """Wrap SOURCE in a Gaussian posterior, fine-tune it briefly and write
     posterior.safetensors (+ the settings needed to reload the source) into --out."""
-    settings = compress_settings(opts, what="finetune", progress=verbose)
+    settings = compress_settings(opts, what="finetune", progress=True)
     emit(pipeline_function("finetune_only")(settings), as_json)

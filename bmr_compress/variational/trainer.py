@@ -268,8 +268,9 @@ def _progress(settings: FinetuneSettings, start: int, rank: int):
         return None
     from tqdm.auto import tqdm
 
+    # disable=None: a bar on a terminal, nothing when stderr is a file or pipe (logs, CI)
     return tqdm(total=settings.steps, initial=start, file=sys.stderr, unit="step",
-                desc="variational fine-tune", dynamic_ncols=True)
+                desc="variational fine-tune", dynamic_ncols=True, disable=None)
 
 
 DIVERGED_MARK = "DIVERGED"
