@@ -290,7 +290,8 @@ def _weight_hooks(st: WrapState, module: nn.Module, ents: dict[str, Entry]):
             p = mod._parameters[n]
             saved[n] = p
             eps = st.noise.shared_randn(p.shape, p.dtype, p.device)
-            mod._parameters[n] = p + e.var().sqrt().to(p.dtype) * eps  # a draw, grads flow to mu
+            # a draw, grads flow to mu; _SafeSqrt: masked entries (var 0) get zero, not NaN, grads
+            mod._parameters[n] = p + _SafeSqrt.apply(e.var()).to(p.dtype) * eps
         return None
 
     def post(mod, args, out):

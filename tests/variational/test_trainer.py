@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 
 import pytest
 import torch
@@ -170,3 +171,25 @@ def test_cuda_bf16_finetune():
     res = finetune(model, teacher, batches, FinetuneSettings(steps=3, device="cuda", **FAST))
     assert res.device.startswith("cuda")
     assert all(torch.isfinite(torch.tensor(h["loss"])) for h in res.history)
+
+
+def test_masked_weight_space_tensor_keeps_gradients_finite():
+    """Masking one element of a weight-sampled tensor (a norm) must not poison the gradients
+    (sqrt at variance 0): regression for iterative BMR on ViT/Mixer."""
+    import torch
+    from torch import nn
+
+    from bmr_compress.variational import finetune, set_masks_, wrap_
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 5), nn.LayerNorm(5), nn.Linear(5, 3))
+    teacher = nn.Sequential(nn.Linear(6, 5), nn.LayerNorm(5), nn.Linear(5, 3))
+    teacher.load_state_dict(model.state_dict())
+    wrap_(model)
+    keep = {"1.bias": torch.ones(5, dtype=torch.bool)}
+    keep["1.bias"][2] = False
+    set_masks_(model, keep)
+    batches = [{"input": torch.randn(4, 6)} for _ in range(2)]  # Sequential.forward(input)
+    res = finetune(model, teacher, batches, FinetuneSettings(steps=3, progress=False, n_data=100))
+    assert all(math.isfinite(r["loss"]) and math.isfinite(r["grad_norm"]) for r in res.history)
+    assert float(model[1].bias.detach()[2]) == 0.0
