@@ -75,6 +75,7 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--threads", type=int, default=1,
                     help="torch intra-op threads (1: CPU time is then pure work, no spin-waits)")
+    ap.add_argument("--no-write", action="store_true", help="print only, leave BENCHMARKS.md")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
@@ -117,7 +118,8 @@ def main() -> None:
         f"**Ratio variational / deterministic: {v / d:.2f}x wall, {vc / dc:.2f}x CPU** "
         f"(target <= 2.0x on CPU). {gpu}.\n"
     )
-    write_section("finetune_step", body)
+    if not args.no_write:
+        write_section("finetune_step", body)
     print(body)
 
 

@@ -21,17 +21,21 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 SCRIPTS = ("quality", "markovic", "bmrs", "beckers", "speed")
+FULL_ONLY = ("main_job",)  # the README main job (~10 min on 2 cores): full mode only
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true")
-    ap.add_argument("--only", default=",".join(SCRIPTS), help="comma-separated subset")
+    ap.add_argument("--only", default=None, help="comma-separated subset")
     args = ap.parse_args()
+    if args.only is None:
+        args.only = ",".join(SCRIPTS + (() if args.quick else FULL_ONLY))
     t0 = time.perf_counter()
     times, failed = {}, []
     for name in args.only.split(","):
-        cmd = [sys.executable, f"bench/{name}.py"] + (["--quick"] if args.quick else [])
+        quick = ["--quick"] if args.quick and name not in FULL_ONLY else []
+        cmd = [sys.executable, f"bench/{name}.py"] + quick
         print(f"== {' '.join(cmd[1:])}", flush=True)
         t = time.perf_counter()
         rc = subprocess.run(cmd, cwd=ROOT).returncode
