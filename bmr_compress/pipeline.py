@@ -325,6 +325,21 @@ def cut_stage(f: Fitted, timer: StageTimer) -> Cut:
     return Cut(plan, record, unit_scores)
 
 
+LATENCY_SEQ = 128  # text models are timed at batch 1 x 128 tokens (capped by max positions)
+
+
+def validation_settings(model: Any, example: Mapping[str, Any]) -> Any:
+    """Latency at batch 1 and, for token inputs, LATENCY_SEQ tokens (the deployment shape
+    the report quotes), not the length of whatever calibration batch came first."""
+    from bmr_compress.export import ValidationSettings
+    from bmr_compress.export.validation import max_positions
+
+    if "input_ids" not in example:
+        return ValidationSettings()
+    cap = max_positions(model)
+    return ValidationSettings(latency_seq=min(LATENCY_SEQ, cap) if cap else LATENCY_SEQ)
+
+
 def _save_kwargs(model: Any, original: Any) -> dict[str, Any]:
     """Zoo models (no transformers config) are saved through their registered builder."""
     if hasattr(model, "config"):
@@ -391,6 +406,7 @@ def finish_stage(settings: CompressSettings, f: Fitted, cut: Cut, timer: StageTi
                 f.original, f.model, onnx_path=art.path, original_onnx_path=base_art.path,
                 sample_inputs=example, heldout_batches=f.data.heldout_batches,
                 task=f.source.task, int8_path=int8, raise_on_failure=False,
+                settings=validation_settings(f.original, example),
             )
         files_before = {"model.onnx": base_art.path.stat().st_size,
                         "model.safetensors": Path(base_st).stat().st_size}
@@ -585,6 +601,7 @@ def validate_directory(directory: str | Path, *, data: str | None = None) -> dic
             original_onnx_path=base.path, sample_inputs=example,
             heldout_batches=bundle.heldout_batches, task=manifest.get("task", source.task),
             int8_path=int8 if int8.is_file() else None, raise_on_failure=False,
+            settings=validation_settings(source.model, example),
         )
     _update_report_validation(directory, result)
     result.raise_if_failed()

@@ -201,7 +201,8 @@ def validate(
                              sample_inputs, st)
     checks.check_metric(res, original, compressed, heldout_batches, task, st)
     if int8_path is not None:
-        checks.check_int8(res, Path(int8_path), onnx_path if ok_files else None, sample_inputs, compressed, st)
+        checks.check_int8(res, Path(int8_path), onnx_path if ok_files else None, sample_inputs, compressed, st,
+                          original=original, batches=heldout_batches, task=task)
     if raise_on_failure:
         res.raise_if_failed()
     return res
