@@ -75,10 +75,43 @@ def section(report: dict, wall: float | None, directory: Path) -> str:
     return "\n".join(lines)
 
 
+def budget_rows(directory: Path, budgets: list[float]) -> str:
+    """Re-plan the same posterior (`bmr-compress reduce`, no refit) under user latency budgets
+    (units removed in ΔlnZ order) and tabulate what validation measured, passed or rejected."""
+    rows = ["", "What a user-given budget does instead (same posterior, `bmr-compress reduce "
+            "DIR --latency-budget F`, no recovery fine-tune):", "",
+            "| --latency-budget | parameters | ORT latency speed-up | fp32 ONNX ratio | cosine | "
+            "NN agreement | validation |", "|---:|---:|---:|---:|---:|---:|---|"]
+    for b in budgets:
+        out = directory.with_name(f"{directory.name}-lat{b}")
+        for d in (out, out.with_name(out.name + ".rejected")):
+            subprocess.run(["rm", "-rf", str(d)], check=False)
+        subprocess.run([sys.executable, "-m", "bmr_compress.cli.main", "reduce", str(directory),
+                        "--out", str(out), "--latency-budget", str(b)], cwd=ROOT, check=False,
+                       capture_output=True)
+        path = out / "report.json"
+        if not path.is_file():
+            path = out.with_name(out.name + ".rejected") / "report.json"
+        if not path.is_file():
+            rows.append(f"| {b} | – | – | – | – | – | failed before validation |")
+            continue
+        r = json.loads(path.read_text())
+        lat, sz = r.get("latency", {}), r.get("onnx_sizes", {}).get("onnx_file_bytes", {})
+        m = r.get("metric", {}).get("compressed", {})
+        sp = _ratio(lat.get("original", {}).get("median_ms"), lat.get("compressed", {}).get("median_ms"))
+        rows.append(f"| {b} | {r['parameters']['compressed']:,} | {sp or float('nan'):.2f}x | "
+                    f"{_ratio(sz.get('original'), sz.get('compressed')) or float('nan'):.2f}x | "
+                    f"{m.get('cosine', float('nan')):.3f} | {m.get('nn_agreement', float('nan')):.3f} | "
+                    f"{'passed' if r['validation']['passed'] else 'rejected'} |")
+    return "\n".join(rows)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--from", dest="src", type=Path, help="read this run's report.json")
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "out" / "minilm")
+    ap.add_argument("--budgets", default="0.9,0.8,0.5",
+                    help="latency budgets to re-plan under ('' for none)")
     args = ap.parse_args()
     wall = None
     directory = args.src
@@ -93,6 +126,9 @@ def main() -> None:
         report_path = rejected
     report = json.loads(report_path.read_text())
     body = section(report, wall, directory)
+    budgets = [float(b) for b in args.budgets.split(",") if b.strip()]
+    if budgets and report_path.parent == directory:
+        body += "\n" + budget_rows(directory, budgets)
     print(body)
     write_section("main_job", body)
 

@@ -255,7 +255,7 @@ def fit_stage(settings: CompressSettings, timer: StageTimer, work: Path) -> Fitt
 
 def _plan_settings(opts: Mapping[str, Any], original: Any,
                    unit_macs: Mapping[str, float] | None = None,
-                   groups: list[Any] | None = None) -> Any:
+                   groups: list[Any] | None = None, task: str | None = None) -> Any:
     from bmr_compress.surgery import PlanSettings
 
     budget = opts.get("size_budget")
@@ -267,10 +267,13 @@ def _plan_settings(opts: Mapping[str, Any], original: Any,
     if opts.get("latency_budget") is not None and unit_macs is not None and groups:
         total_macs = sum(g.num_units * unit_macs.get(g.name, 0.0) for g in groups)
         max_macs = float(opts["latency_budget"]) * total_macs
+    kinds = PlanSettings().kinds
+    if task == "embedding":  # the hidden size *is* the embedding size users consume
+        kinds = tuple(k for k in kinds if k != "hidden")
     return PlanSettings(
         structured=bool(opts["structured"]), unstructured=bool(opts["unstructured"]),
         threshold=str(opts["threshold"]), round_to=int(opts["round_to"]), max_params=max_params,
-        max_macs=max_macs,
+        max_macs=max_macs, kinds=kinds,
     )
 
 
@@ -285,7 +288,7 @@ def _iterate(f: Fitted, ft: Any, timer: StageTimer) -> Any:
     with timer("iterate"):
         result = iterate_with_finetune(
             f.model, f.groups, f.original, f.data.train_batches, f.data.heldout_batches, ft,
-            _plan_settings(f.opts, f.original), rule=_rule(f.opts),
+            _plan_settings(f.opts, f.original, task=str(f.source.task)), rule=_rule(f.opts),
         )
     for r in result.rounds:
         log.info("round %d: pruned %.1f%% (new %d), held-out ELBO %.4g", r.index,
@@ -310,7 +313,7 @@ def cut_stage(f: Fitted, timer: StageTimer) -> Cut:
             from bmr_compress.surgery import unit_macs
 
             macs = unit_macs(f.original, f.groups, _strip_labels(f.data.heldout_batches[0]))
-        plan_settings = _plan_settings(f.opts, f.original, macs, f.groups)
+        plan_settings = _plan_settings(f.opts, f.original, macs, f.groups, str(f.source.task))
         weight_scores = score_weights(posterior)
         unit_scores = score_groups(f.groups, posterior, gates, rule)
         if f.iteration is not None:  # units pruned in the rounds stay pruned
@@ -680,8 +683,8 @@ def format_summary(summary: Mapping[str, Any]) -> str:
     lat = summary.get("latency") or {}
     if lat.get("original") and lat.get("compressed"):
         o, c = lat["original"]["median_ms"], lat["compressed"]["median_ms"]
-        shape = ", ".join(f"{k} {tuple(v)}" for k, v in (lat.get("input_shapes") or {}).items())
-        rows.append((f"ORT CPU latency, median ({lat.get('threads')} thread; {shape})",
+        dims = f"batch {lat.get('batch')}" + (f", seq {lat['seq']}" if lat.get("seq") else "")
+        rows.append((f"ORT CPU latency, median ({lat.get('threads')} thread, {dims})",
                      f"{o:.3f} ms", f"{c:.3f} ms", _ratio(o, c)))
     m = summary.get("metric") or {}
     for k, v in (m.get("compressed") or {}).items():

@@ -39,9 +39,15 @@ def quantize_int8(
     with tempfile.TemporaryDirectory(dir=out.parent, prefix=".quant-") as tmp:
         dense_path, q_path = Path(tmp) / "dense.onnx", Path(tmp) / "q.onnx"
         onnx.save_model(proto, str(dense_path))
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            quantize_dynamic(str(dense_path), str(q_path), weight_type=QuantType.QInt8)
+        root = logging.getLogger()  # the quantiser's "consider pre-processing" goes to root
+        level = root.level
+        root.setLevel(logging.ERROR)
+        try:
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                quantize_dynamic(str(dense_path), str(q_path), weight_type=QuantType.QInt8)
+        finally:
+            root.setLevel(level)
         for w in caught:
             log.debug("quantize_dynamic: %s", w.message)
         q = onnx.load(str(q_path))
