@@ -83,18 +83,28 @@ def atomic_output_dir(out: str | Path, overwrite: bool = False) -> Iterator[Path
 
 @contextlib.contextmanager
 def _signals_deferred() -> Iterator[None]:
-    """Block SIGINT/SIGTERM in this thread for a few syscalls; they are delivered afterwards."""
-    import signal
+    """Hold SIGINT/SIGTERM for a few syscalls and deliver them afterwards.
 
-    if not hasattr(signal, "pthread_sigmask"):  # pragma: no cover - not POSIX
-        yield
+    Python-level handlers, not the thread's signal mask: a signal sent to the process may be
+    taken by any OS thread (torch and onnxruntime keep pools), but Python always runs its
+    handlers in the main thread, so replacing the handlers defers it wherever it lands.
+    """
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield  # signal handlers can only be changed from the main thread
         return
-    sigs = {signal.SIGINT, signal.SIGTERM}
-    previous = signal.pthread_sigmask(signal.SIG_BLOCK, sigs)
+    pending: list[int] = []
+    sigs = (signal.SIGINT, signal.SIGTERM)
+    previous = {s: signal.signal(s, lambda signum, _frame: pending.append(signum)) for s in sigs}
     try:
         yield
     finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+        for signum in pending[:1]:  # deliver once, to the handler that was in place
+            signal.raise_signal(signum)
 
 
 def _alive(pid: int) -> bool:
