@@ -1,0 +1,209 @@
+"""Entry points, one per CLI command; each wires the stages and decides file locations."""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+import logging
+import shutil
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+from bmr_compress.pipeline.settings import (
+    FIT_RECORD, CompressResult, CompressSettings, StageTimer, _jsonable, _strip_labels,
+)
+from bmr_compress.pipeline.stages import (
+    Fitted, _fit_summary, _provenance, checkpoint_dir, cut_stage, finish_stage, fit_stage,
+    load_stage, validation_settings,
+)
+
+
+def compress(settings: CompressSettings) -> CompressResult:
+    """The whole pipeline into `settings.out`. Raises BmrError subclasses."""
+    from bmr_compress.io.atomic import check_output_dir
+
+    out = check_output_dir(settings.out, settings.overwrite)  # fail fast, before any work
+    timer = StageTimer()
+    with tempfile.TemporaryDirectory(prefix="bmr-work-") as work_s:
+        work = Path(work_s)
+        fitted = fit_stage(settings, timer, work)
+        cut = cut_stage(fitted, timer)
+        try:
+            return finish_stage(settings, fitted, cut, timer, work, out)
+        finally:  # the fit is complete either way; only an interrupted run leaves it
+            shutil.rmtree(checkpoint_dir(settings, fitted.opts), ignore_errors=True)
+
+
+def finetune_only(settings: CompressSettings) -> dict[str, Any]:
+    """Fit the posterior only: writes posterior.safetensors + bmr_fit.json into `out`."""
+    from bmr_compress.io.atomic import atomic_output_dir, check_output_dir
+
+    out = check_output_dir(settings.out, settings.overwrite)
+    timer = StageTimer()
+    with tempfile.TemporaryDirectory(prefix="bmr-work-") as work_s:
+        f = fit_stage(settings, timer, Path(work_s))
+        with atomic_output_dir(out, settings.overwrite) as stage:
+            shutil.copy2(f.posterior_path, stage / "posterior.safetensors")
+            record = {**_provenance(f, settings), "finetune": _fit_summary(f.fit),
+                      "stage_seconds": timer.total()}
+            (stage / FIT_RECORD).write_text(json.dumps(_jsonable(record), indent=2) + "\n")
+        shutil.rmtree(checkpoint_dir(settings, f.opts), ignore_errors=True)
+    return {"out": str(out), "posterior": str(out / "posterior.safetensors"),
+            "finetune": _fit_summary(f.fit)}
+
+
+def _reload_record(directory: Path) -> dict[str, Any]:
+    from bmr_compress.errors import InputError
+
+    for name in (FIT_RECORD, "bmr_manifest.json"):
+        p = directory / name
+        if p.is_file():
+            try:
+                rec = json.loads(p.read_text())
+            except (OSError, json.JSONDecodeError) as e:
+                raise InputError(f"cannot read {p}: {e}") from None
+            if isinstance(rec, dict) and isinstance(rec.get("reload"), dict):
+                return rec
+    raise InputError(f"{directory} has no {FIT_RECORD} or bmr_manifest.json with reload "
+                     "information (was it written by `bmr-compress compress` or `finetune`?)")
+
+
+def reduce(posterior_dir: str | Path, *, out: str, overwrite: bool = False, **plan_opts: Any
+           ) -> CompressResult:
+    """Re-plan and cut from `posterior_dir/posterior.safetensors` without refitting."""
+    from bmr_compress.errors import InputError
+    from bmr_compress.io.atomic import check_output_dir
+    from bmr_compress.surgery import discover_groups
+    from bmr_compress.variational import PosteriorSpec, load_posterior, restore_posterior_, wrap_
+
+    posterior_dir = Path(posterior_dir)
+    ppath = posterior_dir / "posterior.safetensors"
+    if not ppath.is_file():
+        raise InputError(f"no posterior.safetensors in {posterior_dir}")
+    out_path = check_output_dir(out, overwrite)
+    rec = _reload_record(posterior_dir)
+    state = load_posterior(ppath)
+    fields = {f.name for f in dataclasses.fields(CompressSettings)}
+    old = {k: v for k, v in rec.get("settings", {}).items() if k in fields}
+    new = {k: v for k, v in plan_opts.items() if k in fields and v is not None}
+    settings = CompressSettings(**{**rec["reload"], **old, **new, "out": str(out_path),
+                                   "overwrite": overwrite, "steps": 0})
+    timer = StageTimer()
+    source, data, opts = load_stage(settings, timer)
+    with tempfile.TemporaryDirectory(prefix="bmr-work-") as work_s:
+        work = Path(work_s)
+        model = copy.deepcopy(source.model)
+        example = _strip_labels(data.heldout_batches[0])
+        with timer("coupling"):
+            groups = discover_groups(model, example)
+        sites = tuple(tuple(s) for s in state.settings.get("gate_sites", []))
+        wrap_(model, PosteriorSpec(gates=sites))
+        restore_posterior_(model, state)
+        shutil.copy2(ppath, work / "posterior.safetensors")
+        f = Fitted(source, data, opts, source.model, model, groups,
+                   work / "posterior.safetensors")
+        cut = cut_stage(f, timer)
+        return finish_stage(settings, f, cut, timer, work, out_path)
+
+
+def _example_from_spec(spec: Mapping[str, Any], seed: int = 0) -> dict[str, Any]:
+    import torch
+
+    g = torch.Generator().manual_seed(seed)
+    out = {}
+    for k, s in spec.items():
+        dtype = getattr(torch, s["dtype"])
+        if dtype.is_floating_point:
+            out[k] = torch.randn(s["shape"], generator=g, dtype=dtype)
+        elif k == "attention_mask":
+            out[k] = torch.ones(s["shape"], dtype=dtype)
+        else:
+            out[k] = torch.randint(0, int(s["max"]) + 1, s["shape"], generator=g, dtype=dtype)
+    return out
+
+
+def _load_compressed(directory: Path) -> Any:
+    """surgery.load_compressed, with the zoo architectures registered for zoo models."""
+    from bmr_compress.surgery import load_compressed
+    from bmr_compress.zoo.architectures import register_with_surgery
+
+    register_with_surgery()
+    return load_compressed(directory).eval()
+
+
+def export_directory(directory: str | Path, *, int8: bool = False, compact_zeros: bool = False
+                     ) -> dict[str, Any]:
+    """Reload a compressed directory with the project's loader and (re-)write its ONNX files."""
+    from bmr_compress.errors import InputError
+    from bmr_compress.export import export_onnx, export_safetensors, quantize_int8
+    from bmr_compress.io.atomic import replace_files
+    from bmr_compress.surgery import read_manifest
+
+    directory = Path(directory)
+    manifest = read_manifest(directory)
+    if "export_sample" not in manifest:
+        raise InputError(f"{directory / 'bmr_manifest.json'} has no export_sample")
+    model = _load_compressed(directory)
+    example = _example_from_spec(manifest["export_sample"])
+    with replace_files(directory) as stage:
+        art = export_onnx(model, stage / "model.onnx", example)
+        written = [art.path.name]
+        if compact_zeros:
+            export_safetensors(model, stage, {"source": str(manifest.get("source", ""))},
+                               compact_zeros=True)
+            written.append("model.safetensors")
+        if int8:
+            written.append(quantize_int8(art.path, stage / "model.int8.onnx").path.name)
+        info = art.to_dict()  # while the staged files still exist
+    return {"directory": str(directory), "written": written, "onnx": info}
+
+
+def validate_directory(directory: str | Path, *, data: str | None = None) -> dict[str, Any]:
+    """Re-run validation of a compressed directory against its original source."""
+    from bmr_compress.export import export_onnx, validate
+    from bmr_compress.surgery import read_manifest
+
+    directory = Path(directory)
+    manifest = read_manifest(directory)
+    rec = _reload_record(directory)
+    reload = dict(rec["reload"])
+    if data is not None:
+        reload["data"] = data
+    settings = CompressSettings(**reload, out=str(directory), overwrite=True, steps=0,
+                                progress=False)
+    source, bundle, _ = load_stage(settings, StageTimer())
+    model = _load_compressed(directory)
+    example = _strip_labels(bundle.heldout_batches[0])
+    with tempfile.TemporaryDirectory(prefix="bmr-validate-") as work:
+        base = export_onnx(source.model, Path(work) / "original.onnx", example, sparse=False)
+        int8 = directory / "model.int8.onnx"
+        result = validate(
+            source.model, model, onnx_path=directory / "model.onnx",
+            original_onnx_path=base.path, sample_inputs=example,
+            heldout_batches=bundle.heldout_batches, task=manifest.get("task", source.task),
+            int8_path=int8 if int8.is_file() else None, raise_on_failure=False,
+            settings=validation_settings(source.model, example),
+        )
+    _update_report_validation(directory, result)
+    result.raise_if_failed()
+    return result.to_dict()
+
+
+def _update_report_validation(directory: Path, result: Any) -> None:
+    """Record a re-validation in report.json (push reads `validation.passed` from there)."""
+    path = directory / "report.json"
+    if not path.is_file():
+        return
+    report = json.loads(path.read_text())
+    d = result.to_dict()
+    report["validation"] = {"passed": bool(d.get("passed")), "checks": d.get("checks", [])}
+    for key in ("metric", "parity", "latency"):
+        report[key] = d.get(key, report.get(key))
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(_jsonable(report), indent=2, sort_keys=True) + "\n")
+    tmp.replace(path)
