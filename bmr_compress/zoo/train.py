@@ -22,6 +22,7 @@ from torch import nn
 from bmr_compress.errors import InputError
 from bmr_compress.io.atomic import atomic_output_dir
 from bmr_compress.io.digits import digits_split
+from bmr_compress.io.recipes import TrainSpec
 from bmr_compress.zoo.architectures import ARCH_KEY, ZooModel, build_from_config_dict, build_model
 
 log = logging.getLogger(__name__)
@@ -37,12 +38,10 @@ def zoo_cache_dir() -> Path:
 
 
 @dataclass(frozen=True)
-class TrainSettings:
-    epochs: int = 40
-    batch_size: int = 64
-    lr: float = 3e-3
-    weight_decay: float = 1e-4
-    seed: int = 0
+class TrainSettings(TrainSpec):
+    """A recipe's [train] table (TrainSpec: epochs, batch size, lr, weight decay, seed) plus
+    run-time-only options."""
+
     max_steps: int | None = None  # stop early (tests)
 
 
@@ -213,7 +212,7 @@ def train_recipe(name: str, out: str | Path | None = None, *, overwrite: bool = 
     `compress zoo:NAME` on first use)."""
     import dataclasses
 
-    from bmr_compress.io.recipes import TrainSpec, load_recipe
+    from bmr_compress.io.recipes import load_recipe
 
     r = load_recipe(name)
     if not r.source.zoo:
