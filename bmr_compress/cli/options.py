@@ -87,6 +87,11 @@ plan_options = _stack(
     click.option("--latency-budget", type=click.FloatRange(0, min_open=True),
                  help="Keep at most this fraction of the prunable units' multiply-accumulates "
                       "(a MAC proxy for latency; the report measures real ORT latency)."),
+    click.option("--compensate/--no-compensate", "compensate", default=None,
+                 help="Move the surviving weights of every pruned Linear/Conv layer to their "
+                      "BMR reduced posterior mean under a posterior coupled through the layer's "
+                      "input statistics (an Optimal-Brain-Surgeon-like update, no retraining) "
+                      "[default: on]."),
     click.option("--iterative", is_flag=True, default=None,
                  help="Beckers et al.: prune, pin at zero, refit, re-score, until a round prunes "
                       "nothing or held-out ELBO stops improving."),

@@ -90,6 +90,7 @@ class RecipeSettings:
     threshold: str | None = None
     gates: str | None = None
     iterative: bool | None = None
+    compensate: bool | None = None
     int8: bool | None = None
     size_budget: float | None = None
     latency_budget: float | None = None

@@ -52,6 +52,8 @@ class CompressSettings:
     gates: str | None = None  # none | bmrs_n | bmrs_u
     threshold: str | None = None  # zero | beta_bernoulli
     iterative: bool | None = None
+    # move the survivors to their reduced posterior mean under a row-correlated posterior
+    compensate: bool | None = None
     round_to: int | None = None
     size_budget: float | None = None  # ≤ 1: fraction of the original parameters; > 1: count
     # fraction of the prunable units' multiply-accumulates to keep (a MAC proxy for latency,
@@ -65,7 +67,7 @@ class CompressSettings:
 
 DEFAULTS: dict[str, Any] = {
     "steps": 200, "seed": 0, "structured": True, "unstructured": False, "gates": "none",
-    "threshold": "zero", "iterative": False, "round_to": 8,
+    "threshold": "zero", "iterative": False, "compensate": True, "round_to": 8,
 }
 
 

@@ -40,6 +40,7 @@ class Cut:
     plan: Any
     record: Any
     unit_scores: dict[str, Any]
+    compensation: dict[str, float] | None = None  # reduced-means summary (None: not run)
 
 
 def load_stage(settings: CompressSettings, timer: StageTimer) -> tuple[Any, Any, dict[str, Any]]:
@@ -190,12 +191,40 @@ def cut_stage(f: Fitted, timer: StageTimer) -> Cut:
             unit_scores = pin_scores(unit_scores, f.iteration)
         plan = make_plan(f.groups, unit_scores, weight_scores, plan_settings, unit_macs=macs)
         wmasks = unstructured_masks(plan, weight_scores) if plan_settings.unstructured else None
+    comp = None
     with timer("surgery"):
         unwrap_(f.model)
+        if f.opts.get("compensate", True):
+            comp = _reduced_means(f, plan, posterior, wmasks)
         record = apply_plan_(f.model, f.groups, plan, weight_masks=wmasks)
     f.model.eval()
     log.info("parameters: %d -> %d", record.params_before, record.params_after)
-    return Cut(plan, record, unit_scores)
+    return Cut(plan, record, unit_scores, comp)
+
+
+def _reduced_means(f: Fitted, plan: Any, posterior: Mapping[str, Any],
+                   wmasks: Mapping[str, Any] | None) -> dict[str, float] | None:
+    """Move the survivors of every pruned layer to their BMR reduced posterior mean under a
+    row-correlated posterior (surgery/compensate.py), using up to CALIBRATION_BATCHES
+    training batches. Returns the summary, or None when nothing was pruned."""
+    import torch
+
+    from bmr_compress.surgery import structured_masks
+    from bmr_compress.surgery.compensate import compensate_
+
+    shapes = {k: p.mu.shape for k, p in posterior.items()}
+    masks = {k: m.clone() for k, m in structured_masks(f.groups, plan, shapes).items()}
+    for k, m in (wmasks or {}).items():
+        masks[k] = masks[k] & m if k in masks else m
+    if not any(not bool(m.all()) for m in masks.values()):
+        return None
+    batches = [_strip_labels(b) for b in f.data.train_batches[:CALIBRATION_BATCHES]]
+    with torch.no_grad():
+        report = compensate_(f.model, posterior, masks, batches)
+    return report.summary()
+
+
+CALIBRATION_BATCHES = 16
 
 
 LATENCY_SEQ = 128  # text models are timed at batch 1 x 128 tokens (capped by max positions)
@@ -290,7 +319,8 @@ def finish_stage(settings: CompressSettings, f: Fitted, cut: Cut, timer: StageTi
             validation=result, files_before=files_before, stage_seconds=timer.total(),
             plan_summary=cut.plan.summary, onnx=art,
             extra={"finetune": _fit_summary(f.fit), "coverage": dict(cut.record.coverage),
-                   "iterative": f.iteration.to_json() if f.iteration is not None else None},
+                   "iterative": f.iteration.to_json() if f.iteration is not None else None,
+                   "reduced_means": cut.compensation},
         )
         write_report(stage, report, delta_lnz=cut.unit_scores)
         if not result.passed:
