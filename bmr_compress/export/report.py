@@ -171,6 +171,12 @@ def render_markdown(report: Mapping[str, Any]) -> str:
     lines += ["", f"Structured: {sp['structured']['removed_fraction']:.1%} of parameters removed. "
               f"Unstructured zeros: {sp['unstructured']['zero_fraction']:.1%} of what is left "
               "(size only; onnxruntime densifies them at load).", ""]
+    rm = report.get("reduced_means")
+    if rm:
+        lines += [f"Reduced means: the survivors of {int(rm['layers'])} pruned layer(s) moved to "
+                  "their BMR reduced posterior mean; relative output error on calibration data "
+                  f"{rm['output_error_zeroed']:.3g} if only zeroed, {rm['output_error_reduced']:.3g} "
+                  "after the move.", ""]
     if m:
         lines += ["## Task metric (held-out)", "", f"Task `{m.get('task')}`, gate `{m.get('name')}` = "
                   f"{m.get('gate'):.4g}, threshold {m.get('threshold')}.", "",
