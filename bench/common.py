@@ -321,11 +321,20 @@ def equal_plan(groups: list[Any], unit_scores: Scores, weight_scores: Scores,
     return MethodPlan(plan.keep, masks, plan)
 
 
-def apply_method(plain: nn.Module, groups: list[Any], mp: MethodPlan) -> tuple[nn.Module, Any]:
-    """Copy of `plain` with mp's weights zeroed and its units physically removed."""
+def apply_method(plain: nn.Module, groups: list[Any], mp: MethodPlan, *,
+                 reduced_means: tuple[Mapping[str, Any], list[dict[str, torch.Tensor]]] | None = None
+                 ) -> tuple[nn.Module, Any]:
+    """Copy of `plain` with mp's weights zeroed and its units physically removed.
+
+    reduced_means=(posterior, calibration batches): first move the survivors to BMR's reduced
+    posterior mean (surgery/compensate.py, what `compress` does by default)."""
     from bmr_compress.surgery import apply_plan_
+    from bmr_compress.surgery.compensate import compensate_
 
     m = copy.deepcopy(plain)
+    if reduced_means is not None:
+        posterior, calib = reduced_means
+        compensate_(m, posterior, mp.masks, [strip(b) for b in calib])
     plan = dataclasses.replace(mp.plan, keep=mp.keep)
     record = apply_plan_(m, groups, plan, weight_masks=mp.masks)
     return m.eval(), record
