@@ -124,7 +124,7 @@ def table(res: dict[str, Any]) -> str:
         o = onnx.get(m)
         lines.append(
             f"| {LABELS[m]} | {p:,.0f} | {nz:,.0f} | {1 - p / n0:.1%} | {1 - nz / n0:.1%} | "
-            f"{C.med_spread(r['metric'], '{:.4f}')} | "
+            f"{C.med_spread(r['metric'], _fmt(res))} | "
             + (f"{o['onnx_bytes'] / 1024:.1f} | {o['latency_ms']:.3f} |" if o else " | |"))
     if res.get("tp_ffn_only"):
         lines.append("\nTorch-Pruning could not prune this model's attention/residual widths "
@@ -133,6 +133,11 @@ def table(res: dict[str, Any]) -> str:
     if res.get("tp_error"):
         lines.append(f"\nTorch-Pruning failed on this model: {res['tp_error']}")
     return "\n".join(lines) + "\n"
+
+
+def _fmt(res: dict[str, Any]) -> str:
+    """Cosine agreement of near-lossless embeddings differs in the 5th-6th decimal."""
+    return "{:.6f}" if res.get("task") == "embedding" else "{:.4f}"
 
 
 def paired(bmr: list[float], other: list[float]) -> tuple[int, int, int]:
@@ -154,8 +159,9 @@ def verdict(results: list[dict[str, Any]]) -> tuple[str, int]:
         wins += ok
         word = ("yes" + (f" (equal median: {', '.join(LABELS[m] for m in tied)})" if tied else "")
                 if ok else "no: " + ", ".join(LABELS[m] for m in beaten_by))
-        rows.append(f"| {res['model']} | {med['bmr']:.4f} | "
-                    f"{max(v for m, v in med.items() if m in BASELINES):.4f} | {word} |")
+        f = _fmt(res)
+        rows.append(f"| {res['model']} | {f.format(med['bmr'])} | "
+                    f"{f.format(max(v for m, v in med.items() if m in BASELINES))} | {word} |")
     head = ("| model | BMR median | best baseline median | BMR ≥ every baseline |\n"
             "|---|---:|---:|---|\n")
     per = []
