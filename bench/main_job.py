@@ -79,7 +79,8 @@ def budget_rows(directory: Path, budgets: list[float]) -> str:
     """Re-plan the same posterior (`bmr-compress reduce`, no refit) under user latency budgets
     (units removed in ΔlnZ order) and tabulate what validation measured, passed or rejected."""
     rows = ["", "What a user-given budget does instead (same posterior, `bmr-compress reduce "
-            "DIR --latency-budget F`, no recovery fine-tune):", "",
+            "DIR --latency-budget F`; survivors moved to their reduced posterior means, the "
+            "default; no recovery fine-tune):", "",
             "| --latency-budget | parameters | ORT latency speed-up | fp32 ONNX ratio | cosine | "
             "NN agreement | validation |", "|---:|---:|---:|---:|---:|---:|---|"]
     for b in budgets:
