@@ -266,10 +266,12 @@ def owned_params(groups: list[Any], keep: Mapping[str, list[int]]) -> int:
     return int(sum(g.numel_per_unit * len(keep.get(g.name, range(g.num_units))) for g in groups))
 
 
-def _masks(groups: list[Any], plan: Any, shapes: Mapping[str, torch.Size]) -> dict[str, torch.Tensor]:
-    from bmr_compress.surgery import structured_masks
+def _masks(groups: list[Any], plan: Any, shapes: Mapping[str, torch.Size],
+           weight_masks: Mapping[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
+    """Keep-masks over every tensor in `shapes` (all True where the plan prunes nothing)."""
+    from bmr_compress.surgery import plan_masks
 
-    s = structured_masks(groups, plan, shapes)
+    s = plan_masks(groups, plan, shapes, weight_masks)
     return {k: s.get(k, torch.ones(shape, dtype=torch.bool)) for k, shape in shapes.items()}
 
 
@@ -278,10 +280,7 @@ def bmr_plan(groups: list[Any], unit_scores: Scores, weight_scores: Scores,
     from bmr_compress.surgery import PlanSettings, make_plan, unstructured_masks
 
     plan = make_plan(groups, unit_scores, weight_scores, PlanSettings(round_to=1, **plan_kw))
-    masks = _masks(groups, plan, shapes)
-    for k, m in unstructured_masks(plan, weight_scores).items():
-        if k in masks:
-            masks[k] &= m
+    masks = _masks(groups, plan, shapes, unstructured_masks(plan, weight_scores))
     return MethodPlan(plan.keep, masks, plan)
 
 

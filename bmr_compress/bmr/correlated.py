@@ -60,8 +60,9 @@ def reduced_row_means(mu: Tensor, keep: Tensor, h: Tensor, row_scale: Tensor,
     """
     mu = mu.double()
     rows, d = mu.shape
-    require(torch.as_tensor(keep.shape == mu.shape), "keep must have mu's shape")
-    require(torch.as_tensor(h.shape == (d, d)), "h must be (d, d) with d = mu.shape[1]")
+    if keep.shape != mu.shape or h.shape != (d, d):
+        raise ValueError(f"need keep of shape {tuple(mu.shape)} and h of shape ({d}, {d}), "
+                         f"got {tuple(keep.shape)} and {tuple(h.shape)}")
     d0 = torch.as_tensor(prior_precision, dtype=torch.float64).expand(d).clone()
     require(d0 > 0, "prior precisions must be > 0")
     a = row_scale.double()

@@ -209,13 +209,11 @@ def _reduced_means(f: Fitted, plan: Any, posterior: Mapping[str, Any],
     training batches. Returns the summary, or None when nothing was pruned."""
     import torch
 
-    from bmr_compress.surgery import structured_masks
+    from bmr_compress.surgery import plan_masks
     from bmr_compress.surgery.compensate import compensate_
 
     shapes = {k: p.mu.shape for k, p in posterior.items()}
-    masks = {k: m.clone() for k, m in structured_masks(f.groups, plan, shapes).items()}
-    for k, m in (wmasks or {}).items():
-        masks[k] = masks[k] & m if k in masks else m
+    masks = plan_masks(f.groups, plan, shapes, wmasks)
     if not any(not bool(m.all()) for m in masks.values()):
         return None
     batches = [_strip_labels(b) for b in f.data.train_batches[:CALIBRATION_BATCHES]]

@@ -12,7 +12,7 @@ from bmr_compress.surgery.manifest import (
     load_compressed, read_manifest, register_architecture, save_compressed, write_manifest,
 )
 from bmr_compress.surgery.plan import (
-    Plan, PlanSettings, make_plan, structured_masks, unstructured_masks,
+    Plan, PlanSettings, make_plan, plan_masks, structured_masks, unstructured_masks,
 )
 from bmr_compress.surgery.scoring import (
     gate_site, gate_sites, score_groups, score_weights, structured_from_weights,
@@ -29,6 +29,6 @@ __all__ = [
     "apply_plan_", "coverage_report", "discover_groups", "gate_site", "gate_sites",
     "iterate_bmr", "load_compressed",
     "make_plan", "pin_scores", "read_manifest", "register_architecture", "save_compressed",
-    "score_groups", "score_weights", "structured_from_weights", "structured_masks",
+    "plan_masks", "score_groups", "score_weights", "structured_from_weights", "structured_masks",
     "unit_macs", "unstructured_masks", "write_manifest",
 ]

@@ -18,7 +18,7 @@ import torch
 
 from bmr_compress.surgery.groups import UnitGroup
 from bmr_compress.surgery.plan import (
-    Plan, PlanSettings, make_plan, structured_masks, unstructured_masks,
+    Plan, PlanSettings, make_plan, plan_masks, unstructured_masks,
 )
 
 log = logging.getLogger(__name__)
@@ -84,10 +84,7 @@ def iterate_bmr(
         weight_scores = {k: v.masked_fill(~masks[k], math.inf) if k in masks else v
                          for k, v in weight_scores.items()}
         plan = make_plan(groups, unit_scores, weight_scores, step_settings)
-        new = structured_masks(groups, plan, shapes)
-        for k, m in unstructured_masks(plan, weight_scores).items():
-            if k in shapes:
-                new[k] = new.get(k, torch.ones(shapes[k], dtype=torch.bool)) & m
+        new = plan_masks(groups, plan, shapes, unstructured_masks(plan, weight_scores))
         merged = {k: masks[k] & new.get(k, masks[k]) for k in masks}
         newly = sum(int((masks[k] & ~merged[k]).sum()) for k in masks)
         if newly == 0:

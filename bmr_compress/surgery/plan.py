@@ -265,3 +265,14 @@ def structured_masks(groups: list[UnitGroup], plan: Plan,
             m = out.setdefault(s.param, torch.ones(shapes[s.param], dtype=torch.bool))
             m.index_fill_(s.dim, s.index.index_select(0, rows).flatten(), False)
     return out
+
+
+def plan_masks(groups: list[UnitGroup], plan: Plan, shapes: Mapping[str, torch.Size],
+               weight_masks: Mapping[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
+    """Keep-masks of every tensor in `shapes` that the plan prunes: removed units' slices
+    (structured_masks) and, where given, single weights (unstructured_masks) together."""
+    out = structured_masks(groups, plan, shapes)
+    for k, m in (weight_masks or {}).items():
+        if k in shapes:
+            out[k] = out[k] & m if k in out else m.clone()
+    return out

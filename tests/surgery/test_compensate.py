@@ -8,20 +8,16 @@ import pytest
 import torch
 from torch import nn
 
-from bmr_compress.surgery import apply_plan_, discover_groups, make_plan, score_groups, \
-    score_weights, structured_masks, unstructured_masks
+from bmr_compress.surgery import apply_plan_, discover_groups, make_plan, plan_masks, \
+    score_groups, score_weights, unstructured_masks
 from bmr_compress.surgery.compensate import compensate_
 from bmr_compress.surgery.plan import PlanSettings
+from bmr_compress.tasks import output_tensor
 from bmr_compress.variational import PosteriorSpec, posterior_tensors, unwrap_, wrap_
 from tests.tiny_models import ResConcatNet, TinyMLP, inputs_for, tiny_gpt2
 
 
-def _output_tensor(out):
-    return out if isinstance(out, torch.Tensor) else (
-        out.logits if hasattr(out, "logits") else out.last_hidden_state)
-
-
-def _posterior(model, batch, seed=0):
+def _posterior(model, seed=0):
     torch.manual_seed(seed)
     wrapped = copy.deepcopy(model)
     wrap_(wrapped, PosteriorSpec(init_std_ratio=0.5))  # wide: the spike rule prunes a lot
@@ -51,7 +47,7 @@ def test_reduced_means_beat_zeroing_on_every_layer(case):
     torch.manual_seed(0)
     model = make().eval()
     calib = [data(s) for s in range(3)]
-    post = _posterior(model, calib[0])
+    post = _posterior(model)
     masks = _random_masks(post, 0.3, seed=1)
     zeroed = copy.deepcopy(model)
     with torch.no_grad():
@@ -73,9 +69,9 @@ def test_reduced_means_beat_zeroing_on_every_layer(case):
     # end to end, on held-out inputs: closer to the original model than plain zeroing
     x = data(99)
     with torch.no_grad():
-        ref = _output_tensor(model(**x))
-        e_zero = (_output_tensor(zeroed(**x)) - ref).pow(2).mean()
-        e_comp = (_output_tensor(comp(**x)) - ref).pow(2).mean()
+        ref = output_tensor(model(**x))
+        e_zero = (output_tensor(zeroed(**x)) - ref).pow(2).mean()
+        e_comp = (output_tensor(comp(**x)) - ref).pow(2).mean()
     assert e_comp < e_zero
 
 
@@ -87,7 +83,7 @@ def test_structured_cut_after_reduced_means_reloads_and_runs():
     calib = [{"pixel_values": torch.randn(64, 64, generator=torch.Generator().manual_seed(s))}
              for s in range(3)]
     groups = discover_groups(copy.deepcopy(model).requires_grad_(True), calib[0])
-    post = _posterior(model, calib[0])
+    post = _posterior(model)
     shapes = {k: p.mu.shape for k, p in post.items()}
     weights = score_weights(post)
     owned = sum(g.numel_per_unit * g.num_units for g in groups)  # a size budget forces units out
@@ -95,10 +91,7 @@ def test_structured_cut_after_reduced_means_reloads_and_runs():
                      PlanSettings(round_to=1, max_params=int(0.7 * owned)))
     assert any(len(plan.keep[g.name]) < g.num_units for g in groups)
     wm = unstructured_masks(plan, weights)
-    masks = {k: torch.ones(s, dtype=torch.bool) for k, s in shapes.items()}
-    for src in (structured_masks(groups, plan, shapes), wm):
-        for k, m in src.items():
-            masks[k] = masks[k] & m
+    masks = plan_masks(groups, plan, shapes, wm)
     outs = {}
     for tag in ("zeroed", "reduced"):
         m = copy.deepcopy(model)
@@ -123,7 +116,7 @@ def test_unsupported_or_unpruned_layers_are_left_alone():
             return self.conv(self.lin(x).unsqueeze(1))
 
     net = Net().eval()
-    post = _posterior(net, None)
+    post = _posterior(net)
     before = copy.deepcopy(net.state_dict())
     masks = {"lin.weight": torch.ones(5, 6, dtype=torch.bool),  # nothing pruned
              "conv.weight": torch.rand(2, 1, 3) > 0.5}
