@@ -53,3 +53,24 @@ def mean_pool(hidden: torch.Tensor, attention_mask: torch.Tensor | None) -> torc
         return hidden.mean(dim=1)
     m = attention_mask.to(hidden.dtype).unsqueeze(-1)  # (B, T, 1)
     return (hidden * m).sum(dim=1) / m.sum(dim=1).clamp_min(1e-9)
+
+
+def probe_output(model: Any, batch: dict[str, Any], task: str) -> torch.Tensor:
+    """The output whose distortion the user's tolerance bounds, as (examples, m).
+
+    embedding: the L2-normalised mean-pooled sentence vector (so E‖Δf‖² = 2(1 − cos) for a
+    small change); classification / causal LM: logits centred over classes (softmax does not
+    see a shift), padding positions zeroed; regression: the raw outputs.
+    """
+    import torch
+
+    inputs = {k: v for k, v in batch.items() if k != "labels"}
+    out = output_tensor(model(**inputs))
+    mask = inputs.get("attention_mask")
+    if task == Task.EMBEDDING.value and out.dim() == 3:
+        return torch.nn.functional.normalize(mean_pool(out, mask), dim=-1)
+    if task in (Task.CLASSIFICATION.value, Task.CAUSAL_LM.value):
+        out = out - out.mean(-1, keepdim=True)
+        if out.dim() == 3 and mask is not None:
+            out = out * mask.to(out.dtype).unsqueeze(-1)
+    return out.reshape(out.shape[0], -1)

@@ -53,6 +53,20 @@ data_options = _stack(
 )
 
 fit_options = _stack(
+    click.option("--posterior", type=click.Choice(["laplace", "variational"]),
+                 help="'laplace': Kronecker-factored Laplace unit posteriors around the "
+                      "pretrained weights, BMR at a tolerance-calibrated likelihood, sequential "
+                      "cuts and recovery rounds (minutes); 'variational': the mean-field "
+                      "variational fine-tune of the seed papers [default: laplace]."),
+    click.option("--tolerance", type=click.FloatRange(0, min_open=True),
+                 help="How far the output may move, as relative distortion E|f-f0|^2/E|f0|^2 "
+                      "on calibration data (embeddings: 2(1-cosine), so 0.1 ~ cosine 0.95; "
+                      "logits: centred). Sets the likelihood's precision; BMR then removes "
+                      "every unit with dlnZ >= 0 [default: 0.1]."),
+    click.option("--rounds", type=click.IntRange(1),
+                 help="Laplace: prune -> recover -> re-score rounds at most [default: 3]."),
+    click.option("--recovery-steps", type=click.IntRange(0),
+                 help="Laplace: distillation steps after each round's cut [default: 100]."),
     click.option("--steps", type=click.IntRange(0), help="Variational fine-tune steps."),
     click.option("--seed", type=int, help="Random seed."),
     click.option("--device", default="auto", show_default=True, help="auto | cpu | cuda | cuda:N."),

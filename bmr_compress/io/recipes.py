@@ -77,6 +77,10 @@ class DataSpec:
 class RecipeSettings:
     """[settings]: defaults for `compress` (CLI flags override them); see CompressSettings."""
 
+    posterior: str | None = None
+    tolerance: float | None = None
+    rounds: int | None = None
+    recovery_steps: int | None = None
     steps: int | None = None
     seed: int | None = None
     lr: float | None = None

@@ -31,12 +31,42 @@ def compress(settings: CompressSettings) -> CompressResult:
     timer = StageTimer()
     with tempfile.TemporaryDirectory(prefix="bmr-work-") as work_s:
         work = Path(work_s)
-        fitted = fit_stage(settings, timer, work)
-        cut = cut_stage(fitted, timer)
+        if _posterior_kind(settings) == "laplace":
+            from bmr_compress.pipeline.laplace import laplace_stage
+
+            fitted, cut = laplace_stage(settings, timer, work)
+        else:
+            fitted = fit_stage(settings, timer, work)
+            cut = cut_stage(fitted, timer)
         try:
             return finish_stage(settings, fitted, cut, timer, work, out)
         finally:  # the fit is complete either way; only an interrupted run leaves it
             shutil.rmtree(checkpoint_dir(settings, fitted.opts), ignore_errors=True)
+
+
+# options that only the variational path reads: giving one (CLI or API) selects that path
+_VARIATIONAL_ONLY = ("steps", "n_data", "temperature", "noise_std", "laplace_batches", "gates",
+                     "iterative", "threshold", "unstructured", "size_budget", "latency_budget")
+
+
+def _posterior_kind(settings: CompressSettings) -> str:
+    """"laplace" (default: tolerance-calibrated Laplace rounds) or "variational" (chosen
+    explicitly, or implied by an option only the variational fine-tune reads)."""
+    from bmr_compress.pipeline.settings import _recipe_for, resolve_settings
+
+    if settings.posterior is None:
+        implied = [k for k in _VARIATIONAL_ONLY if getattr(settings, k) not in (None, False)]
+        if implied:
+            log.info("--%s given: using --posterior variational", implied[0].replace("_", "-"))
+            return "variational"
+    recipe = _recipe_for(settings.recipe, settings.source)
+    opts = resolve_settings(settings, recipe.settings if recipe is not None else None)
+    kind = str(opts["posterior"])
+    if kind not in ("laplace", "variational"):
+        from bmr_compress.errors import InputError
+
+        raise InputError(f"posterior must be 'laplace' or 'variational', got {kind!r}")
+    return kind
 
 
 def finetune_only(settings: CompressSettings) -> dict[str, Any]:

@@ -37,6 +37,13 @@ class CompressSettings:
     data: str | None = None
     max_samples: int | None = None
     batch_size: int | None = None
+    # "laplace": tolerance-calibrated BMR on Kronecker-factored Laplace unit posteriors, cut
+    # sequentially, with recovery rounds (pipeline/laplace.py); "variational": the mean-field
+    # variational fine-tune and per-weight/gate scores of the seed papers
+    posterior: str | None = None
+    tolerance: float | None = None  # relative output distortion the user accepts (laplace)
+    rounds: int | None = None  # prune → recover → re-score rounds at most (laplace)
+    recovery_steps: int | None = None  # distillation steps after each round's cut (laplace)
     # fine-tune
     steps: int | None = None
     lr: float | None = None
@@ -66,6 +73,7 @@ class CompressSettings:
 
 
 DEFAULTS: dict[str, Any] = {
+    "posterior": "laplace", "tolerance": 0.1, "rounds": 3, "recovery_steps": 100,
     "steps": 200, "seed": 0, "structured": True, "unstructured": False, "gates": "none",
     "threshold": "zero", "iterative": False, "compensate": True, "round_to": 8,
 }

@@ -296,7 +296,8 @@ def finish_stage(settings: CompressSettings, f: Fitted, cut: Cut, timer: StageTi
                                  "tool_version": prov["tool_version"]},
                 compact_zeros=settings.compact_zeros, tokenizer=f.source.tokenizer_or_processor,
             )
-            shutil.copy2(f.posterior_path, stage / "posterior.safetensors")
+            if f.posterior_path.is_file():  # the variational fit's posterior (re-planning)
+                shutil.copy2(f.posterior_path, stage / "posterior.safetensors")
             art = export_onnx(f.model, stage / "model.onnx", example)
             base_art = export_onnx(f.original, baseline / "model.onnx", example, sparse=False)
             base_st = export_safetensors(f.original, baseline, {"source": prov["source"]})

@@ -210,7 +210,10 @@ def make_plan(
 def _apply_budget(groups: list[UnitGroup], scores: Mapping[str, torch.Tensor],
                   keep: dict[str, list[int]], settings: PlanSettings, budget: float,
                   unit_cost: Mapping[str, float]) -> None:
-    """Remove further units, highest ΔlnZ first across all groups, until the budget holds.
+    """Remove further units, best value per cost first across all groups, until the budget
+    holds: the order is ΔlnZ / cost, highest first (the least evidence lost per parameter or
+    MAC saved), so an attention head owning ~60× a neuron's parameters must lose no more than
+    ~60× the evidence to go first.
 
     Costs are counted over the groups' own units (parameters or MACs that surgery can
     remove; what no group owns is outside the budget). With a budget, rounding goes down.
@@ -220,8 +223,9 @@ def _apply_budget(groups: list[UnitGroup], scores: Mapping[str, torch.Tensor],
     candidates = []
     for g in groups:
         if g.name in scores and g.kind in settings.kinds and unit_cost.get(g.name, 0.0) > 0:
+            cost = float(unit_cost[g.name])
             for j in keep[g.name]:
-                candidates.append((float(scores[g.name][j]), g.name, j))
+                candidates.append((float(scores[g.name][j]) / cost, g.name, j))
     candidates.sort(reverse=True)
     kept_sets = {k: set(v) for k, v in keep.items()}
     for _, name, j in candidates:
