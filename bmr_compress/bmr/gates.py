@@ -17,8 +17,8 @@ import torch
 from torch import Tensor
 
 from ._special import (
-    BOUND, HALF_LOG_2PI, const_minus, float_dtype, log_ndtr_diff, log_ndtr_diff_shift, require, tail_sides,
-    trunc_normal_entropy,
+    BOUND, HALF_LOG_2PI, const_minus, float_dtype, log_ndtr_diff, log_ndtr_diff_shift, require,
+    tail_sides, trunc_normal_entropy,
 )
 
 _TAYLOR_SIGMA = 1e-3  # E[θ] below this σ: shift expansion (see trunc_lognormal_mean)

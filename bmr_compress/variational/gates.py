@@ -38,7 +38,7 @@ def gaussian_gate_kl(mu: torch.Tensor, log_sigma: torch.Tensor) -> torch.Tensor:
 
 def gate_kl(kind: str, mu: torch.Tensor, log_sigma: torch.Tensor, log_a: float,
             log_b: float) -> torch.Tensor:
-    """KL(q || p) per gate (>= 0): truncated log-normal vs log-uniform, or N(mu, sigma^2) vs N(0, 1)."""
+    """KL(q || p) >= 0 per gate: truncated log-normal vs log-uniform, or N(mu, s^2) vs N(0, 1)."""
     if kind == "lognormal":
         return trunc_lognormal_kl(mu, log_sigma, log_a, log_b, validate=False)
     return gaussian_gate_kl(mu, log_sigma)
