@@ -10,11 +10,12 @@ Every function is element-wise over broadcastable tensors of any shape, takes lo
 or log-sigmas (never raw precisions), computes in the input dtype (float32-safe,
 float64-exact; checked against quadrature and Monte Carlo in tests/bmr) and raises
 ValueError for invalid inputs. No nn.Module, no I/O. Formulas: ../shared/MATH.md.
-The exception is `correlated` (reduced means of whole weight rows under a row-correlated
-Gaussian posterior: row-wise, float64, precisions as inputs); its docstring derives it.
+The exception is `correlated` (reduced means of whole weight rows, and the joint spike
+reduction of a coordinate set, under a correlated Gaussian posterior: float64, precisions as
+inputs); its docstring derives it.
 """
 
-from .correlated import reduced_row_means, row_scales
+from .correlated import joint_spike_delta_lnz, reduced_row_means, row_scales
 from .dirichlet import dirichlet_delta_lnz, model_posterior
 from .gates import bmrs_n_delta_lnz, bmrs_u_delta_lnz, trunc_lognormal_kl, trunc_lognormal_mean
 from .gaussian import GaussianReduction, gaussian_delta_lnz, group_delta_lnz, spike_delta_lnz
@@ -28,6 +29,7 @@ __all__ = [
     "bmrs_u_delta_lnz",
     "dirichlet_delta_lnz",
     "gaussian_delta_lnz",
+    "joint_spike_delta_lnz",
     "group_delta_lnz",
     "model_posterior",
     "reduced_row_means",

@@ -1,4 +1,4 @@
-"""Reduced posterior means under a row-correlated Gaussian posterior.
+"""Reduced posterior means, and joint spike evidence, under a correlated Gaussian posterior.
 
 Mean-field ΔlnZ (MATH.md §2) decides *which* weights go. Bayesian model reduction also gives
 the reduced posterior of the weights that stay: under the mean-field posterior it is the
@@ -89,3 +89,39 @@ def reduced_row_means(mu: Tensor, keep: Tensor, h: Tensor, row_scale: Tensor,
         out[i] = mu[i] - v @ (f * (b.T @ z))
         out[i, pr] = 0.0
     return out
+
+
+def joint_spike_delta_lnz(mu: Tensor, precision: Tensor, pruned: Tensor,
+                          prior_log_var: Tensor | float) -> Tensor:
+    """ΔlnZ of reducing the coordinates P (pruned True) jointly to a spike at zero (MATH.md §6).
+
+    Posterior N(μ, Λ⁻¹) with dense precision Λ (d×d, symmetric positive definite), prior
+    N(0, s_i²) per coordinate; with K the rest and S = Λ_PP − Λ_PK Λ_KK⁻¹ Λ_KP (= (Σ_PP)⁻¹):
+
+        ΔlnZ = ½ Σ_{i∈P} ln s_i² + ½ ln det S − ½ μ_Pᵀ S μ_P
+
+    (Savage–Dickey with the marginal of w_P: ln N(0; μ_P, Σ_PP) − ln N(0; 0, diag s_P²)).
+    Sign: ΔlnZ ≥ 0 ⇒ prune. For diagonal Λ it is the sum of :func:`.gaussian.spike_delta_lnz`
+    over P; coupling makes it differ (the survivors' move is credited). float64, 0-d.
+    """
+    mu = mu.double()
+    if mu.dim() != 1 or precision.shape != (mu.numel(), mu.numel()) or pruned.shape != mu.shape:
+        raise ValueError(f"need mu (d,), precision (d, d), pruned (d,); got {tuple(mu.shape)}, "
+                         f"{tuple(precision.shape)}, {tuple(pruned.shape)}")
+    if pruned.dtype != torch.bool:
+        raise ValueError(f"pruned must be a bool tensor, got dtype {pruned.dtype}")
+    p, k = pruned.nonzero().flatten(), (~pruned).nonzero().flatten()
+    if p.numel() == 0:
+        return torch.zeros((), dtype=torch.float64)
+    lam = precision.double()
+    lam = 0.5 * (lam + lam.T)
+    v0 = torch.as_tensor(prior_log_var, dtype=torch.float64).expand(mu.shape)
+    s = lam[p][:, p]
+    if k.numel():
+        l_kk, info = torch.linalg.cholesky_ex(lam[k][:, k])
+        require(info == 0, "precision must be positive definite")
+        s = s - lam[p][:, k] @ torch.cholesky_solve(lam[k][:, p], l_kk)
+    l_s, info = torch.linalg.cholesky_ex(s)
+    require(info == 0, "precision must be positive definite")
+    m = mu[p]
+    return 0.5 * (v0[p].sum() + 2.0 * torch.log(torch.diagonal(l_s)).sum() - m @ (s @ m))

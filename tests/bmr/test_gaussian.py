@@ -9,7 +9,7 @@ import torch
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
-from bmr_compress.bmr import gaussian_delta_lnz, group_delta_lnz, spike_delta_lnz
+from bmr_compress.bmr import gaussian_delta_lnz, group_delta_lnz, joint_spike_delta_lnz, spike_delta_lnz
 
 from .reference import gaussian_reduction_quad
 
@@ -152,24 +152,89 @@ def test_group_sums_are_additive(n: int, g: int, seed: int) -> None:
     assert got.sum().item() == pytest.approx(scores.sum().item(), abs=1e-10)
 
 
-def test_group_score_is_joint_reduction_of_its_weights() -> None:
-    # Joint spike reduction of a mean-field Gaussian block = product of 1-d Savage–Dickey
-    # ratios; check the group sum against the multivariate density ratio computed directly.
-    torch.manual_seed(0)
-    mu, v = torch.randn(6, dtype=D64) * 0.2, torch.randn(6, dtype=D64) - 3
-    v0 = -1.0
-    dist_q = torch.distributions.MultivariateNormal(mu, torch.diag(v.exp()))
-    dist_p = torch.distributions.MultivariateNormal(torch.zeros(6, dtype=D64), math.exp(v0) * torch.eye(6, dtype=D64))
-    index = torch.tensor([0, 1, 0, 1, 1, 0])
-    scores = group_delta_lnz(spike_delta_lnz(mu, v, v0), index, 2)
-    for k in range(2):
-        sel = index == k
-        qk = torch.distributions.MultivariateNormal(mu[sel], torch.diag(v[sel].exp()))
-        pk = torch.distributions.MultivariateNormal(torch.zeros(3, dtype=D64), math.exp(v0) * torch.eye(3, dtype=D64))
-        ref = qk.log_prob(torch.zeros(3, dtype=D64)) - pk.log_prob(torch.zeros(3, dtype=D64))
-        assert scores[k].item() == pytest.approx(ref.item(), rel=1e-10)
-    total = dist_q.log_prob(torch.zeros(6, dtype=D64)) - dist_p.log_prob(torch.zeros(6, dtype=D64))
-    assert scores.sum().item() == pytest.approx(total.item(), rel=1e-10)
+def _gaussian_integral_reduction(mu_p: torch.Tensor, cov_pp: torch.Tensor, s2: float, g2: float) -> float:
+    """ln ∫ N(w; μ_P, Σ_PP) N(w; 0, γ²I)/N(w; 0, s²I) dw (reduced prior N(0, γ²) on P), in
+    closed form from the covariance side: with A = (1/γ² − 1/s²) I,
+    ∫ N(w; μ, C) e^{−wᵀAw/2} dw = det(I + CA)^{−½} exp(−½ μᵀ(C + A⁻¹)⁻¹ μ)."""
+    n = mu_p.numel()
+    a = 1.0 / g2 - 1.0 / s2
+    eye = torch.eye(n, dtype=D64)
+    logdet = torch.linalg.slogdet(eye + a * cov_pp)[1]
+    quad = mu_p @ torch.linalg.solve(cov_pp + eye / a, mu_p)
+    return float(0.5 * n * math.log(s2 / g2) - 0.5 * logdet - 0.5 * quad)
+
+
+def _dense_problem(seed: int, d: int = 7):
+    g = torch.Generator().manual_seed(seed)
+    a = torch.randn(d, d, generator=g, dtype=D64)
+    lam = a @ a.T / d + 0.2 * torch.eye(d, dtype=D64)  # dense random SPD precision
+    mu = 0.5 * torch.randn(d, generator=g, dtype=D64)
+    pruned = torch.rand(d, generator=g) < 0.5
+    pruned[0], pruned[-1] = True, False  # P and K both non-empty
+    return mu, lam, pruned
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_joint_reduction_of_a_correlated_posterior(seed: int) -> None:
+    mu, lam, pruned, v0 = *_dense_problem(seed), -0.3
+    got = joint_spike_delta_lnz(mu, lam, pruned, v0).item()
+    cov = torch.linalg.inv(lam)
+    mu_p, cov_pp = mu[pruned], cov[pruned][:, pruned]
+    # (1) direct Gaussian integration with a reduced prior N(0, γ²) on P, γ → 0 (error O(γ²))
+    s2 = math.exp(v0)
+    errs = [abs(_gaussian_integral_reduction(mu_p, cov_pp, s2, s2 * f) - got) for f in (1e-3, 1e-5, 1e-7)]
+    assert errs[0] > errs[1] > errs[2] and errs[2] < 1e-5, errs
+    # (2) Savage–Dickey with the P-marginal of the covariance (not the precision's Schur complement)
+    n = int(pruned.sum())
+    q = torch.distributions.MultivariateNormal(mu_p, covariance_matrix=cov_pp)
+    p = torch.distributions.MultivariateNormal(torch.zeros(n, dtype=D64), s2 * torch.eye(n, dtype=D64))
+    zero = torch.zeros(n, dtype=D64)
+    assert got == pytest.approx((q.log_prob(zero) - p.log_prob(zero)).item(), rel=1e-10, abs=1e-10)
+    # (3) the coupling matters: a mean-field sum (precisions diag Λ) gets a different answer
+    mf = group_delta_lnz(spike_delta_lnz(mu, -torch.log(torch.diagonal(lam)), v0),
+                         (~pruned).long(), 2)[0].item()
+    assert abs(mf - got) > 1e-2
+
+
+def test_joint_reduction_by_quadrature_at_finite_width() -> None:
+    # the closed-form Gaussian integral used above, checked by 2-d quadrature (|P| = 2, γ² = s²/4)
+    from scipy import integrate
+
+    mu, lam, _ = _dense_problem(11, d=4)
+    pruned = torch.tensor([True, False, True, False])
+    cov = torch.linalg.inv(lam)
+    mu_p, cov_pp = mu[pruned], cov[pruned][:, pruned]
+    s2, g2 = 0.8, 0.2
+    m0, m1 = mu_p.tolist()
+    (c00, c01), (_, c11) = cov_pp.tolist()
+    det = c00 * c11 - c01 * c01
+    a = 1 / g2 - 1 / s2
+
+    def f(y: float, x: float) -> float:  # N((x, y); μ_P, Σ_PP) · N(w; 0, γ²I)/N(w; 0, s²I)
+        dx, dy = x - m0, y - m1
+        maha = (c11 * dx * dx - 2 * c01 * dx * dy + c00 * dy * dy) / det
+        return math.exp(-0.5 * maha - 0.5 * a * (x * x + y * y)) * s2 / g2 / (2 * math.pi * math.sqrt(det))
+
+    lim = 12 * math.sqrt(max(c00, c11))
+    val = integrate.dblquad(f, m0 - lim, m0 + lim, m1 - lim, m1 + lim, epsabs=1e-11)[0]
+    assert math.log(val) == pytest.approx(_gaussian_integral_reduction(mu_p, cov_pp, s2, g2), rel=1e-7)
+
+
+def test_joint_reduction_of_a_diagonal_posterior_is_the_group_sum() -> None:
+    mu, v, v0 = 0.2 * torch.randn(6, dtype=D64), torch.randn(6, dtype=D64) - 3, -1.0
+    pruned = torch.tensor([True, False, True, False, False, True])
+    joint = joint_spike_delta_lnz(mu, torch.diag(torch.exp(-v)), pruned, v0).item()
+    groups = group_delta_lnz(spike_delta_lnz(mu, v, v0), (~pruned).long(), 2)
+    assert joint == pytest.approx(groups[0].item(), rel=1e-12, abs=1e-12)
+
+
+def test_joint_reduction_invalid_inputs_raise() -> None:
+    mu, pruned = torch.zeros(3, dtype=D64), torch.tensor([True, False, False])
+    with pytest.raises(ValueError, match="positive definite"):
+        joint_spike_delta_lnz(mu, -torch.eye(3, dtype=D64), pruned, 0.0)
+    with pytest.raises(ValueError, match="need mu"):
+        joint_spike_delta_lnz(mu, torch.eye(2, dtype=D64), pruned, 0.0)
+    assert joint_spike_delta_lnz(mu, torch.eye(3, dtype=D64), ~torch.ones(3, dtype=torch.bool), 0.0) == 0
 
 
 def test_group_invalid_index_raises() -> None:

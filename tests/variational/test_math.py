@@ -42,25 +42,89 @@ def test_trunc_lognormal_kl_mean_and_sampler(mu, log_sigma):
     tn = stats.truncnorm((a - mu) / s, (b - mu) / s, loc=mu, scale=s)
     kl_quad = integrate.quad(lambda x: tn.pdf(x) * (tn.logpdf(x) + math.log(b - a)), a, b,
                              points=[min(max(mu, a), b)], limit=200)[0]
-    assert float(G.trunc_lognormal_kl(m, ls)) == pytest.approx(kl_quad, rel=1e-5, abs=1e-6)
+    assert float(G.gate_kl("lognormal", m, ls, a, b)) == pytest.approx(kl_quad, rel=1e-5, abs=1e-6)
     mean_quad = integrate.quad(lambda x: tn.pdf(x) * math.exp(x), a, b,
                                points=[min(max(mu, a), b)], limit=200)[0]
-    assert float(G.trunc_lognormal_mean(m, ls)) == pytest.approx(mean_quad, rel=1e-5, abs=1e-12)
+    assert float(G.gate_mean("lognormal", m, ls, a, b)) == pytest.approx(mean_quad, rel=1e-5, abs=1e-12)
     z = torch.randn(200_000, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
     theta = G.gate_sample("lognormal", m, ls, z, a, b)
     x = theta.log()
     assert (x >= a - 1e-9).all() and (x <= b + 1e-9).all()
     # Monte Carlo KL from our own sampler against the closed form
     kl_mc = float((torch.as_tensor(tn.logpdf(x.numpy())) + math.log(b - a)).mean())
-    assert kl_mc == pytest.approx(float(G.trunc_lognormal_kl(m, ls)), abs=0.02)
+    assert kl_mc == pytest.approx(float(G.gate_kl("lognormal", m, ls, a, b)), abs=0.02)
     assert float(theta.mean()) == pytest.approx(mean_quad, rel=0.02, abs=1e-4)
 
 
-def test_trunc_lognormal_kl_gradients_finite_float32():
-    mu = torch.tensor([0.0, -5.0, -30.0, 3.0], requires_grad=True)
-    ls = torch.tensor([-5.0, 0.0, -2.0, 1.0], requires_grad=True)
-    (G.trunc_lognormal_kl(mu, ls).sum() + G.trunc_lognormal_mean(mu, ls).sum()).backward()
-    assert torch.isfinite(mu.grad).all() and torch.isfinite(ls.grad).all()
+def _old_kl(mu: torch.Tensor, log_sigma: torch.Tensor, log_a: float = -20.0,
+            log_b: float = 0.0) -> torch.Tensor:
+    """The training-time gate KL before issue 13, verbatim: −ln Z and αφ(α)/Z evaluated
+    separately, so they cancel in float32 once μ is a few σ above ln b. Kept only to show
+    that the test below fails for the reason it names."""
+    from torch.special import log_ndtr
+
+    sigma = log_sigma.exp()
+    alpha, beta = (log_a - mu) / sigma, (log_b - mu) / sigma
+    flip = alpha > 0
+    lo2, hi2 = torch.where(flip, -beta, alpha), torch.where(flip, -alpha, beta)
+    lhi = log_ndtr(hi2)
+    log_z = lhi + torch.log(-torch.expm1((log_ndtr(lo2) - lhi).clamp(max=-1e-20)))
+    c = 0.5 * math.log(2 * math.pi)
+    t_a = alpha * torch.exp(-0.5 * alpha * alpha - c - log_z)
+    t_b = beta * torch.exp(-0.5 * beta * beta - c - log_z)
+    return (math.log(log_b - log_a) - log_sigma - log_z - 0.5 * math.log(2 * math.pi * math.e)
+            - 0.5 * (t_a - t_b))
+
+
+def _kl_and_grad(fn, mu: float, log_sigma: float) -> tuple[list[float], tuple[float, float]]:
+    m = torch.tensor([mu], requires_grad=True)  # float32, as the trainer calls it
+    s = torch.tensor([log_sigma], requires_grad=True)
+    fn(m, s).sum().backward()
+    return [float(fn(m, s).detach()), float(m.grad), float(s.grad)], (m.item(), s.item())
+
+
+def _rel_err(got: list[float], want: tuple[float, ...]) -> float:
+    """Worst error over (value, ∂/∂μ, ∂/∂ln σ) in units of the tolerance max(1e-4|ref|, 1e-3)."""
+    return max(abs(g - w) / max(1e-4 * abs(w), 1e-3) for g, w in zip(got, want))
+
+
+# issue 13: at the initial σ = e⁻⁵, μ − ln b = 30σ, 1.0, 2.0 (one Adam step moves μ ~15σ)
+@pytest.mark.parametrize("offset", [30 * math.exp(-5.0), 1.0, 2.0])
+def test_gate_kl_float32_value_and_gradient_match_reference(offset):
+    from tests.bmr.reference import trunc_kl_grad_mp
+
+    def train_kl(m, s):  # the trainer's entry point, in float32
+        return G.gate_kl("lognormal", m, s, -20.0, 0.0)
+
+    got, (m, s) = _kl_and_grad(train_kl, offset, -5.0)
+    want = trunc_kl_grad_mp(m, s)
+    assert _rel_err(got, want) <= 1.0, (got, want)
+    assert want[1] > 0  # above ln b the KL pulls μ back down
+    # float64 of the same code agrees too
+    got64 = G.gate_kl("lognormal", torch.tensor(m, dtype=torch.float64),
+                      torch.tensor(s, dtype=torch.float64), -20.0, 0.0)
+    assert float(got64) == pytest.approx(want[0], rel=1e-12)
+    old, _ = _kl_and_grad(_old_kl, offset, -5.0)
+    assert _rel_err(old, want) > 1.0, (old, want)  # the pre-issue-13 formula fails this test
+
+
+def test_model_gate_kl_gradient_float32():
+    # through the model: posterior.gate_kl -> variational.gates -> bmr.gates, gates in float32
+    from bmr_compress.variational.posterior import gate_kl
+    from tests.bmr.reference import trunc_kl_grad_mp
+
+    net = nn.Sequential(nn.Linear(4, 3), nn.ReLU(), nn.Linear(3, 2))
+    wrap_(net, PosteriorSpec(gates=(("0", 1),)))
+    g = wrap_state(net).gates["0"]
+    with torch.no_grad():
+        g.mu.copy_(torch.tensor([0.0, 1.0, -25.0]))
+        g.log_sigma.copy_(torch.tensor([-5.0, -5.0, 0.5]))
+    gate_kl(net).backward()
+    for j in range(3):
+        want = trunc_kl_grad_mp(g.mu[j].item(), g.log_sigma[j].item())
+        got = [float(G.gate_kl("lognormal", g.mu[j], g.log_sigma[j], -20.0, 0.0).detach()),
+               float(g.mu.grad[j]), float(g.log_sigma.grad[j])]
+        assert _rel_err(got, want) <= 1.0, (j, got, want)
 
 
 def test_gaussian_gate_kl_monte_carlo():
