@@ -8,9 +8,8 @@ import math
 import pytest
 import torch
 
-from bmr_compress.bmr.structured import (
-    LayerFactors, column_reduced_means, explicit_unit_delta_lnz, unit_evidence,
-)
+from bmr_compress.bmr import joint_spike_delta_lnz
+from bmr_compress.bmr.structured import LayerFactors, column_reduced_means, unit_evidence
 from bmr_compress.surgery import discover_groups, make_plan, PlanSettings, UnitGroup, Slice
 from bmr_compress.surgery.tolerance import calibrate_nu, distortion_at, score_sites
 from bmr_compress.surgery.unit_posterior import (
@@ -23,6 +22,20 @@ def _spd(d: int, seed: int) -> torch.Tensor:
     g = torch.Generator().manual_seed(seed)
     x = torch.randn(3 * d, d, generator=g, dtype=torch.float64)
     return x.T @ x / (3 * d) + 0.05 * torch.eye(d, dtype=torch.float64)
+
+
+def explicit_unit_delta_lnz(w0, a, b, s2, cols, nu) -> float:
+    """Σ over rows of the dense joint Gaussian reduction (bmr.joint_spike_delta_lnz) of the
+    row posterior N(Λ⁻¹ ν b_i A w0_i, Λ⁻¹), Λ = ν b_i A + I/s²."""
+    d = w0.shape[1]
+    pruned = torch.zeros(d, dtype=torch.bool)
+    pruned[cols] = True
+    total = 0.0
+    for i in range(w0.shape[0]):
+        lam = nu * float(b[i]) * a.double() + torch.eye(d, dtype=torch.float64) / s2
+        mu = torch.linalg.solve(lam, nu * float(b[i]) * a.double() @ w0[i].double())
+        total += float(joint_spike_delta_lnz(mu, lam, pruned, math.log(s2)))
+    return total
 
 
 def _gauss_integral(mean_w: torch.Tensor, q: torch.Tensor, prior_var: float,
