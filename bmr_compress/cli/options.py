@@ -62,11 +62,13 @@ fit_options = _stack(
                  help="How far the output may move, as relative distortion E|f-f0|^2/E|f0|^2 "
                       "on calibration data (embeddings: 2(1-cosine), so 0.1 ~ cosine 0.95; "
                       "logits: centred). Sets the likelihood's precision; BMR then removes "
-                      "every unit with dlnZ >= 0 [default: 0.1]."),
+                      "every unit with dlnZ >= 0 [default: 0.1 for embeddings, 0.03 for logits]."),
     click.option("--rounds", type=click.IntRange(1),
                  help="Laplace: prune -> recover -> re-score rounds at most [default: 3]."),
     click.option("--recovery-steps", type=click.IntRange(0),
                  help="Laplace: distillation steps after each round's cut [default: 100]."),
+    click.option("--recovery-lr", type=click.FloatRange(0, min_open=True),
+                 help="Laplace: Adam learning rate of the recovery steps [default: 1e-4]."),
     click.option("--steps", type=click.IntRange(0), help="Variational fine-tune steps."),
     click.option("--seed", type=int, help="Random seed."),
     click.option("--device", default="auto", show_default=True, help="auto | cpu | cuda | cuda:N."),

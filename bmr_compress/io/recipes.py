@@ -81,6 +81,7 @@ class RecipeSettings:
     tolerance: float | None = None
     rounds: int | None = None
     recovery_steps: int | None = None
+    recovery_lr: float | None = None
     steps: int | None = None
     seed: int | None = None
     lr: float | None = None

@@ -31,7 +31,7 @@ log = logging.getLogger(__name__)
 
 STATS_BATCHES = 4  # calibration batches for A and b (the rest train the recovery)
 CHECK_BATCHES = 4  # calibration batches that only judge distortion
-CALIBRATION_STEPS = 6
+CALIBRATION_STEPS = 7
 
 
 @dataclass
@@ -94,9 +94,9 @@ def _calibrate(model: nn.Module, original: nn.Module, sites: Mapping[str, Any],
         tmp, removed = _one_shot(model, sites, factors, a_in, groups, nu, round_to)
         return distortion(tmp, original, check, task, scale) - base, removed
 
-    lo = max(pred.nu, 1e-3)
+    # the prediction counts the prior's share and no interactions: bracket around it
     cal = calibrate_nu(measured, budget, steps=CALIBRATION_STEPS,
-                       nu_range=(lo, lo * 1e6))
+                       nu_range=(pred.nu * 1e-3, pred.nu * 1e4))
     log.info("nu: predicted %.3g, measured %.3g (removes %d units, distortion +%.3g)",
              pred.nu, cal.nu, cal.units_removed, cal.predicted_distortion)
     return cal.nu if cal.units_removed else math.inf
@@ -119,6 +119,7 @@ def laplace_reduce(original: nn.Module, data: Any, task: str, *, tolerance: floa
     train = [_strip_labels(b) for b in data.train_batches]
     n_check = min(CHECK_BATCHES, max(1, len(train) // 5)) if len(train) > 1 else 0
     check, fit = train[:n_check] or train, train[n_check:] or train
+    labelled = list(data.train_batches[n_check:]) or list(data.train_batches)  # recovery
     stats = fit[:STATS_BATCHES]
     example = _strip_labels(data.heldout_batches[0])
     model = copy.deepcopy(original)
@@ -160,7 +161,7 @@ def laplace_reduce(original: nn.Module, data: Any, task: str, *, tolerance: floa
             if name in out.keep:
                 out.keep[name] = [out.keep[name][i] for i in kept]
         with timer("recovery"):
-            rec = recover_(model, original, fit, task, steps=recovery_steps, lr=lr, scale=scale,
+            rec = recover_(model, original, labelled, task, steps=recovery_steps, lr=lr, scale=scale,
                            progress=progress)
         after = distortion(model, original, check, task, scale)
         out.rounds.append({"round": r + 1, "nu": nu, "distortion_before": before,
@@ -215,10 +216,14 @@ def laplace_stage(settings: Any, timer: Any, work: Any) -> tuple[Any, Any]:
 
     source, data, opts = load_stage(settings, timer)
     original = source.model
+    from bmr_compress.pipeline.settings import DEFAULT_TOLERANCE
+
+    if opts.get("tolerance") is None:
+        opts["tolerance"] = DEFAULT_TOLERANCE.get(str(source.task), 0.03)
     outcome = laplace_reduce(
         original, data, str(source.task), tolerance=float(opts["tolerance"]),
         rounds=int(opts["rounds"]), recovery_steps=int(opts["recovery_steps"]),
-        lr=float(opts.get("lr") or 1e-4), round_to=int(opts["round_to"]), timer=timer,
+        lr=float(opts["recovery_lr"]), round_to=int(opts["round_to"]), timer=timer,
         progress=settings.progress,
     )
     example = _strip_labels(data.heldout_batches[0])

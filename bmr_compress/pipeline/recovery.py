@@ -3,7 +3,8 @@
 The refit of the prune → refit → re-score rounds (Beckers et al.): the survivors' means are
 free to move, the original model is the teacher, no labels are needed. The loss is the
 relative output distortion δ = ‖f − f₀‖² / scale² of tasks.probe_output (for normalised
-embeddings 2(1 − cos)), the quantity the user's tolerance bounds.
+embeddings 2(1 − cos)), the quantity the user's tolerance bounds; for a classifier whose
+calibration batches carry labels, plus their cross-entropy (supervised when labels are given).
 """
 
 from __future__ import annotations
@@ -64,9 +65,13 @@ def recover_(model: nn.Module, original: nn.Module, batches: Sequence[Mapping[st
     try:
         for step in range(steps):
             b = batches[step % len(batches)]
+            inputs = {k: v for k, v in b.items() if k != "labels"}
             with torch.no_grad():
-                f0 = probe_output(original, b, task)
-            loss = ((probe_output(model, b, task) - f0) ** 2).sum(-1).mean() / scale ** 2
+                f0 = probe_output(original, inputs, task)
+            f = probe_output(model, inputs, task)
+            loss = ((f - f0) ** 2).sum(-1).mean() / scale ** 2
+            if task == "classification" and "labels" in b:  # supervised when labels are given
+                loss = loss + nn.functional.cross_entropy(f, b["labels"].long(), ignore_index=-100)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
