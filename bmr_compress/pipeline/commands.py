@@ -114,7 +114,10 @@ def reduce(posterior_dir: str | Path, *, out: str, overwrite: bool = False, **pl
     posterior_dir = Path(posterior_dir)
     ppath = posterior_dir / "posterior.safetensors"
     if not ppath.is_file():
-        raise InputError(f"no posterior.safetensors in {posterior_dir}")
+        raise InputError(f"no posterior.safetensors in {posterior_dir}: `reduce` re-plans a "
+                         "variational fit (`compress --posterior variational` or `finetune`); "
+                         "for the default Laplace path run `compress` again with another "
+                         "--tolerance")
     out_path = check_output_dir(out, overwrite)
     rec = _reload_record(posterior_dir)
     state = load_posterior(ppath)
