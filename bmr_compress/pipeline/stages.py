@@ -312,7 +312,10 @@ def finish_stage(settings: CompressSettings, f: Fitted, cut: Cut, timer: StageTi
                         "model.safetensors": Path(base_st).stat().st_size}
         report = build_report(
             source={"id": prov["source"], "revision": prov["revision"], "family": prov["family"],
-                    "task": prov["task"], "data": f.data.description},
+                    "task": prov["task"], "data": f.data.description,
+                    "dataset": getattr(f.data, "name", "") or f.data.description,
+                    "heldout": getattr(f.data, "heldout", ""),
+                    "data_choice": getattr(f.data, "choice", None)},
             settings=prov["settings"], original=f.original, compressed=f.model,
             validation=result, files_before=files_before, stage_seconds=timer.total(),
             plan_summary=cut.plan.summary, onnx=art,
