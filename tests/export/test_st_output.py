@@ -109,3 +109,20 @@ def test_sentence_transformer_onnx_backend(st_out: Path, pruned_out: Path) -> No
     for out in (st_out, pruned_out):
         emb = _st(out, backend="onnx").encode(SENTENCES, convert_to_numpy=True)
         assert _cos(emb, _ort_embeddings(out, SENTENCES)).min() >= 1 - 1e-4
+
+
+def test_automodel_on_pruned_output_gives_the_tool_outputs(pruned_out: Path) -> None:
+    """Plain transformers loads the pruned folder strictly and matches model.onnx."""
+    import onnxruntime as ort
+    import torch
+    from transformers import AutoModel, AutoTokenizer
+
+    model, info = AutoModel.from_pretrained(str(pruned_out), output_loading_info=True)
+    assert not info["mismatched_keys"]
+    assert all(k.startswith("pooler.") for k in info["missing_keys"])
+    enc = AutoTokenizer.from_pretrained(str(pruned_out))(SENTENCES, padding=True, return_tensors="pt")
+    with torch.no_grad():
+        got = model.eval()(**enc).last_hidden_state.numpy()
+    sess = ort.InferenceSession(str(pruned_out / "model.onnx"), providers=["CPUExecutionProvider"])
+    want = sess.run(None, {i.name: enc[i.name].numpy() for i in sess.get_inputs()})[0]
+    np.testing.assert_allclose(got, want, atol=1e-4, rtol=1e-3)
