@@ -124,12 +124,21 @@ def check_latency(
     cap = max_positions(model)
     if seq is not None and cap is not None:
         seq = min(seq, cap)
+    models = {k: str(v) for k, v in paths.items()}
     try:
         batch = make_inputs_like(sample, st.latency_batch, seq, seed=st.seed + 99)
-        res.latency = measure_latency({k: str(v) for k, v in paths.items()}, _to_numpy(batch),
-                                      threads=st.latency_threads, runs=st.latency_runs,
-                                      warmup=st.latency_warmup)
+        res.latency = measure_latency(models, _to_numpy(batch), threads=st.latency_threads,
+                                      runs=st.latency_runs, warmup=st.latency_warmup)
         res.latency.update({"batch": st.latency_batch, "seq": seq})
+        grid = []
+        for b, t in st.latency_grid:
+            if (b, t) == (st.latency_batch, st.latency_threads):
+                r = res.latency
+            else:
+                x = _to_numpy(make_inputs_like(sample, b, seq, seed=st.seed + 99))
+                r = measure_latency(models, x, threads=t, runs=st.latency_runs, warmup=st.latency_warmup)
+            grid.append({"batch": b, "threads": t, "seq": seq, **{k: r[k] for k in models}})
+        res.latency["grid"] = grid
         res.add("latency_measured", True,
                 f"median {res.latency['original']['median_ms']:.3g} -> "
                 f"{res.latency['compressed']['median_ms']:.3g} ms ({st.latency_threads} threads)")
