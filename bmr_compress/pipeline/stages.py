@@ -327,7 +327,8 @@ def finish_stage(settings: CompressSettings, f: Fitted, cut: Cut, timer: StageTi
                     "task": prov["task"], "data": f.data.description,
                     "dataset": getattr(f.data, "name", "") or f.data.description,
                     "heldout": getattr(f.data, "heldout", ""),
-                    "data_choice": getattr(f.data, "choice", None)},
+                    "data_choice": getattr(f.data, "choice", None),
+                    **_source_facts(settings, f)},
             settings=prov["settings"], original=f.original, compressed=f.model,
             validation=result, files_before=files_before, stage_seconds=timer.total(),
             plan_summary=cut.plan.summary, onnx=art,
@@ -366,6 +367,21 @@ def _transformers_layout(model: Any, example: Mapping[str, Any]) -> tuple[Any, d
         log.warning("config.json cannot state the cut widths (%s): load the output with "
                     "bmr_compress.surgery.load_compressed or use model.onnx", e)
         return model, {"layout": "refused", "reason": str(e)}
+
+
+def _source_facts(settings: CompressSettings, f: Fitted) -> dict[str, Any]:
+    """base_model, license (for the card) and whether the weights are the source's own."""
+    import torch
+
+    from bmr_compress.io.card import source_facts
+
+    recipe = _recipe_for(settings.recipe, settings.source)
+    hub = recipe.source.hub if recipe is not None else None
+    facts = source_facts(f.source.snapshot_dir, f.source.source_id, hub)
+    a, b = f.original.state_dict(), f.model.state_dict()
+    facts["weights_identical"] = a.keys() == b.keys() and all(
+        a[k].shape == b[k].shape and torch.equal(a[k], b[k]) for k in a)
+    return facts
 
 
 def _companions(f: Fitted, stage: Path, compact_zeros: bool) -> bool:

@@ -9,32 +9,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from click.testing import CliRunner
 
-from tests.snapshots import HIDDEN, SENTENCES, ST_MAX_SEQ, st_snapshot
-
-
-def _compress(src: Path, out: Path, *extra: str) -> Path:
-    from bmr_compress.cli.main import cli
-
-    r = CliRunner().invoke(cli, ["compress", str(src), "--out", str(out), "--steps", "3",
-                                 "--max-samples", "96", *extra])
-    assert r.exit_code == 0, r.output
-    return out
-
-
-@pytest.fixture(scope="module")
-def st_out(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("st")
-    return _compress(st_snapshot(root / "src"), root / "out", "--int8")
-
-
-@pytest.fixture(scope="module")
-def pruned_out(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("st-pruned")
-    # dead units + a size budget: FFN neurons and heads really go, unevenly across layers
-    return _compress(st_snapshot(root / "src", dead_units=True), root / "out",
-                     "--size-budget", "0.9", "--round-to", "1")
+from tests.snapshots import HIDDEN, SENTENCES, ST_MAX_SEQ
 
 
 def _ort_embeddings(out: Path, texts: list[str], onnx_file: str = "onnx/model.onnx") -> np.ndarray:
