@@ -6,7 +6,7 @@ int8 model (int8 weights dequantised to float, float activations) is measured as
 what 8-bit weights allow. No fine-tune, no pruning: this isolates the quantisation. Writes the
 "int8" section of BENCHMARKS.md.
 
-    python bench/int8.py [--runs 20]
+    python bench/int8.py [--runs 20] [--quick]
 """
 
 from __future__ import annotations
@@ -104,7 +104,10 @@ def weight_only_int8(src: Path, dst: Path) -> Path:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--runs", type=int, default=20)
+    ap.add_argument("--quick", action="store_true", help="5 latency runs per model and shape")
     args = ap.parse_args()
+    if args.quick:
+        args.runs = 5
     logging.basicConfig(level=logging.WARNING)
 
     import torch
