@@ -96,7 +96,8 @@ def test_automodel_on_pruned_output_gives_the_tool_outputs(pruned_out: Path) -> 
     model, info = AutoModel.from_pretrained(str(pruned_out), output_loading_info=True)
     assert not info["mismatched_keys"]
     assert all(k.startswith("pooler.") for k in info["missing_keys"])
-    enc = AutoTokenizer.from_pretrained(str(pruned_out))(SENTENCES, padding=True, return_tensors="pt")
+    enc = AutoTokenizer.from_pretrained(str(pruned_out))(SENTENCES, padding=True, truncation=True,
+                                                         max_length=ST_MAX_SEQ, return_tensors="pt")
     with torch.no_grad():
         got = model.eval()(**enc).last_hidden_state.numpy()
     sess = ort.InferenceSession(str(pruned_out / "model.onnx"), providers=["CPUExecutionProvider"])
