@@ -98,6 +98,8 @@ def removal_sentence(report: dict[str, Any]) -> str:
     sp = report.get("sparsity", {})
     removed = float(sp.get("structured", {}).get("removed_fraction", 0.0) or 0.0)
     zeros = float(sp.get("unstructured", {}).get("zero_fraction", 0.0) or 0.0)
+    if not report.get("settings", {}).get("unstructured", False):
+        zeros = 0.0  # zeros the source already had are not the tool's doing
     if removed <= 0 and zeros <= 0:
         return ("Nothing was removed: every unit was kept under this rule, so the model has the "
                 "source's architecture and size.")
@@ -106,9 +108,10 @@ def removal_sentence(report: dict[str, Any]) -> str:
         parts.append(f"{removed:.1%} of the parameters were physically removed (whole FFN "
                      "neurons, attention heads or filters; the matrices are smaller)")
     if zeros > 0:
-        parts.append(f"{zeros:.1%} of the remaining weights were set to zero (file size only: "
+        parts.append(f"{zeros:.2%} of the remaining weights were set to zero (file size only: "
                      "onnxruntime densifies them at load)")
-    return "; ".join(parts).capitalize() + "."
+    text = "; ".join(parts)
+    return text[:1].upper() + text[1:] + "."
 
 
 def build_model_card(report: dict[str, Any], repo_id: str, directory: str | Path | None = None,

@@ -57,6 +57,8 @@ def test_no_pruning_claim_when_nothing_was_removed(st_out: Path) -> None:
     rep["source"]["weights_identical"] = True
     card = build_model_card(rep, REPO, st_out)
     assert "Nothing was removed" in card and "physically removed" not in card
+    rep["sparsity"]["unstructured"]["zero_fraction"] = 2e-5  # zeros the source had, unstructured off
+    assert "Nothing was removed" in build_model_card(rep, REPO, st_out)
     assert _meta(card)["base_model_relation"] == "quantized"  # only the int8 artefact differs
 
 
