@@ -57,7 +57,60 @@ def inspect_source(source: Any) -> dict[str, Any]:
         "unit_kinds": dict(Counter(u["kind"] for u in units)),
         "coverage": dict(status), "skipped": skipped,
         "preprocessor": type(source.tokenizer_or_processor).__name__ if source.tokenizer_or_processor else None,
+        "output": output_pipeline(source), **cost_shares(model, groups, example, str(source.task)),
     }
+
+
+def output_pipeline(source: Any) -> dict[str, Any]:
+    """What turns the model's output into the user's result: the sentence-transformers
+    modules of the snapshot (pooling, normalisation), else the tool's own default."""
+    from bmr_compress.export.st_layout import read_st_pipeline
+
+    st = read_st_pipeline(source.snapshot_dir)
+    if st is not None:
+        return {"kind": "sentence-transformers", "pooling": st.pooling, "normalize": st.normalize,
+                "max_seq_length": st.max_seq_length, "other_modules": list(st.others),
+                "describe": st.describe()}
+    if str(source.task) == "embedding":
+        return {"kind": "transformers", "pooling": "mean", "normalize": False,
+                "describe": "no sentence-transformers modules: the tool scores mean-pooled "
+                            "last_hidden_state, not normalised"}
+    return {"kind": "model output", "describe": "logits / the model's own output"}
+
+
+def cost_shares(model: Any, groups: list[Any], example: dict[str, Any], task: str) -> dict[str, Any]:
+    """Share of parameters and of multiply-accumulates (at the example shape) per unit kind,
+    and the embeddings, which no structured removal touches (vocabulary/position rows; for
+    embedding models the hidden width, the embedding size users consume, is kept too)."""
+    from torch import nn
+
+    from bmr_compress.surgery.costs import _positions, unit_macs
+
+    params = sum(p.numel() for p in model.parameters())
+    pos = _positions(model, example)
+    total_macs = sum(m.weight.numel() * pos[n] for n, m in model.named_modules() if n in pos)
+    per_unit = unit_macs(model, groups, example)
+    kinds: dict[str, dict[str, float]] = {}
+    for g in groups:
+        k = kinds.setdefault(g.kind, {"params": 0, "macs": 0.0})
+        k["params"] += g.num_units * g.numel_per_unit
+        k["macs"] += g.num_units * per_unit.get(g.name, 0.0)
+    shares = {kind: {"params": int(v["params"]), "param_share": v["params"] / params if params else 0.0,
+                     "mac_share": v["macs"] / total_macs if total_macs else 0.0,
+                     "overlaps_other_kinds": kind == "hidden"}  # a hidden dim cuts every layer
+              for kind, v in kinds.items()}
+    seen: set[int] = set()
+    emb = 0
+    for m in model.modules():
+        if isinstance(m, nn.Embedding) and id(m.weight) not in seen:
+            seen.add(id(m.weight))
+            emb += m.weight.numel()
+    return {"unit_kind_shares": shares, "macs_per_example": total_macs,
+            "untouchable": {"embeddings": emb, "embedding_share": emb / params if params else 0.0,
+                            "hidden_kept": task == "embedding",
+                            "why": "embedding rows are vocabulary/positions, not removable units"
+                                   + ("; the hidden width is the embedding size and is kept"
+                                      if task == "embedding" else "")}}
 
 
 def _human(info: dict[str, Any]) -> str:
@@ -69,6 +122,17 @@ def _human(info: dict[str, Any]) -> str:
         lines.append(f"    {g['name']:<48} {g['kind']:<9} {g['units']}")
     if len(info["unit_groups"]) > 40:
         lines.append(f"    ... {len(info['unit_groups']) - 40} more (use --json)")
+    out = info.get("output", {})
+    if out:
+        lines.append(f"  output: {out.get('describe')}")
+    for kind, v in info.get("unit_kind_shares", {}).items():
+        lines.append(f"  {kind:<9} units own {v['param_share']:6.1%} of the parameters, "
+                     f"{v['mac_share']:6.1%} of the MACs"
+                     + (" (overlapping the other kinds)" if v.get("overlaps_other_kinds") else ""))
+    u = info.get("untouchable")
+    if u:
+        lines.append(f"  untouchable by structured removal: embeddings {u['embeddings']:,} parameters "
+                     f"({u['embedding_share']:.1%}): {u['why']}")
     lines.append("  coverage: " + ", ".join(f"{k} {v}" for k, v in info["coverage"].items()))
     for k, v in list(info["skipped"].items())[:10]:
         lines.append(f"    {k}: {v}")

@@ -23,10 +23,13 @@ Examples:
 @click.option("--revision", help="Branch to upload to (created if missing).")
 @click.option("--private", is_flag=True, help="Create the repo as private.")
 @click.option("--dry-run", is_flag=True, help="Only list what would be uploaded and print the card.")
+@click.option("--with-posterior", is_flag=True,
+              help="Also upload posterior.safetensors (as large as the model; only needed to "
+                   "re-plan with `bmr-compress reduce`).")
 @common_options
 @run_command
 def command(directory: Path, repo_id: str | None, repo_id_opt: str | None, revision: str | None,
-            private: bool, dry_run: bool, as_json: bool, debug: bool, verbose: bool) -> None:
+            private: bool, dry_run: bool, with_posterior: bool, as_json: bool, debug: bool, verbose: bool) -> None:
     """Push DIRECTORY (a validated `compress` output) to hub repo --repo-id with a model card.
 
     Refuses a directory whose report.json does not record a passed validation.
@@ -40,7 +43,8 @@ def command(directory: Path, repo_id: str | None, repo_id_opt: str | None, revis
     if not (repo_id or repo_id_opt):
         raise InputError("no repo id: pass --repo-id NAME (org/name)")
     repo, _ = parse_hub_spec(repo_id or repo_id_opt)
-    result = push_to_hub(directory, repo, revision=revision, private=private, dry_run=dry_run)
+    result = push_to_hub(directory, repo, revision=revision, private=private, dry_run=dry_run,
+                         with_posterior=with_posterior)
     emit(result, as_json, lambda r: "\n".join(
         [f"{'would upload' if dry_run else 'uploaded'} {len(r.files)} files to {repo}"]
         + [f"  {f}" for f in r.files]

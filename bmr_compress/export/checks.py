@@ -124,12 +124,21 @@ def check_latency(
     cap = max_positions(model)
     if seq is not None and cap is not None:
         seq = min(seq, cap)
+    models = {k: str(v) for k, v in paths.items()}
     try:
         batch = make_inputs_like(sample, st.latency_batch, seq, seed=st.seed + 99)
-        res.latency = measure_latency({k: str(v) for k, v in paths.items()}, _to_numpy(batch),
-                                      threads=st.latency_threads, runs=st.latency_runs,
-                                      warmup=st.latency_warmup)
+        res.latency = measure_latency(models, _to_numpy(batch), threads=st.latency_threads,
+                                      runs=st.latency_runs, warmup=st.latency_warmup)
         res.latency.update({"batch": st.latency_batch, "seq": seq})
+        grid = []
+        for b, t in st.latency_grid:
+            if (b, t) == (st.latency_batch, st.latency_threads):
+                r = res.latency
+            else:
+                x = _to_numpy(make_inputs_like(sample, b, seq, seed=st.seed + 99))
+                r = measure_latency(models, x, threads=t, runs=st.latency_runs, warmup=st.latency_warmup)
+            grid.append({"batch": b, "threads": t, "seq": seq, **{k: r[k] for k in models}})
+        res.latency["grid"] = grid
         res.add("latency_measured", True,
                 f"median {res.latency['original']['median_ms']:.3g} -> "
                 f"{res.latency['compressed']['median_ms']:.3g} ms ({st.latency_threads} threads)")
@@ -227,3 +236,70 @@ def _one_line(e: BaseException) -> str:
     return " ".join(str(e).split())[:300]
 
 
+
+
+def check_st_embeddings(
+    res: ValidationResult, out_dir: Path, model: nn.Module, tokenizer: Any, texts: list[str],
+    *, onnx_path: Path | None = None, min_cosine: float = 1 - 1e-4,
+) -> dict[str, Any]:
+    """A sentence-transformers output: `SentenceTransformer(out_dir)` (and its ONNX backend when
+    optimum is installed) must give the embeddings of the tool's own path (our ONNX model on
+    onnxruntime + the folder's pooling/normalisation; PyTorch when no ONNX is given)."""
+    import importlib.util
+
+    import numpy as np
+
+    from bmr_compress.export.latency import cpu_session
+    from bmr_compress.export.st_layout import pool, read_st_pipeline
+
+    st = read_st_pipeline(out_dir)
+    info: dict[str, Any] = {"texts": len(texts)}
+    if st is None:
+        return info
+    info["pipeline"] = st.describe()
+    if importlib.util.find_spec("sentence_transformers") is None:
+        res.add("sentence_transformers", True, "sentence-transformers not installed: not checked")
+        return info
+    try:
+        enc = tokenizer(texts, padding=True, truncation=True, max_length=st.max_seq_length or 512,
+                        return_tensors="np")
+        feed = {k: np.asarray(v).astype(np.int64) for k, v in enc.items()}
+        if onnx_path is not None:
+            sess = cpu_session(onnx_path)
+            hidden = sess.run(None, {i.name: feed[i.name] for i in sess.get_inputs()})[0]
+        else:
+            hidden = _torch_out(model, {k: torch.from_numpy(v) for k, v in feed.items()
+                                        if k in ("input_ids", "attention_mask", "token_type_ids")})
+        ref = pool(hidden, feed["attention_mask"], st)
+        paths = {"torch": _st_encode(out_dir, texts, None)}
+        if importlib.util.find_spec("optimum") is not None:
+            paths["onnx"] = _st_encode(out_dir, texts, "onnx")
+        worst = 1.0
+        for name, emb in paths.items():
+            cos = (emb * ref).sum(1) / np.maximum(np.linalg.norm(emb, axis=1) * np.linalg.norm(ref, axis=1), 1e-12)
+            info[f"min_cosine_{name}"] = float(cos.min())
+            worst = min(worst, float(cos.min()))
+        norms = np.linalg.norm(paths["torch"], axis=1)
+        info["norm_range"] = [float(norms.min()), float(norms.max())]
+        ok = worst >= min_cosine and (not st.normalize or bool(np.allclose(norms, 1.0, atol=1e-4)))
+        res.add("sentence_transformers", ok,
+                f"SentenceTransformer({', '.join(paths)}) vs tool embeddings ({st.describe()}): "
+                f"min cosine {worst:.6f} (>= {min_cosine}), norms {norms.min():.4f}..{norms.max():.4f}",
+                worst)
+    except Exception as e:  # noqa: BLE001 - any failure to load or encode is a failed check
+        res.add("sentence_transformers", False, f"SentenceTransformer({out_dir.name}) failed: {_one_line(e)}")
+    return info
+
+
+def _st_encode(out_dir: Path, texts: list[str], backend: str | None) -> Any:
+    import warnings
+
+    from sentence_transformers import SentenceTransformer
+
+    kw: dict[str, Any] = {"device": "cpu", "local_files_only": True}
+    if backend:
+        kw["backend"] = backend
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # third-party deprecation notes are not our check
+        m = SentenceTransformer(str(out_dir), **kw)
+        return m.encode(texts, convert_to_numpy=True, batch_size=len(texts))

@@ -21,11 +21,16 @@ log = logging.getLogger(__name__)
 
 
 def quantize_int8(
-    onnx_path: str | Path, out_path: str | Path, *, io_spec: IoSpec | None = None
+    onnx_path: str | Path, out_path: str | Path, *, io_spec: IoSpec | None = None,
+    per_channel: bool = True, nodes_to_exclude: tuple[str, ...] = (),
 ) -> OnnxArtifact:
     """Dynamic int8 weight quantisation of `onnx_path` into `out_path` (IR pinned, checked).
 
-    Sparse initializers are densified first so that the quantiser sees every weight.
+    Weights get one int8 scale per output channel (`per_channel=True`, the default): on the
+    unpruned all-MiniLM-L6-v2 this lifts held-out embedding cosine from 0.959 (one scale per
+    tensor) to >= 0.99 at the same size (bench/int8.py). `nodes_to_exclude` keeps named
+    nodes in float. Sparse initializers are densified first so that the quantiser sees
+    every weight.
     """
     import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
@@ -45,7 +50,8 @@ def quantize_int8(
         try:
             with warnings.catch_warnings(record=True) as caught:
                 warnings.simplefilter("always")
-                quantize_dynamic(str(dense_path), str(q_path), weight_type=QuantType.QInt8)
+                quantize_dynamic(str(dense_path), str(q_path), weight_type=QuantType.QInt8,
+                                 per_channel=per_channel, nodes_to_exclude=list(nodes_to_exclude))
         finally:
             root.setLevel(level)
         for w in caught:

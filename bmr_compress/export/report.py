@@ -178,7 +178,10 @@ def render_markdown(report: Mapping[str, Any]) -> str:
                   f"{rm['output_error_zeroed']:.3g} if only zeroed, {rm['output_error_reduced']:.3g} "
                   "after the move.", ""]
     if m:
-        lines += ["## Task metric (held-out)", "", f"Task `{m.get('task')}`, gate `{m.get('name')}` = "
+        held = report["source"].get("heldout")
+        lines += ["## Task metric (held-out)", ""]
+        lines += [f"Held-out data: {held}.", ""] if held else []
+        lines += [f"Task `{m.get('task')}`, gate `{m.get('name')}` = "
                   f"{m.get('gate'):.4g}, threshold {m.get('threshold')}.", "",
                   f"- original: {json.dumps(_plain(m.get('original')))}",
                   f"- compressed: {json.dumps(_plain(m.get('compressed')))}", ""]
@@ -189,7 +192,16 @@ def render_markdown(report: Mapping[str, Any]) -> str:
                   f"{lat['runs']} runs after {lat['warmup']} warm-up.", "",
                   "| | median ms | p90 ms |", "|---|---|---|",
                   f"| original | {lat['original']['median_ms']:.3f} | {lat['original']['p90_ms']:.3f} |",
-                  f"| compressed | {lat['compressed']['median_ms']:.3f} | {lat['compressed']['p90_ms']:.3f} |", ""]
+                  f"| compressed | {lat['compressed']['median_ms']:.3f} | {lat['compressed']['p90_ms']:.3f} |"]
+        if "int8" in lat:
+            lines.append(f"| compressed int8 | {lat['int8']['median_ms']:.3f} | {lat['int8']['p90_ms']:.3f} |")
+        lines += ["", *_latency_grid_md(lat)]
+    q = report.get("int8")
+    if q:
+        qm = q.get("metric") or {}
+        lines += [f"int8 (dynamic, per-channel weights): {_fmt_bytes(q['file_bytes'])}"
+                  + (f", {qm.get('name')} {qm.get('gate'):.4g} vs the original on held-out data"
+                     if qm.get("gate") is not None else "") + ".", ""]
     par = report.get("parity", {})
     if par:
         lines += [f"ORT parity: max |err| {par.get('max_abs_error')} at shapes "
@@ -200,6 +212,19 @@ def render_markdown(report: Mapping[str, Any]) -> str:
         lines += ["", "## Plots", ""] + [f"![{Path(f).stem}]({f})" for f in report["plots"]]
     lines += ["", "## Files", ""] + [f"- {k}: {_fmt_bytes(b)}" for k, b in report["files"].get("after", {}).items()]
     return "\n".join(lines) + "\n"
+
+
+def _latency_grid_md(lat: Mapping[str, Any]) -> list[str]:
+    """Median ms at every (batch, threads) measured, one column per model."""
+    grid = lat.get("grid") or []
+    if not grid:
+        return []
+    names = [k for k in ("original", "compressed", "int8") if k in grid[0]]
+    out = [f"Median ms by batch and threads (sequence {grid[0].get('seq')}):", "",
+           "| batch | threads | " + " | ".join(names) + " |", "|---|---|" + "---|" * len(names)]
+    out += [f"| {g['batch']} | {g['threads']} | " + " | ".join(f"{g[n]['median_ms']:.3f}" for n in names)
+            + " |" for g in grid]
+    return out + [""]
 
 
 def _write_plots(d: Path, report: Mapping[str, Any], delta_lnz: Mapping[str, Any] | None) -> list[str]:

@@ -43,6 +43,8 @@ class ValidationSettings:
     latency_seq: int | None = None  # None: the export sample's sequence length
     latency_runs: int = 30
     latency_warmup: int = 3
+    # (batch, threads) pairs also timed, every model side by side (the first row is the gate's)
+    latency_grid: tuple[tuple[int, int], ...] = ((1, 1), (8, 1), (1, 4), (8, 4))
     seed: int = 0
 
 
@@ -197,8 +199,10 @@ def validate(
     if ok_files:
         checks.check_parity(res, compressed, onnx_path, sample_inputs, st)
         checks.check_sizes(res, onnx_path, original_onnx_path)
-        checks.check_latency(res, compressed, {"original": original_onnx_path, "compressed": onnx_path},
-                             sample_inputs, st)
+        timed = {"original": original_onnx_path, "compressed": onnx_path}
+        if int8_path is not None and Path(int8_path).is_file():
+            timed["int8"] = Path(int8_path)  # int8 latency beside fp32, same run
+        checks.check_latency(res, compressed, timed, sample_inputs, st)
     checks.check_metric(res, original, compressed, heldout_batches, task, st)
     if int8_path is not None:
         checks.check_int8(res, Path(int8_path), onnx_path if ok_files else None, sample_inputs, compressed, st,

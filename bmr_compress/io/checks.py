@@ -158,6 +158,16 @@ def check_json_file(path: Path) -> dict[str, Any]:
     return data
 
 
+def _check_json_list(path: Path) -> list[Any]:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        raise InputError(f"{path}: not valid JSON (truncated or corrupted?)") from None
+    if not isinstance(data, list):
+        raise InputError(f"{path}: expected a JSON list, got {type(data).__name__}")
+    return data
+
+
 def check_onnx_file(path: Path) -> Any:
     """The parsed ONNX ModelProto (with external data); InputError naming the file if unreadable."""
     import onnx
@@ -184,7 +194,10 @@ def check_artifacts(directory: str | Path, *, onnx: bool = True) -> None:
     if not d.is_dir():
         raise InputError(f"no output directory at {d}")
     for f in sorted(d.glob("*.json")):
-        check_json_file(f)
+        if f.name == "modules.json":  # sentence-transformers: a JSON list of modules
+            _check_json_list(f)
+        else:
+            check_json_file(f)
     if not (d / "model.safetensors").is_file():
         raise InputError(f"missing model.safetensors in {d}")
     for f in sorted(d.glob("*.safetensors")):

@@ -36,6 +36,41 @@ class DataBundle:
     heldout_batches: list[Batch]
     task: str
     description: str = ""
+    name: str = ""  # the data set itself, e.g. "stdlib docstrings" (no counts)
+    choice: str | None = None  # the one-line note when the data was picked by modality
+    heldout: str = ""  # which examples the held-out metric is computed on, in words
+
+
+def default_data_for(source: LoadedSource) -> tuple[DataSpec, str]:
+    """The calibration data a checkpoint gets when neither ``--data`` nor a recipe names any,
+    chosen by the model's input modality, with a one-line note of the choice.
+
+    token inputs -> the stdlib docstring corpus (tokenised with the checkpoint's tokenizer);
+    image inputs -> the sklearn digits images, resized / converted to what the model takes.
+    """
+    main = _main_input(source)
+    if main == "input_ids":
+        tok = source.tokenizer_or_processor
+        if tok is None or not callable(tok):
+            raise InputError(f"{source.source_id} takes text but has no tokenizer files; pass --data "
+                             "with pre-tokenised inputs (.npz/.pt holding input_ids)")
+        return DataSpec(kind="docstrings"), (
+            "text model: calibrating on the stdlib docstring corpus (English text); pass --data to choose")
+    if main == "pixel_values":
+        return DataSpec(kind="digits"), (
+            "image model: calibrating on the sklearn digits images, resized/converted to the model's "
+            "input; pass --data IMAGE_FOLDER for images of your domain")
+    return DataSpec(), f"input {main!r}: calibrating on sklearn digits; pass --data to choose"
+
+
+def _modality_hint(source: LoadedSource) -> str:
+    """How to fix data that does not fit, by what the model takes."""
+    main = _main_input(source)
+    if main == "input_ids":
+        return "it is a text model: use --data docstrings, a .txt/.jsonl file or hf:NAME"
+    if main == "pixel_values":
+        return "it is an image model: use --data digits, an image folder or hf:NAME"
+    return f"it takes {main!r}: use --data with a .npz/.pt file holding {main!r}"
 
 
 def parse_data_spec(spec: str | DataSpec | None, default: DataSpec | None = None) -> DataSpec:
@@ -103,10 +138,19 @@ def _main_input(source: LoadedSource) -> str:
 
 def _tokenise(texts: list[str], source: LoadedSource, seq_len: int) -> dict[str, np.ndarray]:
     tok = source.tokenizer_or_processor
-    if tok is None or not callable(tok):
-        raise InputError(f"{source.source_id} has no tokenizer: text data cannot be used with it")
-    enc = tok(list(texts), padding=True, truncation=True, max_length=seq_len, return_tensors="np")
+    if tok is None or not callable(tok) or not hasattr(tok, "tokenize"):
+        raise InputError(f"{source.source_id} has no tokenizer: text data cannot be used with it; "
+                         f"{_modality_hint(source)}")
+    enc = tok(list(texts), padding=True, truncation=True, max_length=_max_tokens(source, seq_len),
+              return_tensors="np")
     return {k: np.asarray(v).astype(np.int64) for k, v in enc.items()}
+
+
+def _max_tokens(source: LoadedSource, seq_len: int) -> int:
+    """``seq_len`` capped by the model's position table and the tokenizer's own limit."""
+    caps = [seq_len, getattr(source.tokenizer_or_processor, "model_max_length", None),
+            getattr(source.config, "max_position_embeddings", None)]
+    return min(int(c) for c in caps if isinstance(c, int) and c > 0)
 
 
 def _text_arrays(texts: list[str], source: LoadedSource, spec: DataSpec) -> dict[str, np.ndarray]:
@@ -140,6 +184,48 @@ def _image_arrays(images: list[Any], source: LoadedSource) -> dict[str, np.ndarr
     return {_main_input(source): images_to_array(paths, channels=channels, size=get("image_size"))}
 
 
+def _image_geometry(source: LoadedSource) -> tuple[int | None, int | None]:
+    """(channels, size) the model's config states for its images (None: not stated)."""
+    cfg = source.config
+    get = cfg.get if isinstance(cfg, dict) else lambda k, d=None: getattr(cfg, k, d)
+    ch, size = get("num_channels", get("in_channels")), get("image_size")
+    if isinstance(size, (list, tuple)):
+        size = size[0]
+    return (int(ch) if isinstance(ch, int) else None), (int(size) if isinstance(size, int) else None)
+
+
+def _fit_images(x: np.ndarray, source: LoadedSource) -> np.ndarray:
+    """Digits (N, 1, 8, 8) in [0, 1] as the model's images: through its image processor when it
+    has one, else resized (bilinear) and channel-repeated to the config's geometry. Returns
+    ``x`` itself when the model takes 8x8 single-channel images."""
+    proc = source.tokenizer_or_processor
+    channels, size = _image_geometry(source)
+    if proc is not None and callable(proc) and not hasattr(proc, "tokenize"):
+        from PIL import Image
+
+        pil = [Image.fromarray((img[0] * 255).astype(np.uint8), mode="L").convert("RGB") for img in x]
+        return np.asarray(proc(images=pil, return_tensors="np")["pixel_values"], dtype=np.float32)
+    if (channels in (None, 1)) and (size in (None, 8)):
+        return x
+    import torch
+
+    t = torch.from_numpy(np.ascontiguousarray(x))
+    if size not in (None, 8):
+        t = torch.nn.functional.interpolate(t, size=(size, size), mode="bilinear", align_corners=False)
+    if channels not in (None, 1):
+        t = t.expand(-1, channels, -1, -1)
+    return np.ascontiguousarray(t.numpy(), dtype=np.float32)
+
+
+def _shrink(tr: np.ndarray, ho: np.ndarray, max_samples: int) -> tuple[np.ndarray, np.ndarray]:
+    """Both splits cut proportionally to at most ``max_samples`` examples in all."""
+    total = len(tr) + len(ho)
+    if max_samples >= total:
+        return tr, ho
+    n_ho = min(len(ho), max(1, round(len(ho) * max_samples / total)))
+    return tr[: max(1, max_samples - n_ho)], ho[:n_ho]
+
+
 def _examples(spec: DataSpec, source: LoadedSource) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray, str]:
     """(arrays, train idx, held-out idx, description)."""
     from bmr_compress.io import userdata
@@ -148,9 +234,17 @@ def _examples(spec: DataSpec, source: LoadedSource) -> tuple[dict[str, np.ndarra
         from bmr_compress.io.digits import digits_split
 
         x_tr, y_tr, x_ho, y_ho = digits_split()
-        arrays = {_main_input(source): np.concatenate([x_tr, x_ho]), "labels": np.concatenate([y_tr, y_ho])}
-        n_tr = len(x_tr)
-        return arrays, np.arange(n_tr), np.arange(n_tr, n_tr + len(x_ho)), "sklearn digits (seeded split)"
+        tr, ho = _shrink(np.arange(len(x_tr)), np.arange(len(x_ho)), spec.max_samples)
+        x, y = np.concatenate([x_tr[tr], x_ho[ho]]), np.concatenate([y_tr[tr], y_ho[ho]])
+        main = _main_input(source)
+        arrays = {main: x, "labels": y}
+        desc = "sklearn digits (seeded split)"
+        if main == "pixel_values":
+            fitted = _fit_images(x, source)
+            if fitted is not x:  # not a digits model: its classes are not the digits
+                arrays = {main: fitted}
+                desc = f"sklearn digits (seeded split) as {tuple(fitted.shape[1:])} images, unlabelled"
+        return arrays, np.arange(len(tr)), np.arange(len(tr), len(tr) + len(ho)), desc
     if spec.kind == "docstrings":
         from bmr_compress.io.corpus import docstring_corpus
 
@@ -200,21 +294,37 @@ def _examples(spec: DataSpec, source: LoadedSource) -> tuple[dict[str, np.ndarra
 def make_dataset(spec: str | DataSpec | None, source: LoadedSource, *, default: DataSpec | None = None,
                  max_samples: int | None = None, batch_size: int | None = None) -> DataBundle:
     """Batches for ``source`` from ``spec`` (or ``default``, e.g. the recipe's [data])."""
-    ds = parse_data_spec(spec, default)
+    note = None
+    if spec is None and default is None:
+        ds, note = default_data_for(source)
+        log.warning("no --data: %s", note)
+    else:
+        ds = parse_data_spec(spec, default)
     if max_samples is not None:
         ds = dataclasses.replace(ds, max_samples=max_samples)
     if batch_size is not None:
         ds = dataclasses.replace(ds, batch_size=batch_size)
     arrays, tr, ho, desc = _examples(ds, source)
-    total = len(tr) + len(ho)
-    if ds.max_samples < total:  # shrink both splits proportionally
-        n_ho = min(len(ho), max(1, round(len(ho) * ds.max_samples / total)))
-        tr, ho = tr[: max(1, ds.max_samples - n_ho)], ho[:n_ho]
+    tr, ho = _shrink(tr, ho, ds.max_samples)
     train = _batches({k: v[tr] for k, v in arrays.items()}, ds.batch_size, ds.seed)
     held = _batches({k: v[ho] for k, v in arrays.items()}, ds.batch_size, ds.seed)
     check_fits(held[0], source, desc)
     log.info("data %s: %d train / %d held-out examples", desc, len(tr), len(ho))
-    return DataBundle(train, held, source.task, f"{desc}: {len(tr)} train / {len(ho)} held-out")
+    return DataBundle(train, held, source.task, f"{desc}: {len(tr)} train / {len(ho)} held-out",
+                      name=desc, choice=note, heldout=heldout_note(ds, desc, len(ho)))
+
+
+def heldout_note(spec: DataSpec, desc: str, n: int) -> str:
+    """Which examples form the held-out set, in words (for the report and the card)."""
+    import sys
+
+    if spec.kind == "docstrings":
+        return (f"{n} paragraphs of the Python {sys.version_info.major}.{sys.version_info.minor} "
+                "standard-library docstrings, held out by a stable SHA-256 hash of their text "
+                "(10 % bucket; never seen in the fine-tune)")
+    if spec.kind == "digits":
+        return f"{n} images of the stratified 20 % held-out split (seed 0) of sklearn digits"
+    return f"{n} examples, a seeded 20 % split (seed {spec.seed}) of {desc}"
 
 
 def check_fits(batch: Batch, source: LoadedSource, desc: str) -> None:
@@ -231,7 +341,7 @@ def check_fits(batch: Batch, source: LoadedSource, desc: str) -> None:
     unknown = [] if open_kw else sorted(k for k in inputs if k not in params)
     if unknown:
         raise InputError(f"{desc}: input {unknown[0]!r} is not an input of {source.source_id} "
-                         f"(it takes {', '.join(sorted(params))})")
+                         f"(it takes {', '.join(sorted(params))}); {_modality_hint(source)}")
     try:
         with torch.no_grad():
             source.model(**inputs)
@@ -239,4 +349,5 @@ def check_fits(batch: Batch, source: LoadedSource, desc: str) -> None:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         shapes = ", ".join(f"{k} {tuple(v.shape)} {str(v.dtype).replace('torch.', '')}"
                            for k, v in inputs.items())
-        raise InputError(f"{desc}: data does not fit {source.source_id} ({shapes}): {first}") from None
+        raise InputError(f"{desc}: data does not fit {source.source_id} ({shapes}): {first}; "
+                         f"{_modality_hint(source)}") from None

@@ -280,6 +280,8 @@ def finish_stage(settings: CompressSettings, f: Fitted, cut: Cut, timer: StageTi
     from bmr_compress.export import (
         build_report, export_onnx, export_safetensors, quantize_int8, validate, write_report,
     )
+    from bmr_compress.export.checks import check_st_embeddings
+    from bmr_compress.export.st_layout import place_st_onnx_, texts_from_batch
     from bmr_compress.io.atomic import atomic_output_dir
     from bmr_compress.surgery import save_compressed
 
@@ -289,19 +291,24 @@ def finish_stage(settings: CompressSettings, f: Fitted, cut: Cut, timer: StageTi
     baseline.mkdir(exist_ok=True)
     with atomic_output_dir(out, settings.overwrite) as stage:
         with timer("export"):
+            hf_model, layout = _transformers_layout(f.model, example)
             save_compressed(f.model, cut.record, stage, **_save_kwargs(f.model, f.original),
-                            extra={**prov, "export_sample": _sample_spec(example)})
+                            extra={**prov, "export_sample": _sample_spec(example),
+                                   "transformers_layout": layout})
             export_safetensors(
-                f.model, stage, {"source": prov["source"], "revision": prov["revision"] or "",
+                hf_model, stage, {"source": prov["source"], "revision": prov["revision"] or "",
                                  "tool_version": prov["tool_version"]},
                 compact_zeros=settings.compact_zeros, tokenizer=f.source.tokenizer_or_processor,
             )
+            st_source = _companions(f, stage, settings.compact_zeros)
             if f.posterior_path.is_file():  # the variational fit's posterior (re-planning)
                 shutil.copy2(f.posterior_path, stage / "posterior.safetensors")
             art = export_onnx(f.model, stage / "model.onnx", example)
             base_art = export_onnx(f.original, baseline / "model.onnx", example, sparse=False)
             base_st = export_safetensors(f.original, baseline, {"source": prov["source"]})
             int8 = quantize_int8(art.path, stage / "model.int8.onnx").path if f.opts.get("int8") else None
+            if st_source:
+                place_st_onnx_(stage, art.path, int8)
         with timer("validate"):
             result = validate(
                 f.original, f.model, onnx_path=art.path, original_onnx_path=base_art.path,
@@ -309,17 +316,26 @@ def finish_stage(settings: CompressSettings, f: Fitted, cut: Cut, timer: StageTi
                 task=f.source.task, int8_path=int8, raise_on_failure=False,
                 settings=validation_settings(f.original, example),
             )
+            st_info = None
+            if st_source:
+                tok = f.source.tokenizer_or_processor
+                st_info = check_st_embeddings(result, stage, f.model, tok,
+                                              texts_from_batch(tok, example), onnx_path=art.path)
         files_before = {"model.onnx": base_art.path.stat().st_size,
                         "model.safetensors": Path(base_st).stat().st_size}
         report = build_report(
             source={"id": prov["source"], "revision": prov["revision"], "family": prov["family"],
-                    "task": prov["task"], "data": f.data.description},
+                    "task": prov["task"], "data": f.data.description,
+                    "dataset": getattr(f.data, "name", "") or f.data.description,
+                    "heldout": getattr(f.data, "heldout", ""),
+                    "data_choice": getattr(f.data, "choice", None),
+                    **_source_facts(settings, f)},
             settings=prov["settings"], original=f.original, compressed=f.model,
             validation=result, files_before=files_before, stage_seconds=timer.total(),
             plan_summary=cut.plan.summary, onnx=art,
             extra={"finetune": _fit_summary(f.fit), "coverage": dict(cut.record.coverage),
                    "iterative": f.iteration.to_json() if f.iteration is not None else None,
-                   "reduced_means": cut.compensation},
+                   "reduced_means": cut.compensation, "sentence_transformers": st_info},
         )
         write_report(stage, report, delta_lnz=cut.unit_scores)
         if not result.passed:
@@ -334,6 +350,55 @@ def finish_stage(settings: CompressSettings, f: Fitted, cut: Cut, timer: StageTi
                 f"the rejected result and its report are in {rejected}"
             )
     return CompressResult(out=out, report=report, passed=True, summary=summary_of(report))
+
+
+def _transformers_layout(model: Any, example: Mapping[str, Any]) -> tuple[Any, dict[str, Any]]:
+    """The model written as config.json + model.safetensors: the cut model when its config
+    states its widths, else a zero-padded equivalent (surgery.hf_layout); when neither works,
+    the cut model and a warning (plain transformers then refuses the shapes; never loads
+    random weights)."""
+    from bmr_compress.errors import UnsupportedModelError
+    from bmr_compress.surgery.hf_layout import transformers_layout
+
+    if not hasattr(model, "config"):
+        return model, {"layout": "bmr"}
+    try:
+        return transformers_layout(model, example)
+    except UnsupportedModelError as e:
+        log.warning("config.json cannot state the cut widths (%s): load the output with "
+                    "bmr_compress.surgery.load_compressed or use model.onnx", e)
+        return model, {"layout": "refused", "reason": str(e)}
+
+
+def _source_facts(settings: CompressSettings, f: Fitted) -> dict[str, Any]:
+    """base_model, license (for the card) and whether the weights are the source's own."""
+    import torch
+
+    from bmr_compress.io.card import source_facts
+
+    recipe = _recipe_for(settings.recipe, settings.source)
+    hub = recipe.source.hub if recipe is not None else None
+    facts = source_facts(f.source.snapshot_dir, f.source.source_id, hub)
+    a, b = f.original.state_dict(), f.model.state_dict()
+    facts["weights_identical"] = a.keys() == b.keys() and all(
+        a[k].shape == b[k].shape and torch.equal(a[k], b[k]) for k in a)
+    return facts
+
+
+def _companions(f: Fitted, stage: Path, compact_zeros: bool) -> bool:
+    """The source's tokenizer files (verbatim) and, for a sentence-transformers source, its
+    module files. Returns whether the output is a sentence-transformers folder."""
+    from bmr_compress.export.st_layout import write_companions_
+
+    src = f.source.snapshot_dir
+    is_st = src is not None and (Path(src) / "modules.json").is_file()
+    if is_st and compact_zeros:
+        log.warning("--compact-zeros weights load only with bmr-compress: the output is not "
+                    "written as a sentence-transformers folder")
+        is_st = False
+    write_companions_(src, stage, sentence_transformers=is_st, tokenizer=f.source.tokenizer_or_processor,
+                      hidden_size=getattr(getattr(f.model, "config", None), "hidden_size", None))
+    return is_st
 
 
 def _failed_checks(report: Mapping[str, Any]) -> str:

@@ -204,7 +204,17 @@ def _load_compressed(directory: Path, manifest: dict[str, Any]) -> nn.Module:
         model = builder(config)
     _drop_absent_submodules_(model, manifest["shapes"])
     shrink_to_shapes_(model, manifest["shapes"])
-    missing, unexpected = load_model(model, str(directory / "model.safetensors"), strict=True)
+    if (manifest.get("transformers_layout") or {}).get("layout") == "padded":
+        # config.json + model.safetensors hold the zero-padded model (surgery.hf_layout);
+        # the cut model is the leading slice of every padded tensor
+        from bmr_compress.export.safetensors_export import load_state_dict
+        from bmr_compress.surgery.hf_layout import unpad_state_dict
+
+        state = unpad_state_dict(load_state_dict(directory / "model.safetensors"), manifest["shapes"])
+        result = model.load_state_dict(state, strict=False)
+        missing, unexpected = result.missing_keys, result.unexpected_keys
+    else:
+        missing, unexpected = load_model(model, str(directory / "model.safetensors"), strict=True)
     if missing or unexpected:
         raise InputError(
             f"{directory}/model.safetensors: missing {missing} unexpected {unexpected}")

@@ -113,3 +113,21 @@ def test_inspect_snapshot_json(tmp_path: Path) -> None:
     kinds = info["unit_kinds"]
     assert kinds.get("head", 0) >= 2 and kinds.get("neuron", 0) >= 2  # 2 layers: heads + FFN
     assert info["coverage"].get("wrapped", 0) > 0
+
+
+def test_inspect_shows_pooling_cost_shares_and_embeddings(tmp_path: Path) -> None:
+    from tests.snapshots import st_snapshot
+
+    src = st_snapshot(tmp_path / "st")
+    r = CliRunner().invoke(cli, ["inspect", str(src), "--json"])
+    assert r.exit_code == 0, r.output
+    info = json.loads(r.stdout)
+    assert info["output"]["pooling"] == "mean" and info["output"]["normalize"] is True
+    shares = info["unit_kind_shares"]
+    assert {"neuron", "head"} <= set(shares)
+    assert all(0 < shares[k]["param_share"] < 1 and 0 < shares[k]["mac_share"] < 1 for k in ("neuron", "head"))
+    assert shares["neuron"]["mac_share"] + shares["head"]["mac_share"] <= 1 + 1e-9
+    emb = info["untouchable"]
+    assert emb["embeddings"] > 0 and 0 < emb["embedding_share"] < 1 and emb["hidden_kept"]
+    human = CliRunner().invoke(cli, ["inspect", str(src)]).output
+    assert "mean pooling → L2 normalisation" in human and "untouchable" in human
