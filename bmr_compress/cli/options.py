@@ -97,6 +97,22 @@ plan_options = _stack(
                       "nothing or held-out ELBO stops improving."),
 )
 
+# validate / reduce re-load the original: from where the user says, trusted as far as the user says
+reload_options = _stack(
+    click.option("--original", metavar="SOURCE",
+                 help="The checkpoint the directory was compressed from (hub id[@rev], local path "
+                      "or zoo:NAME) [default: the recorded zoo recipe or hub id; a recorded local "
+                      "path needs this or --use-recorded-source]."),
+    click.option("--use-recorded-source", is_flag=True,
+                 help="Reload the local path recorded in the directory's manifest (you confirm you "
+                      "trust it)."),
+    click.option("--trust-remote-code", is_flag=True,
+                 help="Allow the original checkpoint's own Python code (never taken from the directory)."),
+    click.option("--allow-pickle", is_flag=True,
+                 help="Accept a pickled .pt/.pth/.bin original (weights_only=True; never taken from "
+                      "the directory)."),
+)
+
 out_options = _stack(
     click.option("--out", "out", required=True, type=click.Path(file_okay=False, path_type=Path),
                  help="Output directory (assembled aside, moved into place on success)."),

@@ -73,9 +73,72 @@ def _reload_record(directory: Path) -> dict[str, Any]:
                      "information (was it written by `bmr-compress compress` or `finetune`?)")
 
 
-def reduce(posterior_dir: str | Path, *, out: str, overwrite: bool = False, **plan_opts: Any
+# what `reload` may say: where the source and data were; never how far to trust them
+_RELOAD_KEYS = ("source", "recipe", "revision", "task", "data", "max_samples", "batch_size")
+
+
+def _is_local_path(spec: str) -> bool:
+    """A filesystem path (existing, or written like one), not zoo:NAME and not a hub id."""
+    if spec.startswith("zoo:"):
+        return False
+    return Path(spec).expanduser().exists() or spec.startswith((".", "/", "~")) or spec.endswith(
+        (".safetensors", ".pt", ".pth", ".bin", ".toml"))
+
+
+def _related(a: Path, b: Path) -> bool:
+    a, b = a.resolve(), b.resolve()
+    return a == b or a in b.parents or b in a.parents
+
+
+def reload_settings(directory: Path, rec: Mapping[str, Any], *, original: str | None = None,
+                    trust_remote_code: bool = False, allow_pickle: bool = False,
+                    use_recorded_source: bool = False) -> dict[str, Any]:
+    """The load settings for re-reading the source of an output directory, safely.
+
+    A directory is data someone else may have written: trust (`trust_remote_code`,
+    `allow_pickle`) comes only from the caller (the command line), never from the files.
+    The source is `original` when given; else the recorded one if it is a zoo recipe or a
+    hub id; a recorded *local path* (or local recipe file) is used only when the caller
+    confirms it (`use_recorded_source`). A source that is, contains or lies inside
+    `directory` is refused: validating a model against itself proves nothing.
+    """
+    from bmr_compress.errors import InputError
+
+    raw = rec.get("reload") if isinstance(rec.get("reload"), dict) else {}
+    reload: dict[str, Any] = {}
+    for k in _RELOAD_KEYS:
+        v = raw.get(k)
+        ok = v is None or (isinstance(v, int) and not isinstance(v, bool) if k in ("max_samples", "batch_size")
+                           else isinstance(v, str))
+        if not ok:
+            raise InputError(f"{directory}: reload.{k} in its manifest is not a valid value: {v!r}")
+        reload[k] = v
+    if original is not None:
+        reload.update(source=original, revision=None)
+    elif not isinstance(reload["source"], str) or not reload["source"]:
+        raise InputError(f"{directory}: its manifest names no source; pass --original SOURCE")
+    elif not use_recorded_source:
+        for key in ("source", "recipe"):
+            v = reload[key]
+            if isinstance(v, str) and _is_local_path(v):
+                raise InputError(
+                    f"{directory} names a local {key} {v!r}: pass --original SOURCE (the checkpoint "
+                    f"it was compressed from) or --use-recorded-source to confirm that path")
+    for key in ("source", "recipe"):
+        v = reload[key]
+        if isinstance(v, str) and _is_local_path(v) and _related(Path(v).expanduser(), directory):
+            raise InputError(f"the {key} {v!r} is {directory} itself (or inside it): a model cannot be "
+                             "validated against itself; pass --original SOURCE")
+    return {**reload, "trust_remote_code": bool(trust_remote_code), "allow_pickle": bool(allow_pickle)}
+
+
+def reduce(posterior_dir: str | Path, *, out: str, overwrite: bool = False,
+           original: str | None = None, trust_remote_code: bool = False,
+           allow_pickle: bool = False, use_recorded_source: bool = False, **plan_opts: Any
            ) -> CompressResult:
-    """Re-plan and cut from `posterior_dir/posterior.safetensors` without refitting."""
+    """Re-plan and cut from `posterior_dir/posterior.safetensors` without refitting.
+
+    The source is reloaded as `reload_settings` allows (trust only from the arguments)."""
     from bmr_compress.errors import InputError
     from bmr_compress.io.atomic import check_output_dir
     from bmr_compress.surgery import discover_groups
@@ -89,9 +152,13 @@ def reduce(posterior_dir: str | Path, *, out: str, overwrite: bool = False, **pl
     rec = _reload_record(posterior_dir)
     state = load_posterior(ppath)
     fields = {f.name for f in dataclasses.fields(CompressSettings)}
-    old = {k: v for k, v in rec.get("settings", {}).items() if k in fields}
+    reload = reload_settings(posterior_dir, rec, original=original,
+                             trust_remote_code=trust_remote_code, allow_pickle=allow_pickle,
+                             use_recorded_source=use_recorded_source)
+    recorded = rec.get("settings") if isinstance(rec.get("settings"), dict) else {}
+    old = {k: v for k, v in recorded.items() if k in fields and k not in _NOT_FROM_FILES}
     new = {k: v for k, v in plan_opts.items() if k in fields and v is not None}
-    settings = CompressSettings(**{**rec["reload"], **old, **new, "out": str(out_path),
+    settings = CompressSettings(**{**old, **new, **reload, "out": str(out_path),
                                    "overwrite": overwrite, "steps": 0})
     timer = StageTimer()
     source, data, opts = load_stage(settings, timer)
@@ -109,6 +176,11 @@ def reduce(posterior_dir: str | Path, *, out: str, overwrite: bool = False, **pl
                    work / "posterior.safetensors")
         cut = cut_stage(f, timer)
         return finish_stage(settings, f, cut, timer, work, out_path)
+
+
+# never taken from a directory's recorded settings (where to load from, how far to trust it)
+_NOT_FROM_FILES = frozenset({*_RELOAD_KEYS, "trust_remote_code", "allow_pickle", "out", "overwrite",
+                             "device", "progress"})
 
 
 def _example_from_spec(spec: Mapping[str, Any], seed: int = 0) -> dict[str, Any]:
@@ -163,15 +235,21 @@ def export_directory(directory: str | Path, *, int8: bool = False, compact_zeros
     return {"directory": str(directory), "written": written, "onnx": info}
 
 
-def validate_directory(directory: str | Path, *, data: str | None = None) -> dict[str, Any]:
-    """Re-run validation of a compressed directory against its original source."""
+def validate_directory(directory: str | Path, *, data: str | None = None,
+                       original: str | None = None, trust_remote_code: bool = False,
+                       allow_pickle: bool = False, use_recorded_source: bool = False
+                       ) -> dict[str, Any]:
+    """Re-run validation of a compressed directory against its original source (loaded as
+    `reload_settings` allows: trust only from the arguments, never from the directory)."""
     from bmr_compress.export import export_onnx, validate
     from bmr_compress.surgery import read_manifest
 
     directory = Path(directory)
     manifest = read_manifest(directory)
     rec = _reload_record(directory)
-    reload = dict(rec["reload"])
+    reload = reload_settings(directory, rec, original=original,
+                             trust_remote_code=trust_remote_code, allow_pickle=allow_pickle,
+                             use_recorded_source=use_recorded_source)
     if data is not None:
         reload["data"] = data
     settings = CompressSettings(**reload, out=str(directory), overwrite=True, steps=0,
