@@ -212,7 +212,8 @@ def export_directory(directory: str | Path, *, int8: bool = False, compact_zeros
                      ) -> dict[str, Any]:
     """Reload a compressed directory with the project's loader and (re-)write its ONNX files."""
     from bmr_compress.errors import InputError
-    from bmr_compress.export import export_onnx, export_safetensors, quantize_int8
+    from bmr_compress.export import export_onnx, quantize_int8
+    from bmr_compress.export.safetensors_export import read_metadata, write_weights
     from bmr_compress.io.atomic import replace_files
     from bmr_compress.surgery import read_manifest
 
@@ -225,9 +226,10 @@ def export_directory(directory: str | Path, *, int8: bool = False, compact_zeros
     with replace_files(directory) as stage:
         art = export_onnx(model, stage / "model.onnx", example)
         written = [art.path.name]
-        if compact_zeros:
-            export_safetensors(model, stage, {"source": str(manifest.get("source", ""))},
-                               compact_zeros=True)
+        if compact_zeros:  # the same writer compress uses; load_compressed reads either form
+            meta = read_metadata(directory / "model.safetensors")
+            keep = {k: v for k, v in meta.items() if not k.startswith("bmr_") and k != "format"}
+            write_weights(model, stage, keep, compact_zeros=True)
             written.append("model.safetensors")
         if int8:
             written.append(quantize_int8(art.path, stage / "model.int8.onnx").path.name)

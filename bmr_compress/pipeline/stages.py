@@ -289,13 +289,15 @@ def finish_stage(settings: CompressSettings, f: Fitted, cut: Cut, timer: StageTi
     baseline.mkdir(exist_ok=True)
     with atomic_output_dir(out, settings.overwrite) as stage:
         with timer("export"):
-            save_compressed(f.model, cut.record, stage, **_save_kwargs(f.model, f.original),
-                            extra={**prov, "export_sample": _sample_spec(example)})
-            export_safetensors(
-                f.model, stage, {"source": prov["source"], "revision": prov["revision"] or "",
-                                 "tool_version": prov["tool_version"]},
-                compact_zeros=settings.compact_zeros, tokenizer=f.source.tokenizer_or_processor,
-            )
+            save_compressed(  # writes model.safetensors once, plain or compact
+                f.model, cut.record, stage, **_save_kwargs(f.model, f.original),
+                extra={**prov, "export_sample": _sample_spec(example)},
+                compact_zeros=settings.compact_zeros,
+                weights_metadata={"source": prov["source"], "revision": prov["revision"] or "",
+                                  "tool_version": prov["tool_version"]})
+            tok = f.source.tokenizer_or_processor
+            if tok is not None and hasattr(tok, "save_pretrained"):
+                tok.save_pretrained(str(stage))
             shutil.copy2(f.posterior_path, stage / "posterior.safetensors")
             art = export_onnx(f.model, stage / "model.onnx", example)
             base_art = export_onnx(f.original, baseline / "model.onnx", example, sparse=False)
