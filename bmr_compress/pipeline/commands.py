@@ -246,8 +246,11 @@ def validate_directory(directory: str | Path, *, data: str | None = None,
     from bmr_compress.export import export_onnx, validate
     from bmr_compress.surgery import read_manifest
 
+    from bmr_compress.io.integrity import check_manifest_consistent
+
     directory = Path(directory)
     manifest = read_manifest(directory)
+    check_manifest_consistent(directory)
     rec = _reload_record(directory)
     reload = reload_settings(directory, rec, original=original,
                              trust_remote_code=trust_remote_code, allow_pickle=allow_pickle,
@@ -284,6 +287,9 @@ def _update_report_validation(directory: Path, result: Any) -> None:
     report["validation"] = {"passed": bool(d.get("passed")), "checks": d.get("checks", [])}
     for key in ("metric", "parity", "latency"):
         report[key] = d.get(key, report.get(key))
+    from bmr_compress.io.integrity import INTEGRITY_KEY, file_hashes
+
+    report[INTEGRITY_KEY] = file_hashes(directory)  # the files this validation covered
     tmp = path.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(_jsonable(report), indent=2, sort_keys=True) + "\n")
     tmp.replace(path)

@@ -281,6 +281,7 @@ def finish_stage(settings: CompressSettings, f: Fitted, cut: Cut, timer: StageTi
         build_report, export_onnx, export_safetensors, quantize_int8, validate, write_report,
     )
     from bmr_compress.io.atomic import atomic_output_dir
+    from bmr_compress.io.integrity import INTEGRITY_KEY, file_hashes
     from bmr_compress.surgery import save_compressed
 
     example = _strip_labels(f.data.heldout_batches[0])
@@ -322,6 +323,7 @@ def finish_stage(settings: CompressSettings, f: Fitted, cut: Cut, timer: StageTi
                    "iterative": f.iteration.to_json() if f.iteration is not None else None,
                    "reduced_means": cut.compensation},
         )
+        report[INTEGRITY_KEY] = file_hashes(stage)  # what was validated; push re-checks it
         write_report(stage, report, delta_lnz=cut.unit_scores)
         if not result.passed:
             rejected = out.with_name(out.name + ".rejected")
