@@ -31,6 +31,22 @@ def check_output_dir(out: str | Path, overwrite: bool) -> Path:
     return path
 
 
+def check_inputs_outside(out: str | Path, inputs: dict[str, str | Path | None]) -> None:
+    """InputError when ``out`` is, or contains, one of the local ``inputs`` ({what: path}):
+    replacing ``out`` would delete the input (zoo:/hub names and missing paths are skipped)."""
+    o = Path(out).expanduser().resolve()
+    for what, spec in inputs.items():
+        if spec is None or not str(spec) or str(spec).startswith(("zoo:", "hf:")):
+            continue
+        p = Path(spec).expanduser()
+        if not p.exists():
+            continue
+        r = p.resolve()
+        if r == o or o in r.parents:
+            raise InputError(f"--out {out} is or contains the {what} {spec}: replacing it would delete "
+                             "the input; choose another --out")
+
+
 def _check_writable_parent(path: Path) -> None:
     """The output is renamed into place inside its parent: that (or its nearest existing
     ancestor, when the parent is still to be created) must be a writable directory."""

@@ -28,6 +28,7 @@ def compress(settings: CompressSettings) -> CompressResult:
     from bmr_compress.io.atomic import check_output_dir
 
     out = check_output_dir(settings.out, settings.overwrite)  # fail fast, before any work
+    _check_inputs_outside(out, settings)
     timer = StageTimer()
     with tempfile.TemporaryDirectory(prefix="bmr-work-") as work_s:
         work = Path(work_s)
@@ -39,11 +40,19 @@ def compress(settings: CompressSettings) -> CompressResult:
             shutil.rmtree(checkpoint_dir(settings, fitted.opts), ignore_errors=True)
 
 
+def _check_inputs_outside(out: Path, settings: CompressSettings) -> None:
+    from bmr_compress.io.atomic import check_inputs_outside
+
+    check_inputs_outside(out, {"source": settings.source, "recipe": settings.recipe,
+                               "data": settings.data})
+
+
 def finetune_only(settings: CompressSettings) -> dict[str, Any]:
     """Fit the posterior only: writes posterior.safetensors + bmr_fit.json into `out`."""
     from bmr_compress.io.atomic import atomic_output_dir, check_output_dir
 
     out = check_output_dir(settings.out, settings.overwrite)
+    _check_inputs_outside(out, settings)
     timer = StageTimer()
     with tempfile.TemporaryDirectory(prefix="bmr-work-") as work_s:
         f = fit_stage(settings, timer, Path(work_s))
@@ -140,7 +149,7 @@ def reduce(posterior_dir: str | Path, *, out: str, overwrite: bool = False,
 
     The source is reloaded as `reload_settings` allows (trust only from the arguments)."""
     from bmr_compress.errors import InputError
-    from bmr_compress.io.atomic import check_output_dir
+    from bmr_compress.io.atomic import check_inputs_outside, check_output_dir
     from bmr_compress.surgery import discover_groups
     from bmr_compress.variational import PosteriorSpec, load_posterior, restore_posterior_, wrap_
 
@@ -149,6 +158,7 @@ def reduce(posterior_dir: str | Path, *, out: str, overwrite: bool = False,
     if not ppath.is_file():
         raise InputError(f"no posterior.safetensors in {posterior_dir}")
     out_path = check_output_dir(out, overwrite)
+    check_inputs_outside(out_path, {"posterior directory": posterior_dir})
     rec = _reload_record(posterior_dir)
     state = load_posterior(ppath)
     fields = {f.name for f in dataclasses.fields(CompressSettings)}
@@ -160,6 +170,7 @@ def reduce(posterior_dir: str | Path, *, out: str, overwrite: bool = False,
     new = {k: v for k, v in plan_opts.items() if k in fields and v is not None}
     settings = CompressSettings(**{**old, **new, **reload, "out": str(out_path),
                                    "overwrite": overwrite, "steps": 0})
+    _check_inputs_outside(out_path, settings)
     timer = StageTimer()
     source, data, opts = load_stage(settings, timer)
     with tempfile.TemporaryDirectory(prefix="bmr-work-") as work_s:

@@ -339,6 +339,28 @@ def output_not_writable(fx: Sources, tmp: Path) -> Spec:
     return Spec(_compress("zoo:mlp-digits", out), ("not writable", str(ro)), out)
 
 
+def output_is_the_source(fx: Sources, tmp: Path) -> Spec:
+    """Issue 16 #4: `--out SRC --overwrite` deleted the source (exit 0)."""
+    snap = copy_snapshot(fx.bert, tmp / "snap")
+    return Spec(_compress(snap, snap, "--overwrite"), ("is or contains the source", str(snap)), snap,
+                subprocess=True)
+
+
+def output_contains_the_source(fx: Sources, tmp: Path) -> Spec:
+    parent = tmp / "models"
+    snap = copy_snapshot(fx.bert, parent / "bert")
+    return Spec(_compress(snap, parent, "--overwrite"), ("is or contains the source", str(parent)), parent,
+                subprocess=True)
+
+
+def output_contains_the_data(fx: Sources, tmp: Path) -> Spec:
+    out = tmp / "out"
+    out.mkdir()
+    (out / "texts.txt").write_text("\n".join(f"line {i} of calibration text" for i in range(40)))
+    return Spec(_compress("zoo:mlp-digits", out, "--overwrite", "--data", str(out / "texts.txt")),
+                ("is or contains the data", str(out)), out)
+
+
 # ------------------------------------------------------------------ recipes
 
 
@@ -479,6 +501,9 @@ CASES: list[Case] = [
     Case("output-is-a-file", "output directory", output_is_a_file),
     Case("output-parent-not-a-dir", "output directory", output_parent_not_a_directory),
     Case("output-not-writable", "output directory", output_not_writable),
+    Case("output-is-the-source", "output directory", output_is_the_source),
+    Case("output-contains-the-source", "output directory", output_contains_the_source),
+    Case("output-contains-the-data", "output directory", output_contains_the_data),
     Case("unsupported-layer", "unsupported layer type", unsupported_layer),
     Case("recipe-unknown-key", "recipe", recipe_unknown_key),
     Case("recipe-unknown-table", "recipe", recipe_unknown_table),
