@@ -464,6 +464,15 @@ def data_bad_jsonl_line(fx: Sources, tmp: Path) -> Spec:
     return Spec(_compress(fx.bert, tmp / "out", "--data", str(p)), ("invalid json", f"{p}:2"), tmp / "out")
 
 
+def data_too_few_to_judge(fx: Sources, tmp: Path) -> Spec:
+    """Issue 16 #5: two lines wrote --out, validated on one held-out example, then crashed
+    (exit 3; exit 0 with --json). Now refused before anything is written."""
+    p = tmp / "two.txt"
+    p.write_text("the first calibration sentence\nthe second one\n")
+    return Spec(_compress(fx.bert, tmp / "out", "--data", str(p), "--json"), ("held-out", "at least", str(p)),
+                tmp / "out", subprocess=True)
+
+
 CASES: list[Case] = [
     Case("missing-source-file", "missing path", missing_source),
     Case("missing-snapshot-dir", "missing path", missing_snapshot_dir),
@@ -519,4 +528,5 @@ CASES: list[Case] = [
     Case("data-text-for-image-model", "data file", data_text_for_image_model),
     Case("data-images-for-text-model", "data file", data_images_for_text_model),
     Case("data-wrong-shape", "data file", data_wrong_shape),
+    Case("data-too-few-to-judge", "data file", data_too_few_to_judge),
 ]
