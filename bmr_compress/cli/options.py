@@ -168,6 +168,21 @@ def emit(result: Any, as_json: bool, human: Callable[[Any], str] | None = None) 
         click.echo(str(data))
 
 
+def handle_sigterm() -> None:
+    """SIGTERM raises errors.Terminated (a KeyboardInterrupt) in the main thread, so it
+    unwinds like Ctrl-C: staging and work directories are removed, the exit code is 143."""
+    import signal
+    import threading
+
+    from bmr_compress.errors import Terminated
+
+    def raise_terminated(signum: int, frame: Any) -> None:
+        raise Terminated()
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, raise_terminated)
+
+
 def run_command(f: F) -> F:
     """Configure logging and map errors to exit codes (BmrError.exit_code; 3 for bugs).
 
@@ -178,6 +193,7 @@ def run_command(f: F) -> F:
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         debug, verbose = bool(kwargs.get("debug")), bool(kwargs.get("verbose"))
         setup_logging(verbose, debug)
+        handle_sigterm()
         from bmr_compress.errors import BmrError
 
         try:

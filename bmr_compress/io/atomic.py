@@ -63,20 +63,30 @@ def _check_writable_parent(path: Path) -> None:
 def atomic_output_dir(out: str | Path, overwrite: bool = False) -> Iterator[Path]:
     """Yield a fresh staging directory; on clean exit it replaces ``out`` in one rename.
 
-    On an exception the staging directory is deleted and ``out`` is left untouched.
+    On an exception the staging directory is deleted and ``out`` is left untouched. The run
+    holds ``out``'s lock (`run_lock`) throughout, so no other run takes its staging for stale.
     """
     target = check_output_dir(out, overwrite).resolve()
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
-        remove_stale_staging(target)
-        staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-{os.getpid()}-", dir=target.parent))
     except OSError as e:
         raise InputError(f"cannot create output directory {target}: {e.strerror or e}") from None
-    try:
-        yield staging
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
+    with run_lock(target):
+        try:
+            staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-{os.getpid()}-",
+                                            dir=target.parent))
+        except OSError as e:
+            raise InputError(f"cannot create output directory {target}: {e.strerror or e}") from None
+        try:
+            yield staging
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+        _swap_into_place(staging, target, overwrite)
+    log.info("wrote %s", target)
+
+
+def _swap_into_place(staging: Path, target: Path, overwrite: bool) -> None:
     old: Path | None = None
     try:
         if target.exists():
@@ -94,7 +104,34 @@ def atomic_output_dir(out: str | Path, overwrite: bool = False) -> Iterator[Path
         raise
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
-    log.info("wrote %s", target)
+
+
+@contextlib.contextmanager
+def work_dir(out: str | Path) -> Iterator[Path]:
+    """A scratch directory beside ``out`` (same filesystem; ``.<name>.work-*``) under
+    ``out``'s run lock, removed on every exit path Python sees (return, error, Ctrl-C,
+    SIGTERM); after a SIGKILL the next run for ``out`` removes it as stale."""
+    target = Path(out).expanduser().absolute()
+    created = []
+    anc = target.parent
+    while not anc.exists() and anc != anc.parent:
+        created.append(anc)
+        anc = anc.parent
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise InputError(f"cannot create output directory {target}: {e.strerror or e}") from None
+    try:
+        with run_lock(target.resolve()):
+            work = Path(tempfile.mkdtemp(prefix=f".{target.name}.work-{os.getpid()}-", dir=target.parent))
+            try:
+                yield work
+            finally:
+                shutil.rmtree(work, ignore_errors=True)
+    finally:
+        for d in created:  # parents this run made and left empty (a failed run)
+            with contextlib.suppress(OSError):
+                d.rmdir()
 
 
 @contextlib.contextmanager
@@ -123,33 +160,92 @@ def _signals_deferred() -> Iterator[None]:
             signal.raise_signal(signum)
 
 
-def _alive(pid: int) -> bool:
+# target -> [fd, depth]: nested users in this process share one lock
+_HELD: dict[Path, list[int]] = {}
+
+
+@contextlib.contextmanager
+def run_lock(target: Path) -> Iterator[list[Path]]:
+    """Hold ``.<name>.lock`` beside ``target`` (shared flock) while a run writes beside it.
+
+    Staleness is judged by this lock, not by a pid (pids mean nothing across containers or
+    hosts sharing a volume): whoever can take the lock exclusively knows that no live run
+    uses ``target``'s staging, work or backup directories, and removes them
+    (`remove_stale_staging`) before it starts. The lock file is removed by the last run out.
+    """
+    import fcntl
+
+    if target in _HELD:
+        _HELD[target][1] += 1
+        try:
+            yield []
+        finally:
+            _HELD[target][1] -= 1
+        return
+    path = target.parent / f".{target.name}.lock"
+    fd = _open_lock(path)
+    removed: list[Path] = []
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # exists, owned by someone else
-        return True
-    return True
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            removed = _remove_stale(target)
+        except BlockingIOError:
+            pass  # another live run for this output: its files are not stale
+        fcntl.flock(fd, fcntl.LOCK_SH)
+        _HELD[target] = [fd, 1]
+        yield removed
+    finally:
+        _HELD.pop(target, None)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            path.unlink()  # the last run out; a run that opened it meanwhile re-opens (_open_lock)
+        except OSError:
+            pass
+        os.close(fd)
+
+
+def _open_lock(path: Path) -> int:
+    """An fd on ``path`` that is still the file at ``path`` once locked by the caller (a lock
+    file unlinked by the previous holder between open and flock is re-created)."""
+    import fcntl
+
+    while True:
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+        except OSError as e:
+            raise InputError(f"cannot create lock file {path}: {e.strerror or e}") from None
+        fcntl.flock(fd, fcntl.LOCK_SH)
+        try:
+            if os.fstat(fd).st_ino == os.stat(path).st_ino:
+                return fd  # held shared
+        except FileNotFoundError:
+            pass
+        os.close(fd)
 
 
 def remove_stale_staging(target: Path) -> list[Path]:
-    """Delete ``.<name>.tmp-<pid>-*`` / ``.<name>.old-<pid>-*`` beside ``target`` left by a run
-    that was killed (its pid no longer exists). An ``old`` copy is put back first when the kill
-    fell between moving the previous output aside and moving the new one in."""
-    pat = re.compile(rf"^\.{re.escape(target.name)}\.(tmp|old)-(\d+)-")
+    """Delete ``.<name>.tmp-*`` / ``.<name>.work-*`` / ``.<name>.rejected-partial`` beside
+    ``target`` and restore a ``.<name>.old-*`` copy, when no live run holds ``target``'s lock
+    (a run killed with SIGKILL, or on another host sharing the volume). Returns what it
+    removed; nothing while another run holds the lock."""
+    with run_lock(Path(target).resolve()) as removed:
+        return removed
+
+
+def _remove_stale(target: Path) -> list[Path]:
+    pat = re.compile(rf"^\.{re.escape(target.name)}\.(tmp-|old-|work-|rejected-partial$)")
     removed = []
     for p in sorted(target.parent.iterdir()):
         m = pat.match(p.name)
-        if m is None or _alive(int(m.group(2))) or not p.is_dir():
+        if m is None or p.is_symlink() or not p.is_dir():
             continue
-        if m.group(1) == "old" and not target.exists():
+        if m.group(1) == "old-" and not target.exists():
             p.rename(target)  # the previous state, restored
             log.warning("restored %s from an interrupted replacement", target)
             continue
         shutil.rmtree(p, ignore_errors=True)
         removed.append(p)
-        log.info("removed stale staging directory %s", p)
+        log.info("removed stale directory %s", p)
     return removed
 
 

@@ -25,13 +25,12 @@ from bmr_compress.pipeline.stages import (
 
 def compress(settings: CompressSettings) -> CompressResult:
     """The whole pipeline into `settings.out`. Raises BmrError subclasses."""
-    from bmr_compress.io.atomic import check_output_dir
+    from bmr_compress.io.atomic import check_output_dir, work_dir
 
     out = check_output_dir(settings.out, settings.overwrite)  # fail fast, before any work
     _check_inputs_outside(out, settings)
     timer = StageTimer()
-    with tempfile.TemporaryDirectory(prefix="bmr-work-") as work_s:
-        work = Path(work_s)
+    with work_dir(out) as work:  # beside --out, removed on every exit path
         fitted = fit_stage(settings, timer, work)
         cut = cut_stage(fitted, timer)
         try:
@@ -49,13 +48,13 @@ def _check_inputs_outside(out: Path, settings: CompressSettings) -> None:
 
 def finetune_only(settings: CompressSettings) -> dict[str, Any]:
     """Fit the posterior only: writes posterior.safetensors + bmr_fit.json into `out`."""
-    from bmr_compress.io.atomic import atomic_output_dir, check_output_dir
+    from bmr_compress.io.atomic import atomic_output_dir, check_output_dir, work_dir
 
     out = check_output_dir(settings.out, settings.overwrite)
     _check_inputs_outside(out, settings)
     timer = StageTimer()
-    with tempfile.TemporaryDirectory(prefix="bmr-work-") as work_s:
-        f = fit_stage(settings, timer, Path(work_s))
+    with work_dir(out) as work:
+        f = fit_stage(settings, timer, work)
         with atomic_output_dir(out, settings.overwrite) as stage:
             shutil.copy2(f.posterior_path, stage / "posterior.safetensors")
             record = {**_provenance(f, settings), "finetune": _fit_summary(f.fit),
@@ -149,7 +148,7 @@ def reduce(posterior_dir: str | Path, *, out: str, overwrite: bool = False,
 
     The source is reloaded as `reload_settings` allows (trust only from the arguments)."""
     from bmr_compress.errors import InputError
-    from bmr_compress.io.atomic import check_inputs_outside, check_output_dir
+    from bmr_compress.io.atomic import check_inputs_outside, check_output_dir, work_dir
     from bmr_compress.surgery import discover_groups
     from bmr_compress.variational import PosteriorSpec, load_posterior, restore_posterior_, wrap_
 
@@ -173,8 +172,7 @@ def reduce(posterior_dir: str | Path, *, out: str, overwrite: bool = False,
     _check_inputs_outside(out_path, settings)
     timer = StageTimer()
     source, data, opts = load_stage(settings, timer)
-    with tempfile.TemporaryDirectory(prefix="bmr-work-") as work_s:
-        work = Path(work_s)
+    with work_dir(out_path) as work:
         model = copy.deepcopy(source.model)
         example = _strip_labels(data.heldout_batches[0])
         with timer("coupling"):
