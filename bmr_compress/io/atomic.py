@@ -7,6 +7,7 @@ import logging
 import os
 import re
 import shutil
+import stat
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -88,6 +89,10 @@ def atomic_output_dir(out: str | Path, overwrite: bool = False) -> Iterator[Path
 
 def _swap_into_place(staging: Path, target: Path, overwrite: bool) -> None:
     old: Path | None = None
+    # mkdtemp makes 0700 and some writers 0600: the output follows the umask like any
+    # directory the user makes (a replaced directory keeps its own mode)
+    keep = stat.S_IMODE(target.stat().st_mode) if target.is_dir() and not target.is_symlink() else None
+    apply_umask_modes(staging, dir_mode=keep)
     try:
         if target.exists():
             check_output_dir(target, overwrite)  # re-check: something may have appeared meanwhile
@@ -104,6 +109,83 @@ def _swap_into_place(staging: Path, target: Path, overwrite: bool) -> None:
         raise
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
+
+
+def current_umask() -> int:
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)  # not thread-safe; only where /proc is missing
+    os.umask(mask)
+    return mask
+
+
+def apply_umask_modes(root: Path, *, dir_mode: int | None = None) -> None:
+    """chmod a freshly assembled tree as if made under the current umask: directories
+    0777 & ~umask (``root`` itself ``dir_mode`` when given), files 0666 & ~umask."""
+    mask = current_umask()
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name in filenames:
+            p = os.path.join(dirpath, name)
+            if not os.path.islink(p):
+                os.chmod(p, 0o666 & ~mask)
+        for name in dirnames:
+            p = os.path.join(dirpath, name)
+            if not os.path.islink(p):
+                os.chmod(p, 0o777 & ~mask)
+    os.chmod(root, dir_mode if dir_mode is not None else 0o777 & ~mask)
+
+
+def rejected_dir(out: Path) -> Path:
+    return out.with_name(out.name + ".rejected")
+
+
+def check_rejected_dir(out: str | Path) -> None:
+    """InputError unless ``<out>.rejected`` is absent or a rejected result bmr-compress wrote
+    and nobody changed since (so a later failed run may replace it). A symlink, a file, or a
+    directory holding anything else (a user's notes, edited files) is never deleted."""
+    from bmr_compress.io.integrity import tool_written
+
+    rej = rejected_dir(Path(out).expanduser().absolute())
+    if not os.path.lexists(rej):
+        return
+    if rej.is_symlink() or not rej.is_dir():
+        what = "a symlink" if rej.is_symlink() else "not a directory"
+        raise InputError(f"{rej} is {what}: a failed validation puts its result there; "
+                         "remove or rename it first")
+    why = tool_written(rej)
+    if why is not None:
+        raise InputError(f"{rej} holds files bmr-compress did not write ({why}); a failed validation "
+                         "would replace it: move them away first")
+
+
+def keep_rejected(stage: Path, out: Path) -> Path:
+    """Copy the assembled result to ``<out>.rejected`` (a complete copy, then one rename),
+    replacing a previous rejected result only if `check_rejected_dir` allows; otherwise it
+    goes to a new ``<out>.rejected-*`` directory. Returns where it went."""
+    rej = rejected_dir(out)
+    partial = out.with_name(f".{out.name}.rejected-partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    try:
+        shutil.copytree(stage, partial, symlinks=True)
+        apply_umask_modes(partial)
+        try:
+            check_rejected_dir(out)
+        except InputError:  # appeared or changed during the run: keep it, pick a new name
+            rej = Path(tempfile.mkdtemp(prefix=f"{out.name}.rejected-", dir=out.parent))
+            rej.rmdir()
+        else:
+            if rej.is_dir() and not rej.is_symlink():
+                shutil.rmtree(rej)
+        partial.rename(rej)
+    except BaseException:
+        shutil.rmtree(partial, ignore_errors=True)
+        raise
+    return rej
 
 
 @contextlib.contextmanager

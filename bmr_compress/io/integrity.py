@@ -119,3 +119,26 @@ def check_manifest_consistent(directory: str | Path) -> None:
         if not ok:
             raise ValidationFailed(f"{where}: group {name!r} is inconsistent (kept indices vs "
                                    "final_units / widths / num_units)")
+
+
+def tool_written(directory: str | Path) -> str | None:
+    """None when `directory` holds exactly a result bmr-compress wrote (its report's sealed
+    files, unchanged, plus the report and its plots); else the first reason it does not."""
+    import json
+
+    d = Path(directory)
+    try:
+        report = json.loads((d / "report.json").read_text())
+        check_integrity(d, report)
+    except FileNotFoundError:
+        return "no report.json"
+    except (OSError, ValueError) as e:
+        return f"unreadable report.json: {type(e).__name__}"
+    except ValidationFailed as e:
+        return str(e).split(": ", 1)[-1]
+    for p in sorted(d.rglob("*")):  # what check_integrity does not look at
+        rel = p.relative_to(d)
+        if (p.is_symlink() or any(part.startswith(".") for part in rel.parts) or str(rel) == "README.md"
+                or (rel.parts[0] in UNSEALED_DIRS and p.is_file() and p.suffix != ".png")):
+            return f"{rel} is not part of a result"
+    return None

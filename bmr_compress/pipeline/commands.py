@@ -25,10 +25,11 @@ from bmr_compress.pipeline.stages import (
 
 def compress(settings: CompressSettings) -> CompressResult:
     """The whole pipeline into `settings.out`. Raises BmrError subclasses."""
-    from bmr_compress.io.atomic import check_output_dir, work_dir
+    from bmr_compress.io.atomic import check_output_dir, check_rejected_dir, work_dir
 
     out = check_output_dir(settings.out, settings.overwrite)  # fail fast, before any work
     _check_inputs_outside(out, settings)
+    check_rejected_dir(out)  # a failed validation must not delete a user's files there
     timer = StageTimer()
     with work_dir(out) as work:  # beside --out, removed on every exit path
         fitted = fit_stage(settings, timer, work)
@@ -148,7 +149,9 @@ def reduce(posterior_dir: str | Path, *, out: str, overwrite: bool = False,
 
     The source is reloaded as `reload_settings` allows (trust only from the arguments)."""
     from bmr_compress.errors import InputError
-    from bmr_compress.io.atomic import check_inputs_outside, check_output_dir, work_dir
+    from bmr_compress.io.atomic import (
+        check_inputs_outside, check_output_dir, check_rejected_dir, work_dir,
+    )
     from bmr_compress.surgery import discover_groups
     from bmr_compress.variational import PosteriorSpec, load_posterior, restore_posterior_, wrap_
 
@@ -158,6 +161,7 @@ def reduce(posterior_dir: str | Path, *, out: str, overwrite: bool = False,
         raise InputError(f"no posterior.safetensors in {posterior_dir}")
     out_path = check_output_dir(out, overwrite)
     check_inputs_outside(out_path, {"posterior directory": posterior_dir})
+    check_rejected_dir(out_path)
     rec = _reload_record(posterior_dir)
     state = load_posterior(ppath)
     fields = {f.name for f in dataclasses.fields(CompressSettings)}

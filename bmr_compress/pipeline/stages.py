@@ -280,7 +280,7 @@ def finish_stage(settings: CompressSettings, f: Fitted, cut: Cut, timer: StageTi
     from bmr_compress.export import (
         build_report, export_onnx, export_safetensors, quantize_int8, validate, write_report,
     )
-    from bmr_compress.io.atomic import atomic_output_dir
+    from bmr_compress.io.atomic import atomic_output_dir, keep_rejected
     from bmr_compress.io.integrity import INTEGRITY_KEY, file_hashes
     from bmr_compress.surgery import save_compressed
 
@@ -326,12 +326,7 @@ def finish_stage(settings: CompressSettings, f: Fitted, cut: Cut, timer: StageTi
         report[INTEGRITY_KEY] = file_hashes(stage)  # what was validated; push re-checks it
         write_report(stage, report, delta_lnz=cut.unit_scores)
         if not result.passed:
-            rejected = out.with_name(out.name + ".rejected")
-            partial = out.with_name(f".{out.name}.rejected-partial")
-            shutil.rmtree(partial, ignore_errors=True)
-            shutil.copytree(stage, partial)  # complete copy first, then one rename
-            shutil.rmtree(rejected, ignore_errors=True)
-            partial.rename(rejected)
+            rejected = keep_rejected(stage, out)  # never over a user's files
             raise ValidationFailed(
                 f"validation failed ({_failed_checks(report)}); nothing was written to {out}; "
                 f"the rejected result and its report are in {rejected}"

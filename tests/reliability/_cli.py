@@ -11,11 +11,12 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 def run_cli_process(argv: list[str], cache: Path, *, env: dict[str, str] | None = None,
-                    timeout: float = 300) -> subprocess.CompletedProcess:
+                    timeout: float = 300, umask: int | None = None) -> subprocess.CompletedProcess:
     full = {**os.environ, "BMR_COMPRESS_CACHE": str(cache), "PYTHONPATH": str(REPO),
             "HF_HUB_OFFLINE": "1", **(env or {})}
+    pre = (lambda: os.umask(umask)) if umask is not None else None  # noqa: E731
     return subprocess.run([sys.executable, "-m", "bmr_compress.cli.main", *argv], capture_output=True,
-                          text=True, env=full, cwd=str(REPO), timeout=timeout)
+                          text=True, env=full, cwd=str(REPO), timeout=timeout, preexec_fn=pre)
 
 
 def one_error_line(r: subprocess.CompletedProcess) -> str:
