@@ -183,6 +183,39 @@ def handle_sigterm() -> None:
         signal.signal(signal.SIGTERM, raise_terminated)
 
 
+# errno -> (what happened, what to do); also matched in the "(os error N)" text of Rust
+# libraries (safetensors, tokenizers) that do not raise OSError
+_ENV_ERRNO = {
+    28: ("disk full (ENOSPC)", "free space on that filesystem or choose another --out / TMPDIR"),
+    122: ("disk quota exceeded (EDQUOT)", "free space in your quota or choose another --out"),
+    27: ("file too large for this filesystem (EFBIG)", "choose an --out on a filesystem without "
+                                                        "a small file-size limit, or raise `ulimit -f`"),
+    36: ("file name too long (ENAMETOOLONG)", "use a shorter --out name or path"),
+    30: ("read-only filesystem (EROFS)", "choose a writable --out"),
+    24: ("too many open files (EMFILE)", "raise `ulimit -n`"),
+    12: ("out of memory (ENOMEM)", "free memory or use a smaller model / --batch-size"),
+}
+
+
+def environment_fault(e: BaseException) -> str | None:
+    """One line naming an environment fault (disk full, file too large, name too long, ...)
+    and its fix, or None when `e` is not one."""
+    import errno as _errno
+    import re
+
+    code = e.errno if isinstance(e, OSError) and e.errno in _ENV_ERRNO else None
+    if code is None:
+        m = re.search(r"os error (\d+)", str(e))
+        code = int(m.group(1)) if m and int(m.group(1)) in _ENV_ERRNO else None
+    if code is None and isinstance(e, MemoryError):
+        code = _errno.ENOMEM
+    if code is None:
+        return None
+    what, fix = _ENV_ERRNO[code]
+    where = getattr(e, "filename", None)
+    return f"{what} {f'at {where}' if where else 'while writing'}: {fix}"
+
+
 def run_command(f: F) -> F:
     """Configure logging and map errors to exit codes (BmrError.exit_code; 3 for bugs).
 
@@ -208,6 +241,10 @@ def run_command(f: F) -> F:
         except Exception as e:  # a bug: say so in one line, full traceback with --debug
             if debug:
                 raise
+            env = environment_fault(e)
+            if env is not None:  # the machine's fault, not the tool's: exit 2 with the fix
+                click.echo(f"error: {env}", err=True)
+                sys.exit(2)
             first = str(e).splitlines()[0] if str(e) else ""
             click.echo(f"internal error: {type(e).__name__}: {first} (rerun with --debug for the traceback)",
                        err=True)

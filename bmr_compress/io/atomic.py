@@ -29,7 +29,27 @@ def check_output_dir(out: str | Path, overwrite: bool) -> Path:
     if non_empty and not overwrite:
         raise InputError(f"output directory is not empty: {path} (pass --overwrite to replace it)")
     _check_writable_parent(path)
+    _check_name_length(path)
     return path
+
+
+# the longest name written beside <out>: ".<out>.bmr-ckpt-<12 hex>" (22 more characters),
+# ".<out>.work-<pid>-<8>", ".<out>.rejected-partial"; 32 leaves room for 7-digit pids
+DERIVED_EXTRA = 32
+
+
+def _check_name_length(path: Path) -> None:
+    anc = path.absolute().parent
+    while not anc.exists() and anc != anc.parent:
+        anc = anc.parent
+    try:
+        limit = os.pathconf(anc, "PC_NAME_MAX")
+    except (OSError, ValueError):
+        limit = 255
+    if len(path.name.encode()) + DERIVED_EXTRA > limit:
+        raise InputError(f"output name too long: {path.name[:40]}... has {len(path.name.encode())} bytes; "
+                         f"bmr-compress writes names up to {DERIVED_EXTRA} bytes longer beside it and this "
+                         f"filesystem allows {limit}: use a name of at most {limit - DERIVED_EXTRA} bytes")
 
 
 def check_inputs_outside(out: str | Path, inputs: dict[str, str | Path | None]) -> None:

@@ -151,6 +151,19 @@ def _auto_class(task: str, config: Any) -> Any:
 
 
 def _preprocessor(directory: Path, trust_remote_code: bool) -> Any:
+    """The snapshot's tokenizer / image processor; an unreadable one is an InputError."""
+    try:
+        return _load_preprocessor(directory, trust_remote_code)
+    except InputError:
+        raise
+    except Exception as e:  # noqa: BLE001 - tokenizers/transformers raise anything on garbage
+        names = [n for n in ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "vocab.json",
+                             "tokenizer.model", "preprocessor_config.json") if (directory / n).is_file()]
+        raise InputError(f"{directory}: cannot read its tokenizer/preprocessor files ({', '.join(names)}): "
+                         f"{type(e).__name__}: {_first_line(e)[:200]}") from None
+
+
+def _load_preprocessor(directory: Path, trust_remote_code: bool) -> Any:
     import transformers as tf
 
     if (directory / "preprocessor_config.json").is_file():

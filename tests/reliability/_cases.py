@@ -128,6 +128,18 @@ def config_unknown_family(fx: Sources, tmp: Path) -> Spec:
     return Spec(_compress(snap, tmp / "out"), ("config.json", "nope-net", str(snap)), tmp / "out")
 
 
+def garbage_tokenizer(fx: Sources, tmp: Path) -> Spec:
+    """Issue 16 #9: UnicodeDecodeError from a binary tokenizer.json was exit 3."""
+    snap = _bert_with(fx, tmp, lambda d: (d / "tokenizer.json").write_bytes(bytes(range(256)) * 8))
+    return Spec(_compress(snap, tmp / "out"), ("tokenizer", str(snap)), tmp / "out", subprocess=True)
+
+
+def tokenizer_wrong_structure(fx: Sources, tmp: Path) -> Spec:
+    """Issue 16 #9: KeyError from a tokenizer.json of the wrong structure was exit 3."""
+    snap = _bert_with(fx, tmp, lambda d: (d / "tokenizer.json").write_text('{"model": {"type": "Nope"}}'))
+    return Spec(_compress(snap, tmp / "out"), ("tokenizer", str(snap)), tmp / "out")
+
+
 def corrupted_onnx(fx: Sources, tmp: Path) -> Spec:
     d = _compressed_like(tmp)
     (d / "model.onnx").write_bytes(os.urandom(2048))
@@ -361,6 +373,13 @@ def output_contains_the_data(fx: Sources, tmp: Path) -> Spec:
                 ("is or contains the data", str(out)), out)
 
 
+def output_name_too_long(fx: Sources, tmp: Path) -> Spec:
+    """Issue 16 #9: a legal 240-byte name whose derived checkpoint/work names are too long
+    (ENAMETOOLONG) was an internal error (exit 3)."""
+    out = tmp / ("n" * 240)
+    return Spec(_compress("zoo:mlp-digits", out), ("name too long", "at most"), out, subprocess=True)
+
+
 # ------------------------------------------------------------------ recipes
 
 
@@ -487,6 +506,8 @@ CASES: list[Case] = [
     Case("truncated-config", "truncated/corrupted config", truncated_config),
     Case("config-not-object", "truncated/corrupted config", config_not_an_object),
     Case("config-unknown-family", "truncated/corrupted config", config_unknown_family),
+    Case("garbage-tokenizer", "truncated/corrupted config", garbage_tokenizer),
+    Case("tokenizer-wrong-structure", "truncated/corrupted config", tokenizer_wrong_structure),
     Case("corrupted-manifest", "truncated/corrupted config", corrupted_manifest),
     Case("corrupted-onnx", "truncated/corrupted ONNX", corrupted_onnx),
     Case("truncated-onnx", "truncated/corrupted ONNX", truncated_onnx),
@@ -513,6 +534,7 @@ CASES: list[Case] = [
     Case("output-is-the-source", "output directory", output_is_the_source),
     Case("output-contains-the-source", "output directory", output_contains_the_source),
     Case("output-contains-the-data", "output directory", output_contains_the_data),
+    Case("output-name-too-long", "output directory", output_name_too_long),
     Case("unsupported-layer", "unsupported layer type", unsupported_layer),
     Case("recipe-unknown-key", "recipe", recipe_unknown_key),
     Case("recipe-unknown-table", "recipe", recipe_unknown_table),
