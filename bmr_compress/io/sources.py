@@ -232,6 +232,9 @@ def _load_transformers(directory: Path, task: str | None, trust_remote_code: boo
         if "valid JSON" in msg:
             msg = "not valid JSON (truncated or corrupted?)"
         raise InputError(f"{directory}: cannot read config.json: {msg}") from None
+    from bmr_compress.io.checks import check_model_size
+
+    check_model_size(config, str(directory / "config.json"))  # before anything is built
     task = task or _task_from_config(config)
     auto = _auto_class(task, config)
     if task == "regression" and getattr(config, "num_labels", 2) != 1:
