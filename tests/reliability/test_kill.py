@@ -60,6 +60,7 @@ def test_sigkill_in_export_then_rerun(sources: Sources, tmp_path: Path) -> None:
     _rerun_succeeds(out, sources)
 
 
+@pytest.mark.slow  # ~60 s on a loaded 2-core machine; the default tier has the sigterm exit path below
 def test_sigterm_in_export_cleans_up_then_rerun(sources: Sources, tmp_path: Path) -> None:
     """Issue 16 #7: SIGTERM (timeout, container stop) is handled like Ctrl-C: one message,
     exit 143, no staging, work or temp-dir copies left; the rerun writes a complete result."""
