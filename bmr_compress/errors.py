@@ -28,3 +28,10 @@ class ValidationFailed(BmrError):
     """Export validation (checker, parity, metric, NaN check) failed: nothing is published."""
 
     exit_code = 1
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (timeout, container stop, orchestrator) turned into an exception, so that every
+    `finally` and context manager cleans up as for Ctrl-C; the CLI exits 143."""
+
+    exit_code = 143

@@ -12,6 +12,7 @@ EPILOG = """\b
 Examples:
   bmr-compress export out/mlp --int8
   bmr-compress export out/minilm --compact-zeros --json
+The rewritten files are not yet validated: run `bmr-compress validate DIRECTORY` before `push`.
 """
 
 

@@ -60,7 +60,13 @@ class LazyGroup(click.Group):
         except click.ClickException as e:
             click.echo(f"error: {e.format_message()}", err=True)
             sys.exit(e.exit_code)
-        except click.Abort:
+        except click.Abort as e:
+            from bmr_compress.errors import Terminated
+
+            if isinstance(e.__cause__ or e.__context__, Terminated):
+                click.echo("terminated (SIGTERM): temporary files removed, outputs are complete or "
+                           "untouched; a rerun resumes the fine-tune from its checkpoint", err=True)
+                sys.exit(Terminated.exit_code)
             click.echo("aborted", err=True)
             sys.exit(130)
         sys.exit(rv if isinstance(rv, int) else 0)
@@ -87,7 +93,8 @@ Examples:
   bmr-compress compress sentence-transformers/all-MiniLM-L6-v2@main --out out/minilm --data docstrings
   bmr-compress push out/mlp --repo-id me/mlp-digits-bmr --dry-run
 
-Exit codes: 0 ok, 1 validation failed (nothing published), 2 bad input or usage.""",
+Exit codes: 0 ok, 1 validation failed (nothing published), 2 bad input or usage,
+130 Ctrl-C / 143 SIGTERM (temporary files removed).""",
 )
 @click.version_option(version=_version(), prog_name="bmr-compress")
 def cli() -> None:

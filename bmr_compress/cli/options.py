@@ -113,6 +113,22 @@ plan_options = _stack(
                       "nothing or held-out ELBO stops improving."),
 )
 
+# validate / reduce re-load the original: from where the user says, trusted as far as the user says
+reload_options = _stack(
+    click.option("--original", metavar="SOURCE",
+                 help="The checkpoint the directory was compressed from (hub id[@rev], local path "
+                      "or zoo:NAME) [default: the recorded zoo recipe or hub id; a recorded local "
+                      "path needs this or --use-recorded-source]."),
+    click.option("--use-recorded-source", is_flag=True,
+                 help="Reload the local path recorded in the directory's manifest (you confirm you "
+                      "trust it)."),
+    click.option("--trust-remote-code", is_flag=True,
+                 help="Allow the original checkpoint's own Python code (never taken from the directory)."),
+    click.option("--allow-pickle", is_flag=True,
+                 help="Accept a pickled .pt/.pth/.bin original (weights_only=True; never taken from "
+                      "the directory)."),
+)
+
 out_options = _stack(
     click.option("--out", "out", required=True, type=click.Path(file_okay=False, path_type=Path),
                  help="Output directory (assembled aside, moved into place on success)."),
@@ -168,6 +184,54 @@ def emit(result: Any, as_json: bool, human: Callable[[Any], str] | None = None) 
         click.echo(str(data))
 
 
+def handle_sigterm() -> None:
+    """SIGTERM raises errors.Terminated (a KeyboardInterrupt) in the main thread, so it
+    unwinds like Ctrl-C: staging and work directories are removed, the exit code is 143."""
+    import signal
+    import threading
+
+    from bmr_compress.errors import Terminated
+
+    def raise_terminated(signum: int, frame: Any) -> None:
+        raise Terminated()
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, raise_terminated)
+
+
+# errno -> (what happened, what to do); also matched in the "(os error N)" text of Rust
+# libraries (safetensors, tokenizers) that do not raise OSError
+_ENV_ERRNO = {
+    28: ("disk full (ENOSPC)", "free space on that filesystem or choose another --out / TMPDIR"),
+    122: ("disk quota exceeded (EDQUOT)", "free space in your quota or choose another --out"),
+    27: ("file too large for this filesystem (EFBIG)", "choose an --out on a filesystem without "
+                                                        "a small file-size limit, or raise `ulimit -f`"),
+    36: ("file name too long (ENAMETOOLONG)", "use a shorter --out name or path"),
+    30: ("read-only filesystem (EROFS)", "choose a writable --out"),
+    24: ("too many open files (EMFILE)", "raise `ulimit -n`"),
+    12: ("out of memory (ENOMEM)", "free memory or use a smaller model / --batch-size"),
+}
+
+
+def environment_fault(e: BaseException) -> str | None:
+    """One line naming an environment fault (disk full, file too large, name too long, ...)
+    and its fix, or None when `e` is not one."""
+    import errno as _errno
+    import re
+
+    code = e.errno if isinstance(e, OSError) and e.errno in _ENV_ERRNO else None
+    if code is None:
+        m = re.search(r"os error (\d+)", str(e))
+        code = int(m.group(1)) if m and int(m.group(1)) in _ENV_ERRNO else None
+    if code is None and isinstance(e, MemoryError):
+        code = _errno.ENOMEM
+    if code is None:
+        return None
+    what, fix = _ENV_ERRNO[code]
+    where = getattr(e, "filename", None)
+    return f"{what} {f'at {where}' if where else 'while writing'}: {fix}"
+
+
 def run_command(f: F) -> F:
     """Configure logging and map errors to exit codes (BmrError.exit_code; 3 for bugs).
 
@@ -178,6 +242,7 @@ def run_command(f: F) -> F:
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         debug, verbose = bool(kwargs.get("debug")), bool(kwargs.get("verbose"))
         setup_logging(verbose, debug)
+        handle_sigterm()
         from bmr_compress.errors import BmrError
 
         try:
@@ -192,6 +257,10 @@ def run_command(f: F) -> F:
         except Exception as e:  # a bug: say so in one line, full traceback with --debug
             if debug:
                 raise
+            env = environment_fault(e)
+            if env is not None:  # the machine's fault, not the tool's: exit 2 with the fix
+                click.echo(f"error: {env}", err=True)
+                sys.exit(2)
             first = str(e).splitlines()[0] if str(e) else ""
             click.echo(f"internal error: {type(e).__name__}: {first} (rerun with --debug for the traceback)",
                        err=True)

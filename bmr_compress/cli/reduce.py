@@ -8,13 +8,17 @@ from typing import Any
 import click
 
 from bmr_compress.cli.options import (
-    common_options, emit, out_options, pipeline_function, plan_options, run_command,
+    common_options, emit, out_options, pipeline_function, plan_options, reload_options,
+    run_command,
 )
 
 EPILOG = """\b
 Examples:
   bmr-compress reduce out/mlp --out out/mlp-half --size-budget 0.5 --overwrite
   bmr-compress reduce fit/minilm --out out/minilm-r16 --round-to 16 --json
+  bmr-compress reduce fit/mine --original ./my-snapshot --out out/mine-half --size-budget 0.5
+A local source path recorded in POSTERIOR_DIR is used only with --original or
+--use-recorded-source; --trust-remote-code / --allow-pickle come from the command line only.
 """
 
 
@@ -23,6 +27,7 @@ Examples:
 @out_options
 @plan_options
 @click.option("--int8", is_flag=True, help="Also write an int8-quantised ONNX model.")
+@reload_options
 @common_options
 @run_command
 def command(posterior_dir: Path, as_json: bool, debug: bool, verbose: bool, **opts: Any) -> None:

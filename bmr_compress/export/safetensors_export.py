@@ -38,6 +38,20 @@ def export_safetensors(
     `metadata` should hold ``source``, ``revision``, ``tool_version`` and ``manifest_sha256``;
     values are stored as strings (non-strings as JSON). Returns the weights path.
     """
+    out = Path(out_dir)
+    path = write_weights(model, out, metadata, compact_zeros=compact_zeros)
+    config = getattr(model, "config", None)
+    if config is not None and hasattr(config, "save_pretrained"):
+        config.save_pretrained(str(out))
+    if tokenizer is not None and hasattr(tokenizer, "save_pretrained"):
+        tokenizer.save_pretrained(str(out))
+    return path
+
+
+def write_weights(model: nn.Module, out_dir: str | Path, metadata: dict[str, Any], *,
+                  compact_zeros: bool = False) -> Path:
+    """The one writer of ``model.safetensors`` (plain or compact); `load_state_dict` is its
+    reader, and every file is read back through it before this returns."""
     from safetensors.torch import save_file
 
     out = Path(out_dir)
@@ -54,13 +68,29 @@ def export_safetensors(
     path = out / WEIGHTS_NAME
     save_file({k: v.contiguous() for k, v in tensors.items()}, str(path), metadata=meta)
     _check_read_back(path, state, meta)
-    config = getattr(model, "config", None)
-    if config is not None and hasattr(config, "save_pretrained"):
-        config.save_pretrained(str(out))
-    if tokenizer is not None and hasattr(tokenizer, "save_pretrained"):
-        tokenizer.save_pretrained(str(out))
     log.info("wrote %s (%d tensors, %d compact)", path, len(tensors), len(compact))
     return path
+
+
+def weight_shapes(path: str | Path) -> dict[str, tuple[int, ...]]:
+    """{state-dict name: shape} of a file `write_weights` wrote, from its header alone
+    (compact tensors by their dense shape, aliases by their target's)."""
+    from bmr_compress.io.checks import read_safetensors_header
+
+    path = Path(path)
+    header = read_safetensors_header(path)
+    meta = read_metadata(path)
+    try:
+        compact = json.loads(meta.get("bmr_compact_zeros", "{}"))
+        aliases = json.loads(meta.get("bmr_aliases", "{}"))
+        shapes = {k: shape for k, (_, shape) in header.items()
+                  if not k.endswith((_VALUES, _MASK))}
+        shapes.update({k: tuple(v["shape"]) for k, v in compact.items()})
+        shapes.update({a: shapes[t] for a, t in aliases.items()})
+    except (ValueError, KeyError, TypeError, AttributeError) as e:
+        raise InputError(f"{path}: inconsistent bmr metadata (compact zeros / aliases): "
+                         f"{type(e).__name__}: {e}") from None
+    return shapes
 
 
 def load_state_dict(path: str | Path) -> dict[str, torch.Tensor]:

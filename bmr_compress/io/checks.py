@@ -251,3 +251,75 @@ def check_zoo_dims(config: dict[str, Any], path: Path) -> None:
         for x in v if isinstance(v, list) else [v]:
             if isinstance(x, int) and not isinstance(x, bool) and x < 1:
                 raise InputError(f"{path}: {k} = {v!r}: sizes must be positive integers")
+
+
+# config keys that size a transformers model; values beyond these are no real checkpoint
+_LAYERS = ("num_hidden_layers", "n_layer", "num_layers", "n_layers", "encoder_layers")
+_HIDDEN = ("hidden_size", "n_embd", "d_model", "dim")
+_INNER = ("intermediate_size", "n_inner", "ffn_dim", "hidden_dim")
+_VOCAB = ("vocab_size",)
+_POSITIONS = ("max_position_embeddings", "n_positions")
+MEMORY_FACTOR = 4  # original + working copy + posterior mean and variance, float32
+
+
+def available_memory() -> int | None:
+    """Bytes this process can still allocate: MemAvailable, capped by RLIMIT_AS and the
+    cgroup limit where set (None when none can be read)."""
+    import resource
+
+    limits = []
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                limits.append(int(line.split()[1]) * 1024)
+    except (OSError, ValueError, IndexError):
+        pass
+    soft, _ = resource.getrlimit(resource.RLIMIT_AS)
+    if soft != resource.RLIM_INFINITY:
+        limits.append(soft)
+    try:
+        raw = Path("/sys/fs/cgroup/memory.max").read_text().strip()
+        if raw.isdigit():
+            limits.append(int(raw))
+    except OSError:
+        pass
+    return min(limits) if limits else None
+
+
+def estimated_parameters(config: Any) -> int | None:
+    """A rough parameter count of a transformer from its config (layers x (attention + FFN)
+    + embeddings), before anything is built; None when the config names no sizes."""
+    get = config.get if isinstance(config, dict) else lambda k, d=None: getattr(config, k, d)
+
+    def first(keys: tuple[str, ...]) -> int | None:
+        for k in keys:
+            v = get(k, None)
+            if isinstance(v, int) and not isinstance(v, bool):
+                return v
+        return None
+
+    layers, hidden = first(_LAYERS), first(_HIDDEN)
+    if layers is None or hidden is None:
+        return None
+    inner = first(_INNER) or 4 * hidden
+    emb = (first(_VOCAB) or 0) + (first(_POSITIONS) or 0)
+    return layers * (4 * hidden * hidden + 2 * hidden * inner) + emb * hidden
+
+
+def check_model_size(config: Any, origin: str) -> None:
+    """InputError before a model is built when its config describes sizes that are negative
+    or a model that cannot fit in the memory available (`MEMORY_FACTOR` x float32)."""
+    get = config.get if isinstance(config, dict) else lambda k, d=None: getattr(config, k, d)
+    for k in (*_LAYERS, *_HIDDEN, *_INNER, *_VOCAB, *_POSITIONS):
+        v = get(k, None)
+        if isinstance(v, int) and not isinstance(v, bool) and not 0 <= v < 2**31:
+            raise InputError(f"{origin}: config {k} = {v} is not a plausible size")
+    est = estimated_parameters(config)
+    avail = available_memory()
+    if est is None or avail is None:
+        return
+    need = est * 4 * MEMORY_FACTOR
+    if need > avail:
+        raise InputError(f"{origin}: config.json describes a model of about {est:.3g} parameters "
+                         f"(~{need / 2**30:.3g} GiB to compress), more than the {avail / 2**30:.3g} GiB "
+                         "of memory available; check its sizes (num_hidden_layers, hidden_size, ...)")

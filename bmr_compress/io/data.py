@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -28,6 +29,7 @@ log = logging.getLogger(__name__)
 
 Batch = dict[str, "torch.Tensor"]
 HELDOUT_FRACTION = 0.2
+MIN_HELDOUT = 3  # the fewest held-out examples every task metric is defined on (nn_agreement: 3)
 
 
 @dataclass
@@ -309,6 +311,10 @@ def make_dataset(spec: str | DataSpec | None, source: LoadedSource, *, default: 
     train = _batches({k: v[tr] for k, v in arrays.items()}, ds.batch_size, ds.seed)
     held = _batches({k: v[ho] for k, v in arrays.items()}, ds.batch_size, ds.seed)
     check_fits(held[0], source, desc)
+    if len(ho) < MIN_HELDOUT:  # before anything is fitted or written
+        raise InputError(f"{desc}: {len(ho)} held-out example(s) of {total} cannot judge the compressed "
+                         f"model (need at least {MIN_HELDOUT}: give at least "
+                         f"{math.ceil(MIN_HELDOUT / HELDOUT_FRACTION)} examples or a larger --max-samples)")
     log.info("data %s: %d train / %d held-out examples", desc, len(tr), len(ho))
     return DataBundle(train, held, source.task, f"{desc}: {len(tr)} train / {len(ho)} held-out",
                       name=desc, choice=note, heldout=heldout_note(ds, desc, len(ho)))

@@ -1,7 +1,8 @@
 """Publish a validated output directory to the Hugging Face hub, with a generated model card.
 
 `push_to_hub` refuses (ValidationFailed, exit code 1) a directory whose report.json is missing
-or says validation did not pass. `dry_run=True` touches neither the network nor the directory:
+or says validation did not pass, whose files differ from the hashes report.json recorded when
+they were validated, or whose manifest disagrees with its weights. `dry_run=True` touches neither the network nor the directory:
 it returns (and logs) the file list and the card.
 """
 
@@ -76,8 +77,14 @@ def push_to_hub(
         raise InputError(f"no output directory at {d}")
     report = load_validated_report(d)
     from bmr_compress.io.checks import check_artifacts
+    from bmr_compress.io.integrity import (
+        check_integrity, check_manifest_consistent, check_report_consistent,
+    )
 
     check_artifacts(d)  # the files themselves: sound, readable, no NaN/Inf (else nothing is pushed)
+    check_report_consistent(d, report)  # `passed` agrees with every check it summarises
+    check_integrity(d, report)  # exactly the files that were validated, unchanged
+    check_manifest_consistent(d)  # kept units, widths and shapes agree with the weights
     card = build_model_card(report, repo_id, d, with_posterior=with_posterior)
     ignore = [] if with_posterior else [POSTERIOR]
     files = sorted({str(p.relative_to(d)) for p in d.rglob("*") if p.is_file() and not p.name.startswith(".")

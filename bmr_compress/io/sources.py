@@ -151,6 +151,19 @@ def _auto_class(task: str, config: Any) -> Any:
 
 
 def _preprocessor(directory: Path, trust_remote_code: bool) -> Any:
+    """The snapshot's tokenizer / image processor; an unreadable one is an InputError."""
+    try:
+        return _load_preprocessor(directory, trust_remote_code)
+    except InputError:
+        raise
+    except Exception as e:  # noqa: BLE001 - tokenizers/transformers raise anything on garbage
+        names = [n for n in ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "vocab.json",
+                             "tokenizer.model", "preprocessor_config.json") if (directory / n).is_file()]
+        raise InputError(f"{directory}: cannot read its tokenizer/preprocessor files ({', '.join(names)}): "
+                         f"{type(e).__name__}: {_first_line(e)[:200]}") from None
+
+
+def _load_preprocessor(directory: Path, trust_remote_code: bool) -> Any:
     import transformers as tf
 
     if (directory / "preprocessor_config.json").is_file():
@@ -219,6 +232,9 @@ def _load_transformers(directory: Path, task: str | None, trust_remote_code: boo
         if "valid JSON" in msg:
             msg = "not valid JSON (truncated or corrupted?)"
         raise InputError(f"{directory}: cannot read config.json: {msg}") from None
+    from bmr_compress.io.checks import check_model_size
+
+    check_model_size(config, str(directory / "config.json"))  # before anything is built
     task = task or _task_from_config(config)
     auto = _auto_class(task, config)
     if task == "regression" and getattr(config, "num_labels", 2) != 1:

@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 import importlib.util
+import itertools
 import json
+import logging
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from bmr_compress.errors import InputError
+
+log = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp")
 TEXT_KEYS = ("text", "sentence", "content")
@@ -56,23 +61,59 @@ def load_tensor_file(path: Path) -> dict[str, np.ndarray]:
     return arrays
 
 
-def load_texts(path: Path, column: str | None = None) -> tuple[list[str], list[int] | None]:
-    """(texts, labels or None) from .txt (one non-empty line each) or .jsonl (text + optional label)."""
+MAX_LINE_CHARS = 100_000  # longer lines are cut: a tokenizer sees at most a few thousand tokens
+MAX_TEXT_EXAMPLES = 1_000_000  # reading stops there (calibration needs far fewer)
+MAX_TEXT_BYTES = 4 * 2**30
+
+
+def _text_lines(path: Path) -> Iterator[tuple[int, str, bool]]:
+    """(line number, text, was cut) of each non-blank line, streamed with a per-line
+    character cap and the example / size caps above, so a huge or single-line file never
+    sits in memory whole."""
     try:
-        content = path.read_text(encoding="utf-8")
+        size = path.stat().st_size
+        if size > MAX_TEXT_BYTES:
+            raise InputError(f"{path} is {size / 2**30:.1f} GiB; text data is capped at "
+                             f"{MAX_TEXT_BYTES // 2**30} GiB (calibration needs far less: cut it)")
+        with path.open(encoding="utf-8") as f:
+            n = 0
+            for i in itertools.count(1):
+                line = f.readline(MAX_LINE_CHARS)
+                if not line:
+                    break
+                cut = len(line) >= MAX_LINE_CHARS and not line.endswith("\n")
+                while cut:  # drop the rest of an over-long line, a chunk at a time
+                    rest = f.readline(MAX_LINE_CHARS)
+                    if not rest or rest.endswith("\n"):
+                        break
+                if line.strip():
+                    n += 1
+                    yield i, line.strip(), cut
+                    if n >= MAX_TEXT_EXAMPLES:
+                        log.warning("%s: read the first %d examples only", path, n)
+                        break
     except UnicodeDecodeError as e:
         raise InputError(f"{path} is not UTF-8 text (byte {e.start}): not a {path.suffix} file?") from None
     except OSError as e:
         raise InputError(f"cannot read {path}: {e.strerror or e}") from None
+
+
+def load_texts(path: Path, column: str | None = None) -> tuple[list[str], list[int] | None]:
+    """(texts, labels or None) from .txt (one non-empty line each) or .jsonl (text + optional label)."""
     if path.suffix == ".txt":
-        texts = [line.strip() for line in content.splitlines() if line.strip()]
+        texts, cut = [], 0
+        for _, text, was_cut in _text_lines(path):
+            texts.append(text)
+            cut += was_cut
+        if cut:
+            log.warning("%s: %d line(s) longer than %d characters were cut there", path, cut, MAX_LINE_CHARS)
         if not texts:
             raise InputError(f"{path} is empty (no non-blank lines)")
         return texts, None
     texts, labels = [], []
-    for i, line in enumerate(content.splitlines(), 1):
-        if not line.strip():
-            continue
+    for i, line, was_cut in _text_lines(path):
+        if was_cut:
+            raise InputError(f"{path}:{i}: line longer than {MAX_LINE_CHARS} characters")
         try:
             row = json.loads(line)
         except json.JSONDecodeError as e:

@@ -25,12 +25,13 @@ from bmr_compress.pipeline.stages import (
 
 def compress(settings: CompressSettings) -> CompressResult:
     """The whole pipeline into `settings.out`. Raises BmrError subclasses."""
-    from bmr_compress.io.atomic import check_output_dir
+    from bmr_compress.io.atomic import check_output_dir, check_rejected_dir, work_dir
 
     out = check_output_dir(settings.out, settings.overwrite)  # fail fast, before any work
+    _check_inputs_outside(out, settings)
+    check_rejected_dir(out)  # a failed validation must not delete a user's files there
     timer = StageTimer()
-    with tempfile.TemporaryDirectory(prefix="bmr-work-") as work_s:
-        work = Path(work_s)
+    with work_dir(out) as work:  # beside --out, removed on every exit path
         if _posterior_kind(settings) == "laplace":
             from bmr_compress.pipeline.laplace import laplace_stage
 
@@ -69,14 +70,22 @@ def _posterior_kind(settings: CompressSettings) -> str:
     return kind
 
 
+def _check_inputs_outside(out: Path, settings: CompressSettings) -> None:
+    from bmr_compress.io.atomic import check_inputs_outside
+
+    check_inputs_outside(out, {"source": settings.source, "recipe": settings.recipe,
+                               "data": settings.data})
+
+
 def finetune_only(settings: CompressSettings) -> dict[str, Any]:
     """Fit the posterior only: writes posterior.safetensors + bmr_fit.json into `out`."""
-    from bmr_compress.io.atomic import atomic_output_dir, check_output_dir
+    from bmr_compress.io.atomic import atomic_output_dir, check_output_dir, work_dir
 
     out = check_output_dir(settings.out, settings.overwrite)
+    _check_inputs_outside(out, settings)
     timer = StageTimer()
-    with tempfile.TemporaryDirectory(prefix="bmr-work-") as work_s:
-        f = fit_stage(settings, timer, Path(work_s))
+    with work_dir(out) as work:
+        f = fit_stage(settings, timer, work)
         with atomic_output_dir(out, settings.overwrite) as stage:
             shutil.copy2(f.posterior_path, stage / "posterior.safetensors")
             record = {**_provenance(f, settings), "finetune": _fit_summary(f.fit),
@@ -103,11 +112,76 @@ def _reload_record(directory: Path) -> dict[str, Any]:
                      "information (was it written by `bmr-compress compress` or `finetune`?)")
 
 
-def reduce(posterior_dir: str | Path, *, out: str, overwrite: bool = False, **plan_opts: Any
-           ) -> CompressResult:
-    """Re-plan and cut from `posterior_dir/posterior.safetensors` without refitting."""
+# what `reload` may say: where the source and data were; never how far to trust them
+_RELOAD_KEYS = ("source", "recipe", "revision", "task", "data", "max_samples", "batch_size")
+
+
+def _is_local_path(spec: str) -> bool:
+    """A filesystem path (existing, or written like one), not zoo:NAME and not a hub id."""
+    if spec.startswith("zoo:"):
+        return False
+    return Path(spec).expanduser().exists() or spec.startswith((".", "/", "~")) or spec.endswith(
+        (".safetensors", ".pt", ".pth", ".bin", ".toml"))
+
+
+def _related(a: Path, b: Path) -> bool:
+    a, b = a.resolve(), b.resolve()
+    return a == b or a in b.parents or b in a.parents
+
+
+def reload_settings(directory: Path, rec: Mapping[str, Any], *, original: str | None = None,
+                    trust_remote_code: bool = False, allow_pickle: bool = False,
+                    use_recorded_source: bool = False) -> dict[str, Any]:
+    """The load settings for re-reading the source of an output directory, safely.
+
+    A directory is data someone else may have written: trust (`trust_remote_code`,
+    `allow_pickle`) comes only from the caller (the command line), never from the files.
+    The source is `original` when given; else the recorded one if it is a zoo recipe or a
+    hub id; a recorded *local path* (or local recipe file) is used only when the caller
+    confirms it (`use_recorded_source`). A source that is, contains or lies inside
+    `directory` is refused: validating a model against itself proves nothing.
+    """
     from bmr_compress.errors import InputError
-    from bmr_compress.io.atomic import check_output_dir
+
+    raw = rec.get("reload") if isinstance(rec.get("reload"), dict) else {}
+    reload: dict[str, Any] = {}
+    for k in _RELOAD_KEYS:
+        v = raw.get(k)
+        ok = v is None or (isinstance(v, int) and not isinstance(v, bool) if k in ("max_samples", "batch_size")
+                           else isinstance(v, str))
+        if not ok:
+            raise InputError(f"{directory}: reload.{k} in its manifest is not a valid value: {v!r}")
+        reload[k] = v
+    if original is not None:
+        reload.update(source=original, revision=None)
+    elif not isinstance(reload["source"], str) or not reload["source"]:
+        raise InputError(f"{directory}: its manifest names no source; pass --original SOURCE")
+    elif not use_recorded_source:
+        for key in ("source", "recipe"):
+            v = reload[key]
+            if isinstance(v, str) and _is_local_path(v):
+                raise InputError(
+                    f"{directory} names a local {key} {v!r}: pass --original SOURCE (the checkpoint "
+                    f"it was compressed from) or --use-recorded-source to confirm that path")
+    for key in ("source", "recipe"):
+        v = reload[key]
+        if isinstance(v, str) and _is_local_path(v) and _related(Path(v).expanduser(), directory):
+            raise InputError(f"the {key} {v!r} is {directory} itself (or inside it): a model cannot be "
+                             "validated against itself; pass --original SOURCE")
+    return {**reload, "trust_remote_code": bool(trust_remote_code), "allow_pickle": bool(allow_pickle)}
+
+
+def reduce(posterior_dir: str | Path, *, out: str, overwrite: bool = False,
+           original: str | None = None, trust_remote_code: bool = False,
+           allow_pickle: bool = False, use_recorded_source: bool = False, **plan_opts: Any
+           ) -> CompressResult:
+    """Re-plan and cut from `posterior_dir/posterior.safetensors` without refitting.
+
+    The source is reloaded as `reload_settings` allows (trust only from the arguments)."""
+    from bmr_compress.errors import InputError
+    from bmr_compress.io.atomic import (
+        check_inputs_outside, check_output_dir, check_rejected_dir, work_dir,
+    )
     from bmr_compress.surgery import discover_groups
     from bmr_compress.variational import PosteriorSpec, load_posterior, restore_posterior_, wrap_
 
@@ -119,17 +193,23 @@ def reduce(posterior_dir: str | Path, *, out: str, overwrite: bool = False, **pl
                          "for the default Laplace path run `compress` again with another "
                          "--tolerance")
     out_path = check_output_dir(out, overwrite)
+    check_inputs_outside(out_path, {"posterior directory": posterior_dir})
+    check_rejected_dir(out_path)
     rec = _reload_record(posterior_dir)
     state = load_posterior(ppath)
     fields = {f.name for f in dataclasses.fields(CompressSettings)}
-    old = {k: v for k, v in rec.get("settings", {}).items() if k in fields}
+    reload = reload_settings(posterior_dir, rec, original=original,
+                             trust_remote_code=trust_remote_code, allow_pickle=allow_pickle,
+                             use_recorded_source=use_recorded_source)
+    recorded = rec.get("settings") if isinstance(rec.get("settings"), dict) else {}
+    old = {k: v for k, v in recorded.items() if k in fields and k not in _NOT_FROM_FILES}
     new = {k: v for k, v in plan_opts.items() if k in fields and v is not None}
-    settings = CompressSettings(**{**rec["reload"], **old, **new, "out": str(out_path),
+    settings = CompressSettings(**{**old, **new, **reload, "out": str(out_path),
                                    "overwrite": overwrite, "steps": 0})
+    _check_inputs_outside(out_path, settings)
     timer = StageTimer()
     source, data, opts = load_stage(settings, timer)
-    with tempfile.TemporaryDirectory(prefix="bmr-work-") as work_s:
-        work = Path(work_s)
+    with work_dir(out_path) as work:
         model = copy.deepcopy(source.model)
         example = _strip_labels(data.heldout_batches[0])
         with timer("coupling"):
@@ -142,6 +222,11 @@ def reduce(posterior_dir: str | Path, *, out: str, overwrite: bool = False, **pl
                    work / "posterior.safetensors")
         cut = cut_stage(f, timer)
         return finish_stage(settings, f, cut, timer, work, out_path)
+
+
+# never taken from a directory's recorded settings (where to load from, how far to trust it)
+_NOT_FROM_FILES = frozenset({*_RELOAD_KEYS, "trust_remote_code", "allow_pickle", "out", "overwrite",
+                             "device", "progress"})
 
 
 def _example_from_spec(spec: Mapping[str, Any], seed: int = 0) -> dict[str, Any]:
@@ -173,7 +258,8 @@ def export_directory(directory: str | Path, *, int8: bool = False, compact_zeros
                      ) -> dict[str, Any]:
     """Reload a compressed directory with the project's loader and (re-)write its ONNX files."""
     from bmr_compress.errors import InputError
-    from bmr_compress.export import export_onnx, export_safetensors, quantize_int8
+    from bmr_compress.export import export_onnx, quantize_int8
+    from bmr_compress.export.safetensors_export import read_metadata, write_weights
     from bmr_compress.io.atomic import replace_files
     from bmr_compress.surgery import read_manifest
 
@@ -186,9 +272,10 @@ def export_directory(directory: str | Path, *, int8: bool = False, compact_zeros
     with replace_files(directory) as stage:
         art = export_onnx(model, stage / "model.onnx", example)
         written = [art.path.name]
-        if compact_zeros:
-            export_safetensors(model, stage, {"source": str(manifest.get("source", ""))},
-                               compact_zeros=True)
+        if compact_zeros:  # the same writer compress uses; load_compressed reads either form
+            meta = read_metadata(directory / "model.safetensors")
+            keep = {k: v for k, v in meta.items() if not k.startswith("bmr_") and k != "format"}
+            write_weights(model, stage, keep, compact_zeros=True)
             written.append("model.safetensors")
         if int8:
             written.append(quantize_int8(art.path, stage / "model.int8.onnx").path.name)
@@ -196,15 +283,24 @@ def export_directory(directory: str | Path, *, int8: bool = False, compact_zeros
     return {"directory": str(directory), "written": written, "onnx": info}
 
 
-def validate_directory(directory: str | Path, *, data: str | None = None) -> dict[str, Any]:
-    """Re-run validation of a compressed directory against its original source."""
+def validate_directory(directory: str | Path, *, data: str | None = None,
+                       original: str | None = None, trust_remote_code: bool = False,
+                       allow_pickle: bool = False, use_recorded_source: bool = False
+                       ) -> dict[str, Any]:
+    """Re-run validation of a compressed directory against its original source (loaded as
+    `reload_settings` allows: trust only from the arguments, never from the directory)."""
     from bmr_compress.export import export_onnx, validate
     from bmr_compress.surgery import read_manifest
 
+    from bmr_compress.io.integrity import check_manifest_consistent
+
     directory = Path(directory)
     manifest = read_manifest(directory)
+    check_manifest_consistent(directory)
     rec = _reload_record(directory)
-    reload = dict(rec["reload"])
+    reload = reload_settings(directory, rec, original=original,
+                             trust_remote_code=trust_remote_code, allow_pickle=allow_pickle,
+                             use_recorded_source=use_recorded_source)
     if data is not None:
         reload["data"] = data
     settings = CompressSettings(**reload, out=str(directory), overwrite=True, steps=0,
@@ -237,6 +333,9 @@ def _update_report_validation(directory: Path, result: Any) -> None:
     report["validation"] = {"passed": bool(d.get("passed")), "checks": d.get("checks", [])}
     for key in ("metric", "parity", "latency"):
         report[key] = d.get(key, report.get(key))
+    from bmr_compress.io.integrity import INTEGRITY_KEY, file_hashes
+
+    report[INTEGRITY_KEY] = file_hashes(directory)  # the files this validation covered
     tmp = path.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(_jsonable(report), indent=2, sort_keys=True) + "\n")
     tmp.replace(path)

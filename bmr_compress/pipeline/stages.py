@@ -282,7 +282,8 @@ def finish_stage(settings: CompressSettings, f: Fitted, cut: Cut, timer: StageTi
     )
     from bmr_compress.export.checks import check_st_embeddings
     from bmr_compress.export.st_layout import place_st_onnx_, texts_from_batch
-    from bmr_compress.io.atomic import atomic_output_dir
+    from bmr_compress.io.atomic import atomic_output_dir, keep_rejected
+    from bmr_compress.io.integrity import INTEGRITY_KEY, file_hashes
     from bmr_compress.surgery import save_compressed
 
     example = _strip_labels(f.data.heldout_batches[0])
@@ -292,14 +293,19 @@ def finish_stage(settings: CompressSettings, f: Fitted, cut: Cut, timer: StageTi
     with atomic_output_dir(out, settings.overwrite) as stage:
         with timer("export"):
             hf_model, layout = _transformers_layout(f.model, example)
-            save_compressed(f.model, cut.record, stage, **_save_kwargs(f.model, f.original),
-                            extra={**prov, "export_sample": _sample_spec(example),
-                                   "transformers_layout": layout})
-            export_safetensors(
-                hf_model, stage, {"source": prov["source"], "revision": prov["revision"] or "",
-                                 "tool_version": prov["tool_version"]},
-                compact_zeros=settings.compact_zeros, tokenizer=f.source.tokenizer_or_processor,
-            )
+            meta = {"source": prov["source"], "revision": prov["revision"] or "",
+                    "tool_version": prov["tool_version"]}
+            save_compressed(  # writes model.safetensors once, plain or compact
+                f.model, cut.record, stage, **_save_kwargs(f.model, f.original),
+                extra={**prov, "export_sample": _sample_spec(example),
+                       "transformers_layout": layout},
+                compact_zeros=settings.compact_zeros, weights_metadata=meta)
+            tok = f.source.tokenizer_or_processor
+            if hf_model is not f.model:  # the files transformers reads hold the padded twin
+                export_safetensors(hf_model, stage, meta, compact_zeros=settings.compact_zeros,
+                                   tokenizer=tok)
+            elif tok is not None and hasattr(tok, "save_pretrained"):
+                tok.save_pretrained(str(stage))
             st_source = _companions(f, stage, settings.compact_zeros)
             if f.posterior_path.is_file():  # the variational fit's posterior (re-planning)
                 shutil.copy2(f.posterior_path, stage / "posterior.safetensors")
@@ -337,14 +343,10 @@ def finish_stage(settings: CompressSettings, f: Fitted, cut: Cut, timer: StageTi
                    "iterative": f.iteration.to_json() if f.iteration is not None else None,
                    "reduced_means": cut.compensation, "sentence_transformers": st_info},
         )
+        report[INTEGRITY_KEY] = file_hashes(stage)  # what was validated; push re-checks it
         write_report(stage, report, delta_lnz=cut.unit_scores)
         if not result.passed:
-            rejected = out.with_name(out.name + ".rejected")
-            partial = out.with_name(f".{out.name}.rejected-partial")
-            shutil.rmtree(partial, ignore_errors=True)
-            shutil.copytree(stage, partial)  # complete copy first, then one rename
-            shutil.rmtree(rejected, ignore_errors=True)
-            partial.rename(rejected)
+            rejected = keep_rejected(stage, out)  # never over a user's files
             raise ValidationFailed(
                 f"validation failed ({_failed_checks(report)}); nothing was written to {out}; "
                 f"the rejected result and its report are in {rejected}"

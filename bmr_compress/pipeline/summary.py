@@ -29,6 +29,10 @@ def _ratio(a: Any, b: Any) -> str:
     return "-" if not a or not b else f"{a / b:.2f}x"
 
 
+def _num(v: Any) -> str:
+    return f"{v:.4f}" if isinstance(v, (int, float)) else "-"  # None: not defined on this set
+
+
 def format_summary(summary: Mapping[str, Any]) -> str:
     """Human table of `summary_of(report)`: before / after / ratio per row."""
     p = summary.get("parameters") or {}
@@ -50,8 +54,7 @@ def format_summary(summary: Mapping[str, Any]) -> str:
     m = summary.get("metric") or {}
     for k, v in (m.get("compressed") or {}).items():
         before = (m.get("original") or {}).get(k)
-        rows.append((f"{k} (held-out, n={m.get('n')})", "-" if before is None else f"{before:.4f}",
-                     f"{v:.4f}", ""))
+        rows.append((f"{k} (held-out, n={m.get('n')})", _num(before), _num(v), ""))
     width = max(len(r[0]) for r in rows)
     lines = [f"{'':<{width}}  {'before':>12}  {'after':>12}  {'ratio':>7}"]
     lines += [f"{a:<{width}}  {b:>12}  {c:>12}  {d:>7}" for a, b, c, d in rows]

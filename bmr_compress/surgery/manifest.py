@@ -90,22 +90,19 @@ def make_manifest(model: nn.Module, record: SurgeryRecord, *, architecture: str 
 
 def save_compressed(model: nn.Module, record: SurgeryRecord, directory: str | Path, *,
                     architecture: str | None = None, init_config: Mapping[str, Any] | None = None,
-                    extra: Mapping[str, Any] | None = None) -> Path:
+                    extra: Mapping[str, Any] | None = None, compact_zeros: bool = False,
+                    weights_metadata: Mapping[str, Any] | None = None) -> Path:
     """Minimal save: model.safetensors + config.json + bmr_manifest.json, each read back.
 
-    Transformers models write their config; a registered architecture writes `init_config`
-    (the builder's arguments for the *original* widths) as config.json.
+    The weights go through export.write_weights (the one writer of model.safetensors, plain
+    or with `compact_zeros`), which load_compressed reads back. Transformers models write
+    their config; a registered architecture writes `init_config` (the builder's arguments
+    for the *original* widths) as config.json.
     """
-    from safetensors.torch import load_file, save_model
+    from bmr_compress.export.safetensors_export import write_weights
 
     directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    save_model(model, str(directory / "model.safetensors"))
-    stored = load_file(str(directory / "model.safetensors"))
-    state = model.state_dict()
-    for k, v in stored.items():
-        if k not in state or tuple(state[k].shape) != tuple(v.shape):
-            raise InputError(f"{directory}/model.safetensors: read-back mismatch at {k}")
+    write_weights(model, directory, dict(weights_metadata or {}), compact_zeros=compact_zeros)
     if architecture is None:
         model.config.to_json_file(str(directory / "config.json"))
     else:
@@ -179,9 +176,25 @@ def load_compressed(directory: str | Path) -> nn.Module:
                          f"({type(e).__name__}: {e})") from None
 
 
-def _load_compressed(directory: Path, manifest: dict[str, Any]) -> nn.Module:
-    from safetensors.torch import load_model
+def _load_weights_(model: nn.Module, path: Path) -> tuple[list[str], list[str]]:
+    """Fill `model` from a file written by export.write_weights (compact zeros and aliases
+    restored). Returns (missing, unexpected); a tensor tied to a loaded one is not missing,
+    nor is a tensor of a wrong shape loaded (InputError)."""
+    from bmr_compress.export.safetensors_export import load_state_dict
 
+    state = load_state_dict(path)
+    own = model.state_dict()
+    for k, v in state.items():
+        if k in own and tuple(own[k].shape) != tuple(v.shape):
+            raise InputError(f"{path}: tensor {k} has shape {list(v.shape)}, the manifest says "
+                             f"{list(own[k].shape)}")
+    result = model.load_state_dict(state, strict=False)
+    loaded = {own[k].data_ptr() for k in state if k in own and own[k].numel()}
+    missing = [k for k in result.missing_keys if own[k].data_ptr() not in loaded]
+    return missing, list(result.unexpected_keys)
+
+
+def _load_compressed(directory: Path, manifest: dict[str, Any]) -> nn.Module:
     config = json.loads((directory / "config.json").read_text())
     arch = manifest["architecture"]
     if arch["kind"] == "transformers":
@@ -214,7 +227,7 @@ def _load_compressed(directory: Path, manifest: dict[str, Any]) -> nn.Module:
         result = model.load_state_dict(state, strict=False)
         missing, unexpected = result.missing_keys, result.unexpected_keys
     else:
-        missing, unexpected = load_model(model, str(directory / "model.safetensors"), strict=True)
+        missing, unexpected = _load_weights_(model, directory / "model.safetensors")
     if missing or unexpected:
         raise InputError(
             f"{directory}/model.safetensors: missing {missing} unexpected {unexpected}")

@@ -112,6 +112,9 @@ def run_flow(name: str, root: Path, compress, settings: ValidationSettings = FLO
                                       "model.onnx": art0.file_bytes},
         stage_seconds=times, onnx=art,
     )
+    from bmr_compress.io.integrity import INTEGRITY_KEY, file_hashes
+
+    report[INTEGRITY_KEY] = file_hashes(out)  # as finish_stage seals what it validated
     write_report(out, report, delta_lnz=getattr(compressed, "bmr_scores", None))
     assert st_path.exists()
     return Flow(name, original, compressed, out, art, art0, res, report)

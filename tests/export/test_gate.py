@@ -34,6 +34,9 @@ def _publishable_dir(flow, tmp_path, result):
     rep = build_report(source={"id": "tiny-vit"}, settings={}, original=flow.original,
                        compressed=flow.compressed, validation=result, files_before={},
                        stage_seconds={"validate": 0.1})
+    from bmr_compress.io.integrity import INTEGRITY_KEY, file_hashes
+
+    rep[INTEGRITY_KEY] = file_hashes(d)  # as finish_stage seals what it validated
     write_report(d, rep, plots=False)
     return d
 

@@ -88,11 +88,11 @@ def test_npz_and_pt_files(tmp_path: Path, mlp_source: LoadedSource) -> None:
 
 
 def test_txt_and_jsonl_files(tmp_path: Path, minilm: LoadedSource) -> None:
-    lines = [f"sentence number {i} about pruning" for i in range(12)]
+    lines = [f"sentence number {i} about pruning" for i in range(15)]  # 3 held out: the minimum
     (tmp_path / "t.txt").write_text("\n".join(lines) + "\n\n")
     (tmp_path / "t.jsonl").write_text("\n".join(json.dumps({"text": s, "label": i % 2}) for i, s in enumerate(lines)))
     b = make_dataset(str(tmp_path / "t.txt"), minilm, batch_size=4)
-    assert sum(len(t["input_ids"]) for t in b.train_batches + b.heldout_batches) == 12
+    assert sum(len(t["input_ids"]) for t in b.train_batches + b.heldout_batches) == 15
     j = make_dataset(str(tmp_path / "t.jsonl"), minilm, batch_size=4)
     assert "labels" in j.train_batches[0]
     (tmp_path / "bad.jsonl").write_text('{"txt": 1}\n')
@@ -106,13 +106,13 @@ def test_image_folder(tmp_path: Path, mlp_source: LoadedSource) -> None:
     rng = np.random.default_rng(0)
     for cls in ("zero", "one"):
         (tmp_path / "imgs" / cls).mkdir(parents=True)
-        for i in range(5):
+        for i in range(8):  # 16 images: 3 held out, the minimum
             Image.fromarray(rng.integers(0, 255, (12, 12, 3), dtype=np.uint8)).save(tmp_path / "imgs" / cls / f"{i}.png")
     b = make_dataset(str(tmp_path / "imgs"), mlp_source, batch_size=4)
     x = b.train_batches[0]
     assert x["pixel_values"].shape[1:] == (1, 8, 8)  # grey + resized to the model's image_size
     labels = torch.cat([t["labels"] for t in b.train_batches + b.heldout_batches])
-    assert sorted(labels.tolist()) == [0] * 5 + [1] * 5
+    assert sorted(labels.tolist()) == [0] * 8 + [1] * 8
 
 
 def test_bad_data_specs(tmp_path: Path, mlp_source: LoadedSource) -> None:

@@ -128,6 +128,18 @@ def config_unknown_family(fx: Sources, tmp: Path) -> Spec:
     return Spec(_compress(snap, tmp / "out"), ("config.json", "nope-net", str(snap)), tmp / "out")
 
 
+def garbage_tokenizer(fx: Sources, tmp: Path) -> Spec:
+    """Issue 16 #9: UnicodeDecodeError from a binary tokenizer.json was exit 3."""
+    snap = _bert_with(fx, tmp, lambda d: (d / "tokenizer.json").write_bytes(bytes(range(256)) * 8))
+    return Spec(_compress(snap, tmp / "out"), ("tokenizer", str(snap)), tmp / "out", subprocess=True)
+
+
+def tokenizer_wrong_structure(fx: Sources, tmp: Path) -> Spec:
+    """Issue 16 #9: KeyError from a tokenizer.json of the wrong structure was exit 3."""
+    snap = _bert_with(fx, tmp, lambda d: (d / "tokenizer.json").write_text('{"model": {"type": "Nope"}}'))
+    return Spec(_compress(snap, tmp / "out"), ("tokenizer", str(snap)), tmp / "out")
+
+
 def corrupted_onnx(fx: Sources, tmp: Path) -> Spec:
     d = _compressed_like(tmp)
     (d / "model.onnx").write_bytes(os.urandom(2048))
@@ -339,6 +351,35 @@ def output_not_writable(fx: Sources, tmp: Path) -> Spec:
     return Spec(_compress("zoo:mlp-digits", out), ("not writable", str(ro)), out)
 
 
+def output_is_the_source(fx: Sources, tmp: Path) -> Spec:
+    """Issue 16 #4: `--out SRC --overwrite` deleted the source (exit 0)."""
+    snap = copy_snapshot(fx.bert, tmp / "snap")
+    return Spec(_compress(snap, snap, "--overwrite"), ("is or contains the source", str(snap)), snap,
+                subprocess=True)
+
+
+def output_contains_the_source(fx: Sources, tmp: Path) -> Spec:
+    parent = tmp / "models"
+    snap = copy_snapshot(fx.bert, parent / "bert")
+    return Spec(_compress(snap, parent, "--overwrite"), ("is or contains the source", str(parent)), parent,
+                subprocess=True)
+
+
+def output_contains_the_data(fx: Sources, tmp: Path) -> Spec:
+    out = tmp / "out"
+    out.mkdir()
+    (out / "texts.txt").write_text("\n".join(f"line {i} of calibration text" for i in range(40)))
+    return Spec(_compress("zoo:mlp-digits", out, "--overwrite", "--data", str(out / "texts.txt")),
+                ("is or contains the data", str(out)), out)
+
+
+def output_name_too_long(fx: Sources, tmp: Path) -> Spec:
+    """Issue 16 #9: a legal 240-byte name whose derived checkpoint/work names are too long
+    (ENAMETOOLONG) was an internal error (exit 3)."""
+    out = tmp / ("n" * 240)
+    return Spec(_compress("zoo:mlp-digits", out), ("name too long", "at most"), out, subprocess=True)
+
+
 # ------------------------------------------------------------------ recipes
 
 
@@ -442,6 +483,15 @@ def data_bad_jsonl_line(fx: Sources, tmp: Path) -> Spec:
     return Spec(_compress(fx.bert, tmp / "out", "--data", str(p)), ("invalid json", f"{p}:2"), tmp / "out")
 
 
+def data_too_few_to_judge(fx: Sources, tmp: Path) -> Spec:
+    """Issue 16 #5: two lines wrote --out, validated on one held-out example, then crashed
+    (exit 3; exit 0 with --json). Now refused before anything is written."""
+    p = tmp / "two.txt"
+    p.write_text("the first calibration sentence\nthe second one\n")
+    return Spec(_compress(fx.bert, tmp / "out", "--data", str(p), "--json"), ("held-out", "at least", str(p)),
+                tmp / "out", subprocess=True)
+
+
 CASES: list[Case] = [
     Case("missing-source-file", "missing path", missing_source),
     Case("missing-snapshot-dir", "missing path", missing_snapshot_dir),
@@ -456,6 +506,8 @@ CASES: list[Case] = [
     Case("truncated-config", "truncated/corrupted config", truncated_config),
     Case("config-not-object", "truncated/corrupted config", config_not_an_object),
     Case("config-unknown-family", "truncated/corrupted config", config_unknown_family),
+    Case("garbage-tokenizer", "truncated/corrupted config", garbage_tokenizer),
+    Case("tokenizer-wrong-structure", "truncated/corrupted config", tokenizer_wrong_structure),
     Case("corrupted-manifest", "truncated/corrupted config", corrupted_manifest),
     Case("corrupted-onnx", "truncated/corrupted ONNX", corrupted_onnx),
     Case("truncated-onnx", "truncated/corrupted ONNX", truncated_onnx),
@@ -479,6 +531,10 @@ CASES: list[Case] = [
     Case("output-is-a-file", "output directory", output_is_a_file),
     Case("output-parent-not-a-dir", "output directory", output_parent_not_a_directory),
     Case("output-not-writable", "output directory", output_not_writable),
+    Case("output-is-the-source", "output directory", output_is_the_source),
+    Case("output-contains-the-source", "output directory", output_contains_the_source),
+    Case("output-contains-the-data", "output directory", output_contains_the_data),
+    Case("output-name-too-long", "output directory", output_name_too_long),
     Case("unsupported-layer", "unsupported layer type", unsupported_layer),
     Case("recipe-unknown-key", "recipe", recipe_unknown_key),
     Case("recipe-unknown-table", "recipe", recipe_unknown_table),
@@ -494,4 +550,5 @@ CASES: list[Case] = [
     Case("data-text-for-image-model", "data file", data_text_for_image_model),
     Case("data-images-for-text-model", "data file", data_images_for_text_model),
     Case("data-wrong-shape", "data file", data_wrong_shape),
+    Case("data-too-few-to-judge", "data file", data_too_few_to_judge),
 ]

@@ -66,9 +66,14 @@ class Run:
         return "".join(self.lines)
 
 
-def start_compress(out: Path, cache: Path, *, steps: int, extra: tuple[str, ...] = ()) -> Run:
+def start_compress(out: Path, cache: Path, *, steps: int, extra: tuple[str, ...] = (),
+                   tmpdir: Path | None = None) -> Run:
+    """`tmpdir`: the process's TMPDIR (so a test can see what it leaves in the temp dir)."""
     env = {**os.environ, "BMR_COMPRESS_CACHE": str(cache), "PYTHONUNBUFFERED": "1",
            "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1"}
+    if tmpdir is not None:
+        tmpdir.mkdir(parents=True, exist_ok=True)
+        env["TMPDIR"] = str(tmpdir)
     argv = [sys.executable, "-m", "bmr_compress.cli.main", "compress", "zoo:mlp-digits", "--out", str(out),
             "--steps", str(steps), "--max-samples", "240", "--seed", "0", "-v", *extra]
     proc = subprocess.Popen(argv, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, env=env,
@@ -106,7 +111,8 @@ def state_of(out: Path) -> str:
 
 
 def leftovers(out: Path) -> list[str]:
-    """Staging / old copies beside `out` (the resumable fine-tune checkpoint is allowed)."""
+    """Staging / work / old copies and the lock beside `out` (the resumable fine-tune
+    checkpoint is allowed)."""
     return sorted(p.name for p in out.parent.iterdir()
                   if p.name.startswith(f".{out.name}.") and ".bmr-ckpt-" not in p.name)
 

@@ -15,6 +15,18 @@ def sources(tmp_path_factory: pytest.TempPathFactory) -> Sources:
     return build_sources(tmp_path_factory.mktemp("reliability-sources"))
 
 
+@pytest.fixture(scope="session")
+def compressed(sources: Sources, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One real, validated `compress zoo:mlp-digits` output (tests copy it before changing it)."""
+    from tests.reliability._cli import run_cli_process
+
+    out = tmp_path_factory.mktemp("compressed") / "good"
+    r = run_cli_process(["compress", "zoo:mlp-digits", "--out", str(out), "--steps", "5",
+                         "--max-samples", "240"], sources.cache)
+    assert r.returncode == 0, r.stderr
+    return out
+
+
 @pytest.fixture
 def cache_env(sources: Sources, monkeypatch: pytest.MonkeyPatch) -> Iterator[Sources]:
     monkeypatch.setenv("BMR_COMPRESS_CACHE", str(sources.cache))
