@@ -312,7 +312,7 @@ def make_dataset(spec: str | DataSpec | None, source: LoadedSource, *, default: 
     held = _batches({k: v[ho] for k, v in arrays.items()}, ds.batch_size, ds.seed)
     check_fits(held[0], source, desc)
     if len(ho) < MIN_HELDOUT:  # before anything is fitted or written
-        raise InputError(f"{desc}: {len(ho)} held-out example(s) of {total} cannot judge the compressed "
+        raise InputError(f"{desc}: {len(ho)} held-out example(s) of {len(tr) + len(ho)} cannot judge the compressed "
                          f"model (need at least {MIN_HELDOUT}: give at least "
                          f"{math.ceil(MIN_HELDOUT / HELDOUT_FRACTION)} examples or a larger --max-samples)")
     log.info("data %s: %d train / %d held-out examples", desc, len(tr), len(ho))
