@@ -10,8 +10,9 @@ Round r (Beckers et al.'s prune → refit → re-score, with a tolerance instead
    then cut for real;
 4. recovery: distil towards the original for `recovery_steps`; measure the distortion again.
 
-Stops when a round removes nothing, the tolerance is spent, the rounds run out, or a round
-overshoots the tolerance after recovery (that round is undone). The check batches are never
+Stops when a round removes nothing, the tolerance is spent or the rounds run out. A round
+that leaves the distortion above the tolerance even after recovery is undone, and the next
+round may spend only half as much of what is left. The check batches are never
 trained on and are not the held-out set the report quotes.
 """
 
@@ -128,9 +129,10 @@ def laplace_reduce(original: nn.Module, data: Any, task: str, *, tolerance: floa
     keep = {g.name: list(range(g.num_units)) for g in first}
     out = LaplaceOutcome(model, keep, {g.name: g.num_units for g in first}, {},
                          tolerance=tolerance)
+    share = 1.0  # of the remaining tolerance a round may spend (halved after an overshoot)
     for r in range(rounds):
         before = distortion(model, original, check, task, scale)
-        budget = tolerance - before
+        budget = (tolerance - before) * share
         if budget <= 0.05 * tolerance:
             break
         with timer("posterior"):
@@ -171,10 +173,11 @@ def laplace_reduce(original: nn.Module, data: Any, task: str, *, tolerance: floa
         out.delta_lnz = {k: v.clone() for k, v in res.delta_lnz.items()}
         log.info("round %d: %d units removed at nu=%.3g, check distortion %.3g -> %.3g",
                  r + 1, res.removed, nu, before, after)
-        if after > tolerance:  # the round overshot even after recovery: undo it
+        if after > tolerance:  # overshot even after recovery: undo, next round spends half
             model, out.keep = undo
             out.rounds[-1]["undone"] = True
-            break
+            share *= 0.5
+            continue
         if res.removed == 0:
             break
     out.model = model

@@ -2,12 +2,24 @@
 
 from __future__ import annotations
 
+import signal
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from tests.reliability._sources import Sources, build_sources
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _sigint_is_ctrl_c() -> Iterator[None]:
+    """A shell that starts pytest in the background sets SIGINT to 'ignore', which children
+    inherit: the Ctrl-C tests need the terminal's disposition, in this process and theirs."""
+    old = signal.getsignal(signal.SIGINT)
+    if old == signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, old)
 
 
 @pytest.fixture(scope="session")
