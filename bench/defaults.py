@@ -38,6 +38,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--recipes", default="mlp-digits,lenet5-digits")
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "out")
+    ap.add_argument("--quick", action="store_true", help="same runs (they are quick already)")
     args = ap.parse_args()
     lines = ["## defaults: digits zoo models with no option", "",
              "`bmr-compress compress zoo:NAME --out DIR` (default Laplace path, tolerance 0.03 on "

@@ -1,6 +1,7 @@
 """The main job's result next to what a user would do instead, measured side by side.
 
     python bench/references.py --from bench/out/minilm   # a finished `compress` output
+    (run_all.py runs it after main_job.py in full mode)
 
 Rows, all on the same held-out docstrings and timed interleaved in one onnxruntime run
 (1 thread, batch 1, sequence 128):
@@ -76,7 +77,9 @@ def main() -> None:
     from bmr_compress.pipeline.settings import _strip_labels
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--from", dest="src", type=Path, required=True)
+    ap.add_argument("--from", dest="src", type=Path,
+                    default=Path(__file__).resolve().parent / "out" / "minilm",
+                    help="a finished compress output [default: main_job.py's bench/out/minilm]")
     args = ap.parse_args()
     report = json.loads((args.src / "report.json").read_text())
     rounds = (report.get("iterative") or {}).get("rounds", [])

@@ -20,8 +20,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-SCRIPTS = ("quality", "markovic", "bmrs", "beckers", "speed", "int8")
-FULL_ONLY = ("main_job",)  # the README main job (~10 min on 2 cores): full mode only
+SCRIPTS = ("quality", "markovic", "bmrs", "beckers", "speed", "int8", "defaults")
+FULL_ONLY = ("main_job", "references")  # the README main job (~12 min) and its references
 
 
 def main() -> int:
