@@ -46,9 +46,8 @@ class LaplaceOutcome:
     final_distortion: float = 0.0
 
 
-def _kinds(task: str) -> tuple[str, ...]:
-    kinds = ("neuron", "filter", "head", "kv_group")
-    return kinds  # hidden dims are read by every layer: not scored by consumer sites
+# unit kinds scored at a consumer site (hidden dimensions are read by every layer: kept)
+KINDS = ("neuron", "filter", "head", "kv_group")
 
 
 def _one_shot(model: nn.Module, sites: Mapping[str, Any], factors: Mapping[str, Any],
@@ -138,7 +137,7 @@ def laplace_reduce(original: nn.Module, data: Any, task: str, *, tolerance: floa
         with timer("posterior"):
             groups = discover_groups(model, example)
             by_name = {g.name: g for g in groups}
-            sites, unsupported = consumer_sites(model, groups, _kinds(task))
+            sites, unsupported = consumer_sites(model, groups, KINDS)
             if not sites:
                 log.warning("no unit group has a supported consumer layer: nothing to score "
                             "(unsupported: %s)", ", ".join(unsupported) or "none")
@@ -159,6 +158,7 @@ def laplace_reduce(original: nn.Module, data: Any, task: str, *, tolerance: floa
             plan = Plan({g.name: res.keep.get(g.name, list(range(g.num_units))) for g in groups},
                         {}, PlanSettings(unstructured=False, round_to=round_to), {})
             apply_plan_(model, groups, plan)
+        cut_distortion = distortion(model, original, check, task, scale)
         for name, kept in plan.keep.items():  # compose with earlier rounds
             if name in out.keep:
                 out.keep[name] = [out.keep[name][i] for i in kept]
@@ -167,7 +167,7 @@ def laplace_reduce(original: nn.Module, data: Any, task: str, *, tolerance: floa
                            progress=progress)
         after = distortion(model, original, check, task, scale)
         out.rounds.append({"round": r + 1, "nu": nu, "distortion_before": before,
-                           "removed_units": res.removed, "distortion_cut": None,
+                           "removed_units": res.removed, "distortion_cut": cut_distortion,
                            "distortion_after_recovery": after, "recovery_steps": rec.steps,
                            "recovery_seconds": rec.seconds})
         out.delta_lnz = {k: v.clone() for k, v in res.delta_lnz.items()}
