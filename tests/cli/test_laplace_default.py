@@ -1,0 +1,45 @@
+"""The default (Laplace) path end to end on a bare sentence-transformers snapshot (issue 12)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from click.testing import CliRunner
+
+from tests.snapshots import st_snapshot
+
+
+def test_default_path_removes_dead_units_and_reloads(tmp_path: Path) -> None:
+    """No --data, no --posterior: tolerance-calibrated BMR removes the near-silent heads and
+    FFN neurons the snapshot carries, the output validates, reloads with our loader, and
+    sentence-transformers reads the same embeddings."""
+    import torch
+    from sentence_transformers import SentenceTransformer
+
+    from bmr_compress.cli.main import cli
+    from bmr_compress.surgery import load_compressed
+
+    src = st_snapshot(tmp_path / "snap", dead_units=True)
+    out = tmp_path / "out"
+    r = CliRunner().invoke(cli, ["compress", str(src), "--out", str(out), "--max-samples", "160",
+                                 "--rounds", "2", "--recovery-steps", "3"])
+    assert r.exit_code == 0, r.output
+    rep = json.loads((out / "report.json").read_text())
+    assert rep["settings"]["posterior"] == "laplace"
+    assert rep["iterative"]["method"].startswith("laplace")
+    rounds = rep["iterative"]["rounds"]
+    assert rounds and rounds[0]["removed_units"] > 0
+    assert rep["parameters"]["compressed"] < rep["parameters"]["original"]
+    assert rep["iterative"]["final_check_distortion"] <= rep["settings"]["tolerance"]
+    assert rep["metric"]["compressed"]["cosine"] > 0.9
+    model = load_compressed(out)
+    texts = ["Return the number of items.", "Open a file and return a stream object."]
+    st = SentenceTransformer(str(out), device="cpu")
+    a = st.encode(texts, convert_to_tensor=True)
+    tok = st.tokenizer(texts, padding=True, return_tensors="pt")
+    with torch.no_grad():
+        h = model(**tok).last_hidden_state
+    m = tok["attention_mask"].unsqueeze(-1).float()
+    b = torch.nn.functional.normalize((h * m).sum(1) / m.sum(1), dim=-1)
+    assert torch.allclose(a, b, atol=1e-4)
