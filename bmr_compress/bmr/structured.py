@@ -33,8 +33,7 @@ shares one eigendecomposition and Σ_i[P, P] = s² U_P diag(f_i) U_Pᵀ.
 The *predicted distortion* of removing the unit from the pretrained weights, survivors
 compensated, is δ_j = Σ_i w0_iPᵀ S_i w0_iP / ν: the relative output distortion
 Σ_i b_i w0_iPᵀ (A/A_KK) w0_iP plus the prior's share (so never below it). The kept units are
-written at their compensated values, not at the shrunk μ; shrinking them would cost
-Σ_i b_i (μ_i − w0_i)ᵀ A (μ_i − w0_i) (shrinkage_distortion).
+written at their compensated values, not at the shrunk μ.
 """
 
 from __future__ import annotations
@@ -93,13 +92,6 @@ class LayerFactors:
     def posterior_means(self, nu: float) -> Tensor:
         """μ_i = U diag(1 − f_i) Uᵀ w0_i, (rows, d): w0 shrunk along weakly determined directions."""
         return ((self.w0 @ self.u) * (1.0 - self.filters(nu))) @ self.u.T
-
-    def shrinkage_distortion(self, nu: float) -> float:
-        """Σ_i b_i (μ_i − w0_i)ᵀ A (μ_i − w0_i) = Σ_i b_i Σ_m f_im² (e_m/s²) (Uᵀ w0_i)_m²."""
-        f = self.filters(nu)
-        proj = (self.w0 @ self.u) ** 2  # (rows, d)
-        return float((self.row_scale[:, None] * f ** 2 * proj * self.e[None, :]).sum()
-                     / self.prior_var)
 
 
 def unit_evidence(factors: LayerFactors, units: Tensor, nu: float, *,

@@ -54,23 +54,15 @@ def _one_shot(model: nn.Module, sites: Mapping[str, Any], factors: Mapping[str, 
               a_in: Mapping[str, torch.Tensor], groups: Mapping[str, Any], nu: float,
               round_to: int) -> tuple[nn.Module, int]:
     """A copy of `model` with every site reduced at ν from the same statistics."""
-    from bmr_compress.bmr.structured import column_reduced_means, unit_evidence
-    from bmr_compress.surgery.plan import _keep_top, rounded_count
-    from bmr_compress.surgery.sequential import _write_rows_
+    from bmr_compress.bmr.structured import column_reduced_means
+    from bmr_compress.surgery.sequential import _write_rows_, decide_site
 
     tmp = copy.deepcopy(model)
     removed = 0
     for name, site in sites.items():
         fac = factors[name]
-        drop = torch.zeros(fac.w0.shape[1], dtype=torch.bool)
-        for gname, cols in site.columns.items():
-            g = groups[gname]
-            ev = unit_evidence(fac, cols, nu)
-            n = rounded_count(g, int((ev.delta_lnz < 0).sum()), round_to, 1, scores=ev.delta_lnz)
-            gone = sorted(set(range(g.num_units)) - set(_keep_top(ev.delta_lnz, n)))
-            removed += len(gone)
-            if gone:
-                drop[cols[gone].flatten()] = True
+        keep, _, drop = decide_site(fac, site, groups, nu, round_to)
+        removed += sum(groups[g].num_units - len(k) for g, k in keep.items())
         new = column_reduced_means(fac.w0, drop, a_in[name],
                                    nu * fac.row_scale, 1.0 / fac.prior_var)
         _write_rows_(tmp.get_submodule(name), new)

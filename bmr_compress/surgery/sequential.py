@@ -88,18 +88,9 @@ def reduce_sequential_(
         s2 = prior_variance(model, name)
         b = row_scale[name].double()
         fac = LayerFactors.build(w, a_in, b, s2)
-        drop = torch.zeros(w.shape[1], dtype=torch.bool)
-        for gname, cols in site.columns.items():
-            g = by_name[gname]
-            ev = unit_evidence(fac, cols, nu)
-            n_keep = int((ev.delta_lnz < 0).sum())
-            n_keep = rounded_count(g, n_keep, round_to, min_units, scores=ev.delta_lnz)
-            keep = _keep_top(ev.delta_lnz, n_keep)
-            result.keep[gname] = keep
-            result.delta_lnz[gname] = ev.delta_lnz
-            gone = sorted(set(range(g.num_units)) - set(keep))
-            if gone:
-                drop[cols[gone].flatten()] = True
+        keep, scores, drop = decide_site(fac, site, by_name, nu, round_to, min_units)
+        result.keep.update(keep)
+        result.delta_lnz.update(scores)
         # the survivors make up for the removed columns: the conditional mean of the Laplace
         # posterior centred on the current weights (the prior's shrinkage decides what goes,
         # it is not written into the units that stay)
@@ -112,6 +103,28 @@ def reduce_sequential_(
         log.info("%s: %d of %d columns removed, predicted distortion %.3g (zeroed %.3g)",
                  name, int(drop.sum()), drop.numel(), err_new, err_zero)
     return result
+
+
+def decide_site(fac: LayerFactors, site: Site, groups: Mapping[str, UnitGroup], nu: float,
+                round_to: int, min_units: int = 1
+                ) -> tuple[dict[str, list[int]], dict[str, torch.Tensor], torch.Tensor]:
+    """BMR's decision at one consumer site: (kept units per group, ΔlnZ per unit, bool mask
+    of the consumer columns that go). Units with ΔlnZ ≥ 0 go; kept counts are rounded to a
+    multiple of round_to in the direction the evidence prefers."""
+    keep: dict[str, list[int]] = {}
+    scores: dict[str, torch.Tensor] = {}
+    drop = torch.zeros(fac.w0.shape[1], dtype=torch.bool)
+    for gname, cols in site.columns.items():
+        g = groups[gname]
+        ev = unit_evidence(fac, cols, nu)
+        n_keep = rounded_count(g, int((ev.delta_lnz < 0).sum()), round_to, min_units,
+                               scores=ev.delta_lnz)
+        keep[gname] = _keep_top(ev.delta_lnz, n_keep)
+        scores[gname] = ev.delta_lnz
+        gone = sorted(set(range(g.num_units)) - set(keep[gname]))
+        if gone:
+            drop[cols[gone].flatten()] = True
+    return keep, scores, drop
 
 
 def _rel_error(w: torch.Tensor, new: torch.Tensor, a_in: torch.Tensor, b: torch.Tensor) -> float:

@@ -55,10 +55,9 @@ def score_sites(factors: Mapping[str, LayerFactors], columns: Mapping[str, Mappi
     return out
 
 
-def predicted_distortion(evidence: Mapping[str, UnitEvidence],
-                         shrinkage: float = 0.0) -> tuple[float, int]:
-    """(shrinkage + Σ δ_j over units with ΔlnZ_j ≥ 0, their number)."""
-    total, count = shrinkage, 0
+def predicted_distortion(evidence: Mapping[str, UnitEvidence]) -> tuple[float, int]:
+    """(Σ δ_j over units with ΔlnZ_j ≥ 0, their number)."""
+    total, count = 0.0, 0
     for ev in evidence.values():
         gone = ev.delta_lnz >= 0
         total += float(ev.distortion[gone].sum())
