@@ -84,20 +84,23 @@ def cost_shares(model: Any, groups: list[Any], example: dict[str, Any], task: st
     embedding models the hidden width, the embedding size users consume, is kept too)."""
     from torch import nn
 
-    from bmr_compress.surgery.costs import _positions, unit_macs
+    from bmr_compress.surgery.costs import CostLedger, _positions, mac_weights
 
     params = sum(p.numel() for p in model.parameters())
     pos = _positions(model, example)
     total_macs = sum(m.weight.numel() * pos[n] for n, m in model.named_modules() if n in pos)
-    per_unit = unit_macs(model, groups, example)
+    shapes = {k: v.shape for k, v in model.state_dict().items()}
+    per_mac = mac_weights(model, example)
     kinds: dict[str, dict[str, float]] = {}
-    for g in groups:
-        k = kinds.setdefault(g.kind, {"params": 0, "macs": 0.0})
-        k["params"] += g.num_units * g.numel_per_unit
-        k["macs"] += g.num_units * per_unit.get(g.name, 0.0)
+    for kind in dict.fromkeys(g.kind for g in groups):  # each element once per kind
+        of_kind = [g for g in groups if g.kind == kind]
+        others = [g for g in groups if g.kind != kind]
+        own = CostLedger(of_kind, shapes).total()
+        kinds[kind] = {"params": own, "macs": CostLedger(of_kind, shapes, per_mac).total(),
+                       "overlap": own + CostLedger(others, shapes).total() > CostLedger(groups, shapes).total()}
     shares = {kind: {"params": int(v["params"]), "param_share": v["params"] / params if params else 0.0,
                      "mac_share": v["macs"] / total_macs if total_macs else 0.0,
-                     "overlaps_other_kinds": kind == "hidden"}  # a hidden dim cuts every layer
+                     "overlaps_other_kinds": bool(v["overlap"])}  # e.g. a hidden dim cuts every layer
               for kind, v in kinds.items()}
     seen: set[int] = set()
     emb = 0

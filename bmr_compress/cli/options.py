@@ -98,11 +98,14 @@ plan_options = _stack(
     click.option("--round-to", type=click.IntRange(0),
                  help="Round kept widths to a multiple of N (0 or 1: off) [default: 8]."),
     click.option("--size-budget", type=click.FloatRange(0, 1, min_open=True),
-                 help="Keep at most this fraction of the original parameters (units then go "
-                      "in dlnZ order)."),
+                 help="Keep at most this fraction of the original parameters, each counted "
+                      "once (units then go in order of dlnZ per parameter saved; widths round "
+                      "down; parameters no unit owns, such as embeddings, are counted but "
+                      "never removed)."),
     click.option("--latency-budget", type=click.FloatRange(0, min_open=True),
-                 help="Keep at most this fraction of the prunable units' multiply-accumulates "
-                      "(a MAC proxy for latency; the report measures real ORT latency)."),
+                 help="Keep at most this fraction of the dense layers' multiply-accumulates "
+                      "per example (a MAC proxy for latency; units go in order of dlnZ per MAC "
+                      "saved; the report measures real ORT latency)."),
     click.option("--compensate/--no-compensate", "compensate", default=None,
                  help="Move the surviving weights of every pruned Linear/Conv layer to their "
                       "BMR reduced posterior mean under a posterior coupled through the layer's "

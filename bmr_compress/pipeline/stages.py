@@ -125,19 +125,28 @@ def fit_stage(settings: CompressSettings, timer: StageTimer, work: Path) -> Fitt
 
 
 def _plan_settings(opts: Mapping[str, Any], original: Any,
-                   unit_macs: Mapping[str, float] | None = None,
+                   mac_weights: Mapping[str, float] | None = None,
                    groups: list[Any] | None = None, task: str | None = None) -> Any:
+    """PlanSettings from the options. `--size-budget` is a share (≤ 1) or count of the
+    model's parameters and `--latency-budget` a share of its dense-layer MACs; both are
+    turned into budgets on what the unit groups own, counted exactly (costs.CostLedger):
+    what no group owns stays whatever BMR decides."""
     from bmr_compress.surgery import PlanSettings
+    from bmr_compress.surgery.costs import CostLedger
 
+    shapes = {k: v.shape for k, v in original.state_dict().items()}
     budget = opts.get("size_budget")
     max_params = None
     if budget is not None:
         total = sum(p.numel() for p in original.parameters())
-        max_params = int(total * float(budget)) if float(budget) <= 1.0 else int(budget)
+        target = total * float(budget) if float(budget) <= 1.0 else float(budget)
+        owned = CostLedger(groups or [], shapes).total()
+        max_params = max(int(target - (total - owned)), 0)
     max_macs = None
-    if opts.get("latency_budget") is not None and unit_macs is not None and groups:
-        total_macs = sum(g.num_units * unit_macs.get(g.name, 0.0) for g in groups)
-        max_macs = float(opts["latency_budget"]) * total_macs
+    if opts.get("latency_budget") is not None and mac_weights is not None and groups:
+        total_macs = sum(shapes[k].numel() * w for k, w in mac_weights.items() if k in shapes)
+        owned = CostLedger(groups, shapes, mac_weights).total()
+        max_macs = max(float(opts["latency_budget"]) * total_macs - (total_macs - owned), 0.0)
     kinds = PlanSettings().kinds
     if task == "embedding":  # the hidden size *is* the embedding size users consume
         kinds = tuple(k for k in kinds if k != "hidden")
@@ -159,7 +168,7 @@ def _iterate(f: Fitted, ft: Any, timer: StageTimer) -> Any:
     with timer("iterate"):
         result = iterate_with_finetune(
             f.model, f.groups, f.original, f.data.train_batches, f.data.heldout_batches, ft,
-            _plan_settings(f.opts, f.original, task=str(f.source.task)), rule=_rule(f.opts),
+            _plan_settings(f.opts, f.original, groups=f.groups, task=str(f.source.task)), rule=_rule(f.opts),
         )
     for r in result.rounds:
         log.info("round %d: pruned %.1f%% (new %d), held-out ELBO %.4g", r.index,
@@ -181,15 +190,17 @@ def cut_stage(f: Fitted, timer: StageTimer) -> Cut:
         gates = gate_tensors(f.model) if rule != "spike" else None
         macs = None
         if f.opts.get("latency_budget") is not None:
-            from bmr_compress.surgery import unit_macs
+            from bmr_compress.surgery.costs import mac_weights
 
-            macs = unit_macs(f.original, f.groups, _strip_labels(f.data.heldout_batches[0]))
+            macs = mac_weights(f.original, _strip_labels(f.data.heldout_batches[0]))
         plan_settings = _plan_settings(f.opts, f.original, macs, f.groups, str(f.source.task))
         weight_scores = score_weights(posterior)
         unit_scores = score_groups(f.groups, posterior, gates, rule)
         if f.iteration is not None:  # units pruned in the rounds stay pruned
             unit_scores = pin_scores(unit_scores, f.iteration)
-        plan = make_plan(f.groups, unit_scores, weight_scores, plan_settings, unit_macs=macs)
+        plan = make_plan(f.groups, unit_scores, weight_scores, plan_settings,
+                         shapes={k: v.shape for k, v in f.original.state_dict().items()},
+                         mac_weights=macs)
         wmasks = unstructured_masks(plan, weight_scores) if plan_settings.unstructured else None
     comp = None
     with timer("surgery"):

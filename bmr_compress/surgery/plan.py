@@ -17,6 +17,7 @@ from typing import Any
 import torch
 
 from bmr_compress.errors import InputError
+from bmr_compress.surgery.costs import CostLedger
 from bmr_compress.surgery.groups import UnitGroup
 
 log = logging.getLogger(__name__)
@@ -28,9 +29,12 @@ class PlanSettings:
     tensor).
     round_to: kept channel widths are rounded to this multiple (0 or 1: off).
     max_params: optional size budget on the elements the unit groups own (parameters in no
-        group are not counted); units then go in ΔlnZ order, and rounding rounds down.
-    max_macs: optional latency budget as multiply-accumulates per example at the shape
-        costs.unit_macs measured (pass its result to make_plan); same ordering and rounding.
+        group are not counted; an element two units own counts once when make_plan is
+        given the tensor shapes); units then go in order of ΔlnZ per parameter saved, and
+        rounding rounds down.
+    max_macs: optional latency budget as multiply-accumulates per example of the owned
+        weights at the shape costs.mac_weights / costs.unit_macs measured; same ordering
+        and rounding.
     """
 
     structured: bool = True
@@ -163,10 +167,15 @@ def make_plan(
     settings: PlanSettings,
     *,
     unit_macs: Mapping[str, float] | None = None,
+    shapes: Mapping[str, torch.Size] | None = None,
+    mac_weights: Mapping[str, float] | None = None,
 ) -> Plan:
     """Decide kept units per group and unstructured thresholds per tensor.
 
-    unit_macs (group -> MACs one unit costs, from costs.unit_macs) is needed for max_macs.
+    Budgets are counted exactly (each tensor element once, `costs.CostLedger`) when the
+    tensor `shapes` are given — and, for max_macs, `mac_weights` (costs.mac_weights).
+    Without them a unit costs its own `numel_per_unit` / `unit_macs` (group -> MACs, from
+    costs.unit_macs), which counts an element shared by two groups' units twice.
     """
     keep: dict[str, list[int]] = {}
     summary: dict[str, dict[str, Any]] = {}
@@ -185,12 +194,18 @@ def make_plan(
                            "min_delta_lnz": float(finite.min()) if finite.numel() else None}
     budgeted = settings.max_params is not None or settings.max_macs is not None
     if settings.max_params is not None:
-        _apply_budget(groups, scores, keep, settings, settings.max_params,
-                      {g.name: float(g.numel_per_unit) for g in groups})
+        ledger = (CostLedger(groups, shapes) if shapes is not None
+                  else _PerUnit({g.name: float(g.numel_per_unit) for g in groups}))
+        _apply_budget(groups, scores, keep, settings, settings.max_params, ledger)
     if settings.max_macs is not None:
-        if unit_macs is None:
-            raise InputError("PlanSettings.max_macs needs unit_macs (surgery.costs.unit_macs)")
-        _apply_budget(groups, scores, keep, settings, settings.max_macs, unit_macs)
+        if shapes is not None and mac_weights is not None:
+            ledger = CostLedger(groups, shapes, mac_weights)
+        elif unit_macs is not None:
+            ledger = _PerUnit(unit_macs)
+        else:
+            raise InputError("PlanSettings.max_macs needs unit_macs (surgery.costs.unit_macs)"
+                             " or shapes + mac_weights (surgery.costs.mac_weights)")
+        _apply_budget(groups, scores, keep, settings, settings.max_macs, ledger)
     for g in groups:
         if g.name not in summary:
             continue
@@ -207,25 +222,46 @@ def make_plan(
     return Plan(keep, unstructured, settings, summary)
 
 
+class _PerUnit:
+    """A cost per unit of each group, counted independently (the ledger without shapes)."""
+
+    def __init__(self, per_unit: Mapping[str, float]) -> None:
+        self.per_unit = per_unit
+
+    def unit_cost(self, name: str, j: int) -> float:
+        return float(self.per_unit.get(name, 0.0))
+
+    remove = unit_cost
+
+
 def _apply_budget(groups: list[UnitGroup], scores: Mapping[str, torch.Tensor],
                   keep: dict[str, list[int]], settings: PlanSettings, budget: float,
-                  unit_cost: Mapping[str, float]) -> None:
+                  ledger: CostLedger | _PerUnit) -> None:
     """Remove further units, best value per cost first across all groups, until the budget
     holds: the order is ΔlnZ / cost, highest first (the least evidence lost per parameter or
     MAC saved), so an attention head owning ~60× a neuron's parameters must lose no more than
     ~60× the evidence to go first.
 
     Costs are counted over the groups' own units (parameters or MACs that surgery can
-    remove; what no group owns is outside the budget). With a budget, rounding goes down.
+    remove; what no group owns is outside the budget). Units the evidence already removed
+    are taken out of the ledger first; each further removal subtracts what it saves then.
+    With a budget, rounding goes down.
     """
-    total = sum(unit_cost.get(g.name, 0.0) * len(keep[g.name]) for g in groups)
     by_name = {g.name: g for g in groups}
+    for g in groups:
+        kept = set(keep[g.name])
+        for j in range(g.num_units):
+            if j not in kept:
+                ledger.remove(g.name, j)
+    total = (ledger.total() if isinstance(ledger, CostLedger)
+             else sum(ledger.unit_cost(g.name, 0) * len(keep[g.name]) for g in groups))
     candidates = []
     for g in groups:
-        if g.name in scores and g.kind in settings.kinds and unit_cost.get(g.name, 0.0) > 0:
-            cost = float(unit_cost[g.name])
+        if g.name in scores and g.kind in settings.kinds:
             for j in keep[g.name]:
-                candidates.append((float(scores[g.name][j]) / cost, g.name, j))
+                cost = ledger.unit_cost(g.name, j)
+                if cost > 0:
+                    candidates.append((float(scores[g.name][j]) / cost, g.name, j))
     candidates.sort(reverse=True)
     kept_sets = {k: set(v) for k, v in keep.items()}
     for _, name, j in candidates:
@@ -235,7 +271,7 @@ def _apply_budget(groups: list[UnitGroup], scores: Mapping[str, torch.Tensor],
         if len(kept_sets[name]) <= max(settings.min_units, _step(g, settings.round_to)):
             continue
         kept_sets[name].discard(j)
-        total -= unit_cost[name]
+        total -= ledger.remove(name, j)
     if total > budget:
         log.warning("budget %.4g not reachable: %.4g left at the minimum widths", budget, total)
     for k, v in kept_sets.items():

@@ -127,6 +127,7 @@ def test_inspect_shows_pooling_cost_shares_and_embeddings(tmp_path: Path) -> Non
     assert {"neuron", "head"} <= set(shares)
     assert all(0 < shares[k]["param_share"] < 1 and 0 < shares[k]["mac_share"] < 1 for k in ("neuron", "head"))
     assert shares["neuron"]["mac_share"] + shares["head"]["mac_share"] <= 1 + 1e-9
+    assert all(v["param_share"] <= 1 and v["mac_share"] <= 1 + 1e-9 for v in shares.values())
     emb = info["untouchable"]
     assert emb["embeddings"] > 0 and 0 < emb["embedding_share"] < 1 and emb["hidden_kept"]
     human = CliRunner().invoke(cli, ["inspect", str(src)]).output
