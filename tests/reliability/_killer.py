@@ -66,16 +66,18 @@ class Run:
         return "".join(self.lines)
 
 
-def start_compress(out: Path, cache: Path, *, steps: int, extra: tuple[str, ...] = (),
+def start_compress(out: Path, cache: Path, *, steps: int | None, extra: tuple[str, ...] = (),
                    tmpdir: Path | None = None) -> Run:
-    """`tmpdir`: the process's TMPDIR (so a test can see what it leaves in the temp dir)."""
+    """`tmpdir`: the process's TMPDIR (so a test can see what it leaves in the temp dir).
+    steps=None: the default (Laplace) path; a number: the variational fine-tune."""
     env = {**os.environ, "BMR_COMPRESS_CACHE": str(cache), "PYTHONUNBUFFERED": "1",
            "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1"}
     if tmpdir is not None:
         tmpdir.mkdir(parents=True, exist_ok=True)
         env["TMPDIR"] = str(tmpdir)
     argv = [sys.executable, "-m", "bmr_compress.cli.main", "compress", "zoo:mlp-digits", "--out", str(out),
-            "--steps", str(steps), "--max-samples", "240", "--seed", "0", "-v", *extra]
+            *(("--steps", str(steps)) if steps is not None else ()), "--max-samples", "240",
+            "--seed", "0", "-v", *extra]
     proc = subprocess.Popen(argv, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, env=env,
                             cwd=str(REPO), start_new_session=True)
     run = Run(proc)

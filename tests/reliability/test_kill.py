@@ -31,9 +31,10 @@ def _rerun_succeeds(out: Path, sources: Sources, *, expect_resume: bool = False)
     return run.stderr
 
 
-def _kill(out: Path, sources: Sources, stage: str, sig: signal.Signals, *, check=None, delay: float = 0.0) -> int:
+def _kill(out: Path, sources: Sources, stage: str, sig: signal.Signals, *, check=None, delay: float = 0.0,
+          steps: int | None = STEPS) -> int:
     tmp = out.parent / "tmpdir"
-    run = start_compress(out, sources.cache, steps=STEPS, tmpdir=tmp)
+    run = start_compress(out, sources.cache, steps=steps, tmpdir=tmp)
     sent = signal_at(run, stage, sig, check=check, delay=delay)
     rc = run.finish()
     assert sent, f"the run ended before stage {stage}: rc {rc}\n{run.stderr}"
@@ -87,6 +88,14 @@ def test_signal_at_stage(stage: str, sig: signal.Signals, sources: Sources, tmp_
     out = tmp_path / "out"
     _kill(out, sources, stage, sig)
     _rerun_succeeds(out, sources)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["sigint", "sigterm"])
+@pytest.mark.parametrize("stage", ["posterior", "reduce", "recovery"])
+def test_signal_in_default_laplace_path(stage: str, sig: signal.Signals, sources: Sources,
+                                        tmp_path: Path) -> None:
+    """The default path's own stages (unit posteriors, sequential reduction, recovery)."""
+    _kill(tmp_path / "out", sources, stage, sig, steps=None)
 
 
 @pytest.mark.slow
