@@ -96,8 +96,17 @@ def _calibrate(model: nn.Module, original: nn.Module, sites: Mapping[str, Any],
 
 def laplace_reduce(original: nn.Module, data: Any, task: str, *, tolerance: float,
                    rounds: int, recovery_steps: int, lr: float, round_to: int,
-                   timer: Any, progress: bool = False) -> LaplaceOutcome:
-    """Reduce a copy of `original` within `tolerance` (relative output distortion)."""
+                   timer: Any, progress: bool = False,
+                   follow: Sequence[Mapping[str, Any]] | None = None,
+                   ranking: str = "evidence", compensate: bool = True) -> LaplaceOutcome:
+    """Reduce a copy of `original` within `tolerance` (relative output distortion).
+
+    Side-by-side baselines (bench/references.py): `follow` = the `rounds` of an earlier
+    outcome; each round then keeps exactly the counts that round kept per group (so every
+    layer ends with the same width, hence the same latency) at its ν, and `ranking`
+    ("magnitude") chooses which units — with the same compensation, cut and recovery
+    (compensate=False: the survivors are not moved).
+    """
     from bmr_compress.pipeline.recovery import distortion, recover_
     from bmr_compress.pipeline.settings import _strip_labels
     from bmr_compress.surgery import apply_plan_, discover_groups
@@ -121,10 +130,11 @@ def laplace_reduce(original: nn.Module, data: Any, task: str, *, tolerance: floa
     out = LaplaceOutcome(model, keep, {g.name: g.num_units for g in first}, {},
                          tolerance=tolerance)
     share = 1.0  # of the remaining tolerance a round may spend (halved after an overshoot)
-    for r in range(rounds):
+    followed = [r for r in follow if not r.get("undone")] if follow is not None else None
+    for r in range(rounds if followed is None else len(followed)):
         before = distortion(model, original, check, task, scale)
         budget = (tolerance - before) * share
-        if budget <= 0.05 * tolerance:
+        if followed is None and budget <= 0.05 * tolerance:
             break
         with timer("posterior"):
             groups = discover_groups(model, example)
@@ -139,14 +149,19 @@ def laplace_reduce(original: nn.Module, data: Any, task: str, *, tolerance: floa
             factors = {n: LayerFactors.build(layer_weight(model, n), a_in[n], b[n],
                                              prior_variance(model, n)) for n in a_in}
             sites = {n: s for n, s in sites.items() if n in factors}
-        with timer("calibrate"):
-            nu = _calibrate(model, original, sites, factors, a_in, by_name, check, task, scale,
-                            before, budget, round_to)
+        counts = None
+        if followed is not None:
+            nu, counts = float(followed[r]["nu"]), dict(followed[r]["kept_counts"])
+        else:
+            with timer("calibrate"):
+                nu = _calibrate(model, original, sites, factors, a_in, by_name, check, task,
+                                scale, before, budget, round_to)
         if not math.isfinite(nu):
             break
         undo = copy.deepcopy(model), {k: list(v) for k, v in out.keep.items()}
         with timer("reduce"):
-            res = reduce_sequential_(model, groups, sites, b, stats, nu, round_to=round_to)
+            res = reduce_sequential_(model, groups, sites, b, stats, nu, round_to=round_to,
+                                     counts=counts, ranking=ranking, compensate=compensate)
             plan = Plan({g.name: res.keep.get(g.name, list(range(g.num_units))) for g in groups},
                         {}, PlanSettings(unstructured=False, round_to=round_to), {})
             apply_plan_(model, groups, plan)
@@ -160,12 +175,13 @@ def laplace_reduce(original: nn.Module, data: Any, task: str, *, tolerance: floa
         after = distortion(model, original, check, task, scale)
         out.rounds.append({"round": r + 1, "nu": nu, "distortion_before": before,
                            "removed_units": res.removed, "distortion_cut": cut_distortion,
+                           "kept_counts": {g: len(k) for g, k in res.keep.items()},
                            "distortion_after_recovery": after, "recovery_steps": rec.steps,
                            "recovery_seconds": rec.seconds})
         out.delta_lnz = {k: v.clone() for k, v in res.delta_lnz.items()}
         log.info("round %d: %d units removed at nu=%.3g, check distortion %.3g -> %.3g",
                  r + 1, res.removed, nu, before, after)
-        if after > tolerance:  # overshot even after recovery: undo, next round spends half
+        if followed is None and after > tolerance:  # overshot: undo, next round spends half
             model, out.keep = undo
             out.rounds[-1]["undone"] = True
             share *= 0.5

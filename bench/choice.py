@@ -1,0 +1,147 @@
+"""BMR's choice against magnitude's, everything else identical (digits zoo models).
+
+    python bench/choice.py              # MLP and LeNet-5, 5 seeds (about 2-4 min on 2 cores)
+
+For each seed the calibration examples (the training split: statistics, check and recovery
+batches) are reshuffled, so every seed sees a different calibration split; the held-out
+360 images are never used to decide anything. Per seed:
+
+- BMR: the default Laplace path (tolerance-calibrated ν, ΔlnZ ≥ 0 units out, survivors to
+  their reduced means, recovery, re-score; 3 rounds);
+- magnitude: the same rounds keeping the *same number of units per layer* at the same ν (so
+  the same widths, hence the same latency), but choosing which by the group L2 norm of the
+  unit's weights (Torch-Pruning's magnitude importance) — then the same compensation, cut and
+  recovery (`laplace_reduce(follow=..., ranking="magnitude")`);
+- magnitude without compensation: the same choice, survivors left as they were.
+
+Reports held-out accuracy per method, and strict wins / ties / losses of BMR per seed
+(a tie: the same number of correct held-out images). Writes the `choice` section of
+BENCHMARKS.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench._report import write_section  # noqa: E402
+
+
+class _Timer:
+    def __call__(self, name: str):
+        import contextlib
+
+        return contextlib.nullcontext()
+
+
+def _reshuffled(data, seed: int):
+    """`data` with its training examples permuted by `seed` and re-batched alike."""
+    import torch
+
+    batches = data.train_batches
+    size = batches[0]["labels"].shape[0]
+    keys = list(batches[0])
+    cat = {k: torch.cat([b[k] for b in batches]) for k in keys}
+    perm = torch.randperm(cat[keys[0]].shape[0], generator=torch.Generator().manual_seed(seed))
+    out = copy.copy(data)
+    out.train_batches = [{k: v[perm[i:i + size]] for k, v in cat.items()}
+                         for i in range(0, perm.numel(), size)]
+    return out
+
+
+def _correct(model, batches) -> int:
+    import torch
+
+    n = 0
+    with torch.no_grad():
+        for b in batches:
+            logits = model(**{k: v for k, v in b.items() if k != "labels"})
+            logits = getattr(logits, "logits", logits)
+            n += int((logits.argmax(-1) == b["labels"]).sum())
+    return n
+
+
+def _params(model) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def main() -> None:
+    import torch
+
+    from bmr_compress.io.data import make_dataset
+    from bmr_compress.io.recipes import load_recipe
+    from bmr_compress.io.sources import resolve_source
+    from bmr_compress.pipeline.laplace import laplace_reduce
+    from bmr_compress.pipeline.settings import DEFAULT_TOLERANCE
+
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--recipes", default="mlp-digits,lenet5-digits")
+    ap.add_argument("--seeds", type=int, default=5)
+    ap.add_argument("--quick", action="store_true", help="3 seeds")
+    args = ap.parse_args()
+    seeds = 3 if args.quick else args.seeds
+    tol = DEFAULT_TOLERANCE["classification"]
+    lines = ["## choice: BMR's choice against magnitude's, everything else identical", "",
+             f"Default Laplace path (tolerance {tol}, 3 rounds of 100 recovery steps). Magnitude "
+             "keeps the same number of units per layer in every round (same widths, same "
+             "latency) at the same ν, chosen by the units' weight norm (Torch-Pruning's "
+             "magnitude importance), then the same compensation, cut and recovery. "
+             f"{seeds} seeds, each a different shuffle of the calibration (training) split; "
+             "held-out: the fixed 360 digits images, never used to decide. W/T/L: BMR's held-out "
+             "correct count against the other's, per seed.", "",
+             "| model | parameters | BMR acc | magnitude + compensation acc | W/T/L | "
+             "magnitude, no compensation acc | W/T/L | wall s |",
+             "|---|---:|---:|---:|---|---:|---|---:|"]
+    for recipe_name in args.recipes.split(","):
+        t0 = time.perf_counter()
+        recipe = load_recipe(recipe_name)
+        src = resolve_source(f"zoo:{recipe_name}")
+        data0 = make_dataset(None, src, default=recipe.data)
+        original = src.model.eval()
+        held = data0.heldout_batches
+        n_held = sum(b["labels"].shape[0] for b in held)
+        base = _correct(original, held)
+        acc = {"bmr": [], "mag": [], "raw": []}
+        params = None
+        kw = dict(tolerance=tol, rounds=3, recovery_steps=100,
+                  lr=float(recipe.settings.recovery_lr or 1e-4), round_to=8, timer=_Timer())
+        for seed in range(seeds):
+            torch.manual_seed(seed)
+            data = _reshuffled(data0, seed)
+            bmr = laplace_reduce(original, data, "classification", **kw)
+            torch.manual_seed(seed)
+            mag = laplace_reduce(original, data, "classification", follow=bmr.rounds,
+                                 ranking="magnitude", **kw)
+            torch.manual_seed(seed)
+            raw = laplace_reduce(original, data, "classification", follow=bmr.rounds,
+                                 ranking="magnitude", compensate=False, **kw)
+            assert _params(mag.model) == _params(bmr.model) == _params(raw.model)
+            params = _params(bmr.model)
+            for k, m in (("bmr", bmr), ("mag", mag), ("raw", raw)):
+                acc[k].append(_correct(m.model.eval(), held))
+
+        def wtl(other: list[int]) -> str:
+            w = sum(a > b for a, b in zip(acc["bmr"], other))
+            t = sum(a == b for a, b in zip(acc["bmr"], other))
+            return f"{w}/{t}/{len(other) - w - t}"
+
+        def mean(xs: list[int]) -> str:
+            return f"{sum(xs) / len(xs) / n_held:.4f}"
+
+        lines.append(f"| {recipe_name} (original {base / n_held:.4f}) | "
+                     f"{_params(original):,} → {params:,} (last seed) | {mean(acc['bmr'])} | "
+                     f"{mean(acc['mag'])} | {wtl(acc['mag'])} | {mean(acc['raw'])} | "
+                     f"{wtl(acc['raw'])} | {time.perf_counter() - t0:.0f} |")
+        print(lines[-1], flush=True)
+    body = "\n".join(lines)
+    print(body)
+    write_section("choice", body)
+
+
+if __name__ == "__main__":
+    main()
