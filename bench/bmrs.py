@@ -112,7 +112,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--seeds", default="0,1,2")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    steps, recover = (60, 20) if args.quick else (300, 100)
+    # gates need a few hundred steps to move (60 left every gate open on both models)
+    steps, recover = (300, 20) if args.quick else (1000, 100)
     seeds = [int(s) for s in args.seeds.split(",")]
     sw = C.Stopwatch()
     rows = []

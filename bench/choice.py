@@ -86,17 +86,21 @@ def main() -> None:
     args = ap.parse_args()
     seeds = 3 if args.quick else args.seeds
     tol = DEFAULT_TOLERANCE["classification"]
-    lines = ["## choice: BMR's choice against magnitude's, everything else identical", "",
-             f"Default Laplace path (tolerance {tol}, 3 rounds of 100 recovery steps). Magnitude "
-             "keeps the same number of units per layer in every round (same widths, same "
-             "latency) at the same ν, chosen by the units' weight norm (Torch-Pruning's "
-             "magnitude importance), then the same compensation, cut and recovery. "
+    methods = {"magnitude + compensation": dict(ranking="magnitude"),
+               "OBS saliency + compensation": dict(ranking="distortion"),
+               "magnitude, no compensation": dict(ranking="magnitude", compensate=False)}
+    lines = ["## choice: BMR's choice against the alternatives, everything else identical", "",
+             f"Default Laplace path (tolerance {tol}, 3 rounds of 100 recovery steps). Each "
+             "alternative keeps the same number of units per layer in every round (same widths, "
+             "same latency) at the same ν, chosen by the units' weight norm (Torch-Pruning's "
+             "magnitude importance) or by the compensated output error of removing the unit "
+             "(OBS saliency, SparseGPT-style), then the same compensation, cut and recovery. "
              f"{seeds} seeds, each a different shuffle of the calibration (training) split; "
              "held-out: the fixed 360 digits images, never used to decide. W/T/L: BMR's held-out "
-             "correct count against the other's, per seed.", "",
-             "| model | parameters | BMR acc | magnitude + compensation acc | W/T/L | "
-             "magnitude, no compensation acc | W/T/L | wall s |",
-             "|---|---:|---:|---:|---|---:|---|---:|"]
+             "correct count against the other's, per seed (strict). δ: mean relative logit "
+             "distortion on the calibration check batches after the last round.", "",
+             "| model | method | parameters (last seed) | held-out accuracy (mean) | BMR W/T/L | check δ |",
+             "|---|---|---:|---:|---|---:|"]
     for recipe_name in args.recipes.split(","):
         t0 = time.perf_counter()
         recipe = load_recipe(recipe_name)
@@ -106,7 +110,8 @@ def main() -> None:
         held = data0.heldout_batches
         n_held = sum(b["labels"].shape[0] for b in held)
         base = _correct(original, held)
-        acc = {"bmr": [], "mag": [], "raw": []}
+        acc: dict[str, list[int]] = {"BMR (ΔlnZ)": [], **{k: [] for k in methods}}
+        delta: dict[str, list[float]] = {k: [] for k in acc}
         params = None
         kw = dict(tolerance=tol, rounds=3, recovery_steps=100,
                   lr=float(recipe.settings.recovery_lr or 1e-4), round_to=8, timer=_Timer())
@@ -114,30 +119,30 @@ def main() -> None:
             torch.manual_seed(seed)
             data = _reshuffled(data0, seed)
             bmr = laplace_reduce(original, data, "classification", **kw)
-            torch.manual_seed(seed)
-            mag = laplace_reduce(original, data, "classification", follow=bmr.rounds,
-                                 ranking="magnitude", **kw)
-            torch.manual_seed(seed)
-            raw = laplace_reduce(original, data, "classification", follow=bmr.rounds,
-                                 ranking="magnitude", compensate=False, **kw)
-            assert _params(mag.model) == _params(bmr.model) == _params(raw.model)
-            params = _params(bmr.model)
-            for k, m in (("bmr", bmr), ("mag", mag), ("raw", raw)):
-                acc[k].append(_correct(m.model.eval(), held))
+            outs = {"BMR (ΔlnZ)": bmr}
+            for name, extra in methods.items():
+                torch.manual_seed(seed)
+                outs[name] = laplace_reduce(original, data, "classification", follow=bmr.rounds,
+                                            **extra, **kw)
+            params = {_params(o.model) for o in outs.values()}
+            assert len(params) == 1, params
+            for name, o in outs.items():
+                acc[name].append(_correct(o.model.eval(), held))
+                delta[name].append(o.final_distortion)
 
         def wtl(other: list[int]) -> str:
-            w = sum(a > b for a, b in zip(acc["bmr"], other))
-            t = sum(a == b for a, b in zip(acc["bmr"], other))
+            w = sum(a > b for a, b in zip(acc["BMR (ΔlnZ)"], other))
+            t = sum(a == b for a, b in zip(acc["BMR (ΔlnZ)"], other))
             return f"{w}/{t}/{len(other) - w - t}"
 
-        def mean(xs: list[int]) -> str:
-            return f"{sum(xs) / len(xs) / n_held:.4f}"
-
-        lines.append(f"| {recipe_name} (original {base / n_held:.4f}) | "
-                     f"{_params(original):,} → {params:,} (last seed) | {mean(acc['bmr'])} | "
-                     f"{mean(acc['mag'])} | {wtl(acc['mag'])} | {mean(acc['raw'])} | "
-                     f"{wtl(acc['raw'])} | {time.perf_counter() - t0:.0f} |")
-        print(lines[-1], flush=True)
+        for name in acc:
+            lines.append(f"| {recipe_name} (original {base / n_held:.4f}) | {name} | "
+                         f"{_params(original):,} → {params.pop() if params else 0:,} | "
+                         f"{sum(acc[name]) / len(acc[name]) / n_held:.4f} | "
+                         f"{'—' if name.startswith('BMR') else wtl(acc[name])} | "
+                         f"{sum(delta[name]) / len(delta[name]):.4f} |")
+            params = {_params(bmr.model)}
+        print("\n".join(lines[-len(acc):]), f"({time.perf_counter() - t0:.0f} s)", flush=True)
     body = "\n".join(lines)
     print(body)
     write_section("choice", body)

@@ -20,8 +20,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-SCRIPTS = ("quality", "markovic", "bmrs", "beckers", "speed", "int8", "defaults")
-FULL_ONLY = ("main_job", "references")  # the README main job (~12 min) and its references
+SCRIPTS = ("quality", "markovic", "bmrs", "beckers", "speed", "int8", "defaults", "choice")
+FULL_ONLY = ("main_job", "references", "curve")  # the README main job (~12 min), its references
+# and the MiniLM operating points (~60 min)
 
 
 def main() -> int:
