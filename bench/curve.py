@@ -12,6 +12,9 @@ Per tolerance T, on the docstring corpus exactly as `compress zoo:all-minilm-l6-
   error of removing the unit, SparseGPT-style): the same rounds keeping the same number of
   units per layer at the same ν — hence the same widths and latency — then the same
   compensation, cut and recovery (`laplace_reduce(follow=..., ranking=...)`);
+- Torch-Pruning's own pruner (global group-magnitude ranking, its own per-layer allocation,
+  FFN layers only where it cannot follow head reshapes) to BMR's parameter count, then the
+  recovery BMR got in total (its pruner has no compensation step);
 - every model also quantised to int8 by the same quantiser.
 
 References: the original fp32 and int8; encoder layers dropped (3 and 2 of 6, which ones
@@ -96,6 +99,8 @@ def main() -> None:
         models[name], info[name] = m.eval(), meta
         print(f"{name}: {meta}", flush=True)
 
+    train = [_strip_labels(b) for b in data.train_batches]
+    check, fit = train[:4], train[4:]
     for tol in [float(t) for t in args.tolerances.split(",")]:
         def run(ranking: str | None, tol=tol):
             torch.manual_seed(0)
@@ -109,9 +114,19 @@ def main() -> None:
         cached(f"magnitude T={tol:g}", lambda: run("magnitude"))
         cached(f"OBS saliency T={tol:g}", lambda: run("distortion"))
 
+        def tp_row(tol=tol):
+            from bench.common import tp_magnitude
+
+            target = sum(p.numel() for p in models[f"BMR T={tol:g}"].parameters())
+            ex = {k: v for k, v in _strip_labels(data.train_batches[0]).items()}
+            m = tp_magnitude(original, ex, target)
+            torch.manual_seed(0)
+            recover_(m, original, fit, task, steps=rounds * steps, lr=lr)
+            return m, {"target_params": target, "recovery_steps": rounds * steps}
+
+        cached(f"Torch-Pruning global magnitude T={tol:g}", tp_row)
+
     total_steps = rounds * steps
-    train = [_strip_labels(b) for b in data.train_batches]
-    check, fit = train[:4], train[4:]
     for n_keep in (3, 4):
         def drop(n_keep=n_keep):
             import itertools
@@ -150,7 +165,9 @@ def main() -> None:
              f"got the same treatment after its choice: {rounds} rounds, the same compensation "
              f"(reduced means of the survivors), {steps} recovery steps per round at lr {lr:g}; "
              "magnitude and OBS-saliency rows keep exactly BMR's per-layer widths in each round "
-             f"(equal latency by construction); layer dropping gets {total_steps} recovery steps. "
+             f"(equal latency by construction); Torch-Pruning rows: its own pruner (global "
+             "group-magnitude ranking and allocation) to BMR's parameter count, no compensation "
+             f"step; Torch-Pruning and layer dropping get {total_steps} recovery steps. "
              "Every model is also quantised by the same int8 quantiser. ORT CPU, 1 thread, "
              "batch 1, sequence 128, all timed interleaved (median of 30). 'check δ' is the "
              "relative output distortion on the calibration check batches that the tolerance "
@@ -168,7 +185,7 @@ def main() -> None:
     wins = []
     for tol in [float(t) for t in args.tolerances.split(",")]:
         b = quality[f"BMR T={tol:g}"][0]
-        for other in ("magnitude", "OBS saliency"):
+        for other in ("magnitude", "OBS saliency", "Torch-Pruning global magnitude"):
             o = quality[f"{other} T={tol:g}"][0]
             wins.append(f"T={tol:g}: BMR cosine {b:.4f} vs {other} {o:.4f} — "
                         f"{'BMR better' if b > o else 'tie' if b == o else 'BMR worse'}")
