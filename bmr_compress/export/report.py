@@ -202,6 +202,10 @@ def render_markdown(report: Mapping[str, Any]) -> str:
         lines += [f"int8 (dynamic, per-channel weights): {_fmt_bytes(q['file_bytes'])}"
                   + (f", {qm.get('name')} {qm.get('gate'):.4g} vs the original on held-out data"
                      if qm.get("gate") is not None else "") + ".", ""]
+    if report.get("operating_points"):
+        from bmr_compress.pipeline.curve import curve_markdown
+
+        lines += curve_markdown(report["operating_points"])
     par = report.get("parity", {})
     if par:
         lines += [f"ORT parity: max |err| {par.get('max_abs_error')} at shapes "
@@ -274,4 +278,10 @@ def _write_plots(d: Path, report: Mapping[str, Any], delta_lnz: Mapping[str, Any
                         [lat["original"]["median_ms"], lat["compressed"]["median_ms"]])
             axes[1].set_ylabel(f"median ms ({lat['threads']} thr, b{lat['batch']}, s{lat['seq']})")
         save(fig, "size_latency.png")
+    if report.get("operating_points"):
+        from bmr_compress.pipeline.curve import plot_curve
+
+        fig, ax = plt.subplots(figsize=(7, 4.5))
+        plot_curve(ax, report["operating_points"])
+        save(fig, "operating_points.png")
     return written

@@ -44,6 +44,7 @@ class LaplaceOutcome:
     rounds: list[dict[str, Any]] = field(default_factory=list)
     tolerance: float = 0.0
     final_distortion: float = 0.0
+    snapshots: list[tuple[str, nn.Module]] = field(default_factory=list)  # kept rounds' models
 
 
 # unit kinds scored at a consumer site (hidden dimensions are read by every layer: kept)
@@ -126,6 +127,9 @@ def laplace_reduce(original: nn.Module, data: Any, task: str, *, tolerance: floa
     model = copy.deepcopy(original)
     scale = output_scale(original, stats, task)
     first = discover_groups(model, example)
+    from bmr_compress.pipeline.curve import SNAPSHOT_MAX_PARAMS
+
+    snapshots = follow is None and sum(p.numel() for p in original.parameters()) <= SNAPSHOT_MAX_PARAMS
     keep = {g.name: list(range(g.num_units)) for g in first}
     out = LaplaceOutcome(model, keep, {g.name: g.num_units for g in first}, {},
                          tolerance=tolerance)
@@ -186,6 +190,8 @@ def laplace_reduce(original: nn.Module, data: Any, task: str, *, tolerance: floa
             out.rounds[-1]["undone"] = True
             share *= 0.5
             continue
+        if snapshots and res.removed:
+            out.snapshots.append((f"round {r + 1}", copy.deepcopy(model)))
         if res.removed == 0:
             break
     out.model = model

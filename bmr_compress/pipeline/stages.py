@@ -338,6 +338,8 @@ def finish_stage(settings: CompressSettings, f: Fitted, cut: Cut, timer: StageTi
                 tok = f.source.tokenizer_or_processor
                 st_info = check_st_embeddings(result, stage, f.model, tok,
                                               texts_from_batch(tok, example), onnx_path=art.path)
+        with timer("operating points"):
+            curve = _operating_points(f, base_art.path, art.path, int8, work, result, example)
         files_before = {"model.onnx": base_art.path.stat().st_size,
                         "model.safetensors": Path(base_st).stat().st_size}
         report = build_report(
@@ -352,7 +354,8 @@ def finish_stage(settings: CompressSettings, f: Fitted, cut: Cut, timer: StageTi
             plan_summary=cut.plan.summary, onnx=art,
             extra={"finetune": _fit_summary(f.fit), "coverage": dict(cut.record.coverage),
                    "iterative": f.iteration.to_json() if f.iteration is not None else None,
-                   "reduced_means": cut.compensation, "sentence_transformers": st_info},
+                   "reduced_means": cut.compensation, "sentence_transformers": st_info,
+                   "operating_points": curve},
         )
         report[INTEGRITY_KEY] = file_hashes(stage)  # what was validated; push re-checks it
         write_report(stage, report, delta_lnz=cut.unit_scores)
@@ -363,6 +366,26 @@ def finish_stage(settings: CompressSettings, f: Fitted, cut: Cut, timer: StageTi
                 f"the rejected result and its report are in {rejected}"
             )
     return CompressResult(out=out, report=report, passed=True, summary=summary_of(report))
+
+
+def _operating_points(f: Fitted, original_onnx: Path, onnx: Path, int8: Path | None, work: Path,
+                      result: Any, example: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The Laplace rounds as points on the latency–quality curve (pipeline/curve.py); None
+    when there are no rounds to show or the measurement fails (the run does not depend on it)."""
+    snaps = getattr(getattr(f.iteration, "outcome", None), "snapshots", None)
+    if not snaps or not result.latency.get("original"):
+        return None
+    from bmr_compress.pipeline.curve import operating_points
+
+    final = snaps[-1][0]
+    try:
+        return operating_points(
+            f.original, [*snaps[:-1], (final, f.model)], final=final, original_onnx=original_onnx,
+            final_onnx=onnx, final_int8=int8, work=work / "curve", heldout=f.data.heldout_batches,
+            task=str(f.source.task), example=example, latency=result.latency)
+    except Exception as e:  # noqa: BLE001
+        log.warning("operating points not measured: %s", e)
+        return None
 
 
 def _transformers_layout(model: Any, example: Mapping[str, Any]) -> tuple[Any, dict[str, Any]]:

@@ -33,6 +33,19 @@ def test_default_path_removes_dead_units_and_reloads(tmp_path: Path) -> None:
     assert rep["parameters"]["compressed"] < rep["parameters"]["original"]
     assert rep["iterative"]["final_check_distortion"] <= rep["settings"]["tolerance"]
     assert rep["metric"]["compressed"]["cosine"] > 0.9
+    # the kept rounds as operating points beside the original and its int8, BMR's marked
+    curve = rep["operating_points"]
+    labels = [p["label"] for p in curve["points"]]
+    assert labels[:2] == ["original", "original int8"]
+    kept = [r for r in rounds if not r.get("undone") and r["removed_units"]]
+    assert [p["label"] for p in curve["points"] if p["label"].startswith("round")
+            and not p["label"].endswith("int8")] == [f"round {r['round']}" for r in kept]
+    choice = [p for p in curve["points"] if p["bmr_choice"]]
+    assert choice and choice[0]["params"] == rep["parameters"]["compressed"]
+    assert abs(choice[0]["value"] - rep["metric"]["gate"]) < 1e-4  # same held-out metric
+    assert all(p["median_ms"] > 0 for p in curve["points"])
+    assert (out / "plots" / "operating_points.png").is_file()
+    assert "Operating points" in (out / "report.md").read_text()
     model = load_compressed(out)
     texts = ["Return the number of items.", "Open a file and return a stream object."]
     st = SentenceTransformer(str(out), device="cpu")
