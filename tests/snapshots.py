@@ -112,3 +112,37 @@ SENTENCES = [
     "Compute the greatest common divisor of two integers, using Euclid's algorithm with "
     "repeated remainders until the remainder is zero.",
 ]
+
+
+def causal_lm_snapshot(d: Path, kind: str = "llama") -> Path:
+    """A bare tiny causal-LM snapshot ("llama": grouped-query attention, 6 query / 2 KV heads;
+    "gpt2": fused Conv1D q/k/v) with every second FFN neuron and head near-silent, and a
+    WordPiece tokenizer over the tiny vocabulary."""
+    import torch
+    from transformers import (
+        BertTokenizerFast, GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM,
+    )
+
+    from tests.export._surgery import with_dead_units_
+
+    d.mkdir(parents=True, exist_ok=True)
+    vocab = _vocab()
+    torch.manual_seed(0)
+    if kind == "gpt2":
+        cfg = GPT2Config(vocab_size=len(vocab), n_embd=HIDDEN, n_layer=LAYERS, n_head=HEADS,
+                         n_inner=INTER, n_positions=MAX_POS, bos_token_id=2, eos_token_id=3,
+                         architectures=["GPT2LMHeadModel"])
+        model = GPT2LMHeadModel(cfg).eval()
+    else:
+        cfg = LlamaConfig(vocab_size=len(vocab), hidden_size=48, num_hidden_layers=LAYERS,
+                          num_attention_heads=6, num_key_value_heads=2, intermediate_size=INTER,
+                          max_position_embeddings=MAX_POS, bos_token_id=2, eos_token_id=3,
+                          architectures=["LlamaForCausalLM"])
+        model = LlamaForCausalLM(cfg).eval()
+    ids = torch.randint(5, len(vocab), (2, 9), generator=torch.Generator().manual_seed(0))
+    with_dead_units_(model, {"input_ids": ids, "attention_mask": torch.ones_like(ids)})
+    model.save_pretrained(str(d))
+    (d / "vocab.txt").write_text("\n".join(vocab) + "\n")
+    BertTokenizerFast(vocab_file=str(d / "vocab.txt"), do_lower_case=True,
+                      model_max_length=MAX_POS).save_pretrained(str(d))
+    return d

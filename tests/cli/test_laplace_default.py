@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
 from click.testing import CliRunner
 
 from tests.snapshots import st_snapshot
@@ -56,3 +58,30 @@ def test_default_path_removes_dead_units_and_reloads(tmp_path: Path) -> None:
     m = tok["attention_mask"].unsqueeze(-1).float()
     b = torch.nn.functional.normalize((h * m).sum(1) / m.sum(1), dim=-1)
     assert torch.allclose(a, b, atol=1e-4)
+
+
+@pytest.mark.parametrize("kind", ["llama", "gpt2"])
+def test_default_path_on_a_causal_lm(kind: str, tmp_path: Path) -> None:
+    """The same default (no --data, no tolerance given) on a bare causal-LM snapshot: units go,
+    the perplexity ratio stays within the gate, the output reloads with the tool's loader and
+    gives the logits that were validated."""
+    import torch
+
+    from bmr_compress.cli.main import cli
+    from bmr_compress.surgery import load_compressed
+    from tests.snapshots import causal_lm_snapshot
+
+    src = causal_lm_snapshot(tmp_path / "snap", kind)
+    out = tmp_path / "out"
+    r = CliRunner().invoke(cli, ["compress", str(src), "--out", str(out), "--max-samples", "96",
+                                 "--rounds", "1", "--recovery-steps", "3"])
+    assert r.exit_code == 0, r.output
+    rep = json.loads((out / "report.json").read_text())
+    assert rep["settings"]["posterior"] == "laplace" and rep["source"]["task"] == "causal_lm"
+    assert rep["parameters"]["compressed"] < rep["parameters"]["original"]
+    assert rep["metric"]["name"] == "perplexity_ratio" and rep["validation"]["passed"]
+    model = load_compressed(out).eval()
+    ids = torch.randint(5, 80, (1, 11), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        logits = model(input_ids=ids, attention_mask=torch.ones_like(ids)).logits
+    assert logits.shape == (1, 11, model.config.vocab_size) and torch.isfinite(logits).all()
