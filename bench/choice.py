@@ -88,7 +88,8 @@ def main() -> None:
     tol = DEFAULT_TOLERANCE["classification"]
     methods = {"magnitude + compensation": dict(ranking="magnitude"),
                "OBS saliency + compensation": dict(ranking="distortion"),
-               "magnitude, no compensation": dict(ranking="magnitude", compensate=False)}
+               "magnitude, no compensation": dict(ranking="magnitude", compensate=False),
+               "BMR's choice, no compensation": dict(ranking="evidence", compensate=False)}
     lines = ["## choice: BMR's choice against the alternatives, everything else identical", "",
              f"Default Laplace path (tolerance {tol}, 3 rounds of 100 recovery steps). Each "
              "alternative keeps the same number of units per layer in every round (same widths, "

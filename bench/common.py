@@ -174,10 +174,20 @@ def _quantile(x: torch.Tensor) -> torch.Tensor:
     return (r / max(x.numel(), 1)).reshape(x.shape)
 
 
+def _row_quantile(x: torch.Tensor) -> torch.Tensor:
+    """Rank of each element within its output row (dim 0), scaled to [0, 1)."""
+    flat = x.reshape(x.shape[0], -1)
+    r = torch.empty_like(flat, dtype=torch.float64)
+    r.scatter_(1, torch.argsort(flat, dim=1, stable=True),
+               torch.arange(flat.shape[1], dtype=torch.float64).expand(flat.shape[0], -1).contiguous())
+    return (r / max(flat.shape[1], 1)).reshape(x.shape)
+
+
 def _wanda(groups: list[Any], mu: Scores, norms: Mapping[str, torch.Tensor]) -> tuple[Scores, Scores]:
-    """Wanda (Sun et al.): |W_ij|·‖X_j‖ compared within a layer, the same fraction pruned per
-    layer. Unstructured: per-tensor rank quantiles of the statistic, so a global top-k prunes a
-    near-uniform fraction of every Linear/Conv weight; other tensors (norms, biases,
+    """Wanda (Sun et al.): |W_ij|·‖X_j‖ compared within each output row, the same fraction
+    pruned per row (the paper's comparison group). Unstructured: per-row rank quantiles of the
+    statistic, so a global top-k prunes a near-uniform fraction of every row of every
+    Linear/Conv weight; other tensors (norms, biases,
     embeddings) go only after every such weight. Structured: the statistic per unit, relative
     to its group's mean, so groups compare on one scale."""
     stat, weights = {}, {}
@@ -185,7 +195,7 @@ def _wanda(groups: list[Any], mu: Scores, norms: Mapping[str, torch.Tensor]) -> 
         n = norms.get(k)
         if n is not None and v.dim() >= 2 and v.shape[1] == n.numel():
             stat[k] = v.abs() * n.reshape([1, n.numel()] + [1] * (v.dim() - 2))
-            weights[k] = -_quantile(stat[k])
+            weights[k] = -_row_quantile(stat[k])
         else:
             stat[k] = v.abs()
             weights[k] = -(1.0 + _quantile(stat[k]))
