@@ -108,3 +108,22 @@ def plot_curve(ax: Any, curve: Mapping[str, Any]) -> None:
                   + (f", s{sh['seq']})" if sh["seq"] else ")"))
     ax.set_ylabel(f"held-out {curve['metric']}")
     ax.grid(alpha=0.3)
+
+
+def run_curve(f: Any, original_onnx: Path, onnx: Path, int8: Path | None, work: Path,
+              result: Any, example: Mapping[str, Any]) -> dict[str, Any] | None:
+    """operating_points for a run (f: pipeline.stages.Fitted, result: its ValidationResult);
+    None when there are no rounds to show or the measurement fails (the run does not depend
+    on it)."""
+    snaps = getattr(getattr(f.iteration, "outcome", None), "snapshots", None)
+    if not snaps or not result.latency.get("original"):
+        return None
+    final = snaps[-1][0]
+    try:
+        return operating_points(
+            f.original, [*snaps[:-1], (final, f.model)], final=final, original_onnx=original_onnx,
+            final_onnx=onnx, final_int8=int8, work=work / "curve", heldout=f.data.heldout_batches,
+            task=str(f.source.task), example=example, latency=result.latency)
+    except Exception as e:  # noqa: BLE001
+        log.warning("operating points not measured: %s", e)
+        return None

@@ -13,6 +13,7 @@ from typing import Any
 
 log = logging.getLogger(__name__)
 
+from bmr_compress.pipeline.budgets import plan_settings
 from bmr_compress.pipeline.settings import (
     _DISTILL, _FIT_KEYS, CompressResult, CompressSettings, StageTimer, _jsonable, _recipe_for,
     _strip_labels, resolve_settings,
@@ -124,39 +125,6 @@ def fit_stage(settings: CompressSettings, timer: StageTimer, work: Path) -> Fitt
     return fitted
 
 
-def _plan_settings(opts: Mapping[str, Any], original: Any,
-                   mac_weights: Mapping[str, float] | None = None,
-                   groups: list[Any] | None = None, task: str | None = None) -> Any:
-    """PlanSettings from the options. `--size-budget` is a share (≤ 1) or count of the
-    model's parameters and `--latency-budget` a share of its dense-layer MACs; both are
-    turned into budgets on what the unit groups own, counted exactly (costs.CostLedger):
-    what no group owns stays whatever BMR decides."""
-    from bmr_compress.surgery import PlanSettings
-    from bmr_compress.surgery.costs import CostLedger
-
-    shapes = {k: v.shape for k, v in original.state_dict().items()}
-    budget = opts.get("size_budget")
-    max_params = None
-    if budget is not None:
-        total = sum(p.numel() for p in original.parameters())
-        target = total * float(budget) if float(budget) <= 1.0 else float(budget)
-        owned = CostLedger(groups or [], shapes).total()
-        max_params = max(int(target - (total - owned)), 0)
-    max_macs = None
-    if opts.get("latency_budget") is not None and mac_weights is not None and groups:
-        total_macs = sum(shapes[k].numel() * w for k, w in mac_weights.items() if k in shapes)
-        owned = CostLedger(groups, shapes, mac_weights).total()
-        max_macs = max(float(opts["latency_budget"]) * total_macs - (total_macs - owned), 0.0)
-    kinds = PlanSettings().kinds
-    if task == "embedding":  # the hidden size *is* the embedding size users consume
-        kinds = tuple(k for k in kinds if k != "hidden")
-    return PlanSettings(
-        structured=bool(opts["structured"]), unstructured=bool(opts["unstructured"]),
-        threshold=str(opts["threshold"]), round_to=int(opts["round_to"]), max_params=max_params,
-        max_macs=max_macs, kinds=kinds,
-    )
-
-
 def _rule(opts: Mapping[str, Any]) -> str:
     return {"none": "spike", "bmrs_n": "bmrs_n", "bmrs_u": "bmrs_u"}[str(opts["gates"])]
 
@@ -168,7 +136,8 @@ def _iterate(f: Fitted, ft: Any, timer: StageTimer) -> Any:
     with timer("iterate"):
         result = iterate_with_finetune(
             f.model, f.groups, f.original, f.data.train_batches, f.data.heldout_batches, ft,
-            _plan_settings(f.opts, f.original, groups=f.groups, task=str(f.source.task)), rule=_rule(f.opts),
+            plan_settings(f.opts, f.original, groups=f.groups, task=str(f.source.task)),
+            rule=_rule(f.opts),
         )
     for r in result.rounds:
         log.info("round %d: pruned %.1f%% (new %d), held-out ELBO %.4g", r.index,
@@ -193,15 +162,15 @@ def cut_stage(f: Fitted, timer: StageTimer) -> Cut:
             from bmr_compress.surgery.costs import mac_weights
 
             macs = mac_weights(f.original, _strip_labels(f.data.heldout_batches[0]))
-        plan_settings = _plan_settings(f.opts, f.original, macs, f.groups, str(f.source.task))
+        psettings = plan_settings(f.opts, f.original, macs, f.groups, str(f.source.task))
         weight_scores = score_weights(posterior)
         unit_scores = score_groups(f.groups, posterior, gates, rule)
         if f.iteration is not None:  # units pruned in the rounds stay pruned
             unit_scores = pin_scores(unit_scores, f.iteration)
-        plan = make_plan(f.groups, unit_scores, weight_scores, plan_settings,
+        plan = make_plan(f.groups, unit_scores, weight_scores, psettings,
                          shapes={k: v.shape for k, v in f.original.state_dict().items()},
                          mac_weights=macs)
-        wmasks = unstructured_masks(plan, weight_scores) if plan_settings.unstructured else None
+        wmasks = unstructured_masks(plan, weight_scores) if psettings.unstructured else None
     comp = None
     with timer("surgery"):
         unwrap_(f.model)
@@ -295,6 +264,7 @@ def finish_stage(settings: CompressSettings, f: Fitted, cut: Cut, timer: StageTi
     from bmr_compress.export.st_layout import place_st_onnx_, texts_from_batch
     from bmr_compress.io.atomic import atomic_output_dir, keep_rejected
     from bmr_compress.io.integrity import INTEGRITY_KEY, file_hashes
+    from bmr_compress.pipeline.curve import run_curve
     from bmr_compress.surgery import save_compressed
 
     example = _strip_labels(f.data.heldout_batches[0])
@@ -339,7 +309,7 @@ def finish_stage(settings: CompressSettings, f: Fitted, cut: Cut, timer: StageTi
                 st_info = check_st_embeddings(result, stage, f.model, tok,
                                               texts_from_batch(tok, example), onnx_path=art.path)
         with timer("operating points"):
-            curve = _operating_points(f, base_art.path, art.path, int8, work, result, example)
+            curve = run_curve(f, base_art.path, art.path, int8, work, result, example)
         files_before = {"model.onnx": base_art.path.stat().st_size,
                         "model.safetensors": Path(base_st).stat().st_size}
         report = build_report(
@@ -366,26 +336,6 @@ def finish_stage(settings: CompressSettings, f: Fitted, cut: Cut, timer: StageTi
                 f"the rejected result and its report are in {rejected}"
             )
     return CompressResult(out=out, report=report, passed=True, summary=summary_of(report))
-
-
-def _operating_points(f: Fitted, original_onnx: Path, onnx: Path, int8: Path | None, work: Path,
-                      result: Any, example: Mapping[str, Any]) -> dict[str, Any] | None:
-    """The Laplace rounds as points on the latency–quality curve (pipeline/curve.py); None
-    when there are no rounds to show or the measurement fails (the run does not depend on it)."""
-    snaps = getattr(getattr(f.iteration, "outcome", None), "snapshots", None)
-    if not snaps or not result.latency.get("original"):
-        return None
-    from bmr_compress.pipeline.curve import operating_points
-
-    final = snaps[-1][0]
-    try:
-        return operating_points(
-            f.original, [*snaps[:-1], (final, f.model)], final=final, original_onnx=original_onnx,
-            final_onnx=onnx, final_int8=int8, work=work / "curve", heldout=f.data.heldout_batches,
-            task=str(f.source.task), example=example, latency=result.latency)
-    except Exception as e:  # noqa: BLE001
-        log.warning("operating points not measured: %s", e)
-        return None
 
 
 def _transformers_layout(model: Any, example: Mapping[str, Any]) -> tuple[Any, dict[str, Any]]:
