@@ -8,6 +8,7 @@ names follow transformers/optimum (``input_ids`` ... -> ``last_hidden_state`` / 
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import tempfile
@@ -236,7 +237,8 @@ def export_onnx(
         raw = Path(tmp) / "raw.onnx"
         # The tracer warns about Python control flow on shapes; parity at other shapes
         # (validate) is the real check, so the warnings are logged instead of raised.
-        with torch.no_grad(), warnings.catch_warnings(record=True) as caught:
+        with torch.no_grad(), warnings.catch_warnings(record=True) as caught, \
+                _traceable_attention_masks():
             warnings.simplefilter("always")
             torch.onnx.export(
                 wrapper, args, str(raw), input_names=list(spec.input_names),
@@ -247,6 +249,42 @@ def export_onnx(
             log.debug("onnx export: %s: %s", w.category.__name__, w.message)
         proto = onnx.load(str(raw))  # loads external data too, if torch wrote any
     return save_onnx(proto, path, spec, sparse=sparse, external_data_threshold=external_data_threshold)
+
+
+@contextlib.contextmanager
+def _traceable_attention_masks():
+    """transformers 4.5x builds attention masks by ``torch.vmap`` over a mask function, with
+    tensor indexing routed through an autograd function; the TorchScript tracer follows neither
+    (``RuntimeError: unordered_map::at``). While exporting, its mask functions are evaluated on
+    broadcast index tensors with plain indexing instead (what transformers 5 does by default).
+    A no-op where transformers has no such helper."""
+    try:
+        from transformers import masking_utils
+    except ImportError:  # pragma: no cover - transformers < 4.53 builds masks without vmap
+        yield
+        return
+    if not hasattr(masking_utils, "_vmap_for_bhqkv"):
+        yield
+        return
+
+    def broadcast(mask_function, bh_indices=True):
+        def expanded(b, h, q, kv):
+            if not bh_indices:
+                return mask_function(None, None, q[:, None], kv[None, :])
+            return mask_function(b[:, None, None, None], h[None, :, None, None],
+                                 q[None, None, :, None], kv[None, None, None, :])
+        return expanded
+
+    saved = {k: getattr(masking_utils, k) for k in ("_vmap_for_bhqkv", "TransformGetItemToIndex")
+             if hasattr(masking_utils, k)}
+    masking_utils._vmap_for_bhqkv = broadcast
+    if "TransformGetItemToIndex" in saved:
+        masking_utils.TransformGetItemToIndex = contextlib.nullcontext
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            setattr(masking_utils, k, v)
 
 
 def save_onnx(

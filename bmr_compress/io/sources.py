@@ -204,7 +204,12 @@ def _from_pretrained(auto: Any, directory: Path, config: Any, trust_remote_code:
 
     header = check_weight_files(directory)
     kw = {"config": config, "dtype": torch.float32, "trust_remote_code": trust_remote_code}
-    model, info = _load_pretrained(auto, directory, **kw)
+    try:
+        model, info = _load_pretrained(auto, directory, **kw)
+    except InputError:
+        # transformers 4 refuses integer tensors for float parameters while loading: name them
+        _check_dtypes_on_meta(auto, config, header, directory, trust_remote_code)
+        raise
     missing = list(info.get("missing_keys", []))
     if missing and all(k.split(".")[0] == "pooler" for k in missing) and hasattr(model, "pooler"):
         model, _ = _load_pretrained(auto, directory, add_pooling_layer=False, **kw)
@@ -214,6 +219,19 @@ def _from_pretrained(auto: Any, directory: Path, config: Any, trust_remote_code:
         log.warning("%s: %d tensors missing from the checkpoint were initialised at random: %s",
                     directory, len(missing), ", ".join(missing[:5]))
     return model
+
+
+def _check_dtypes_on_meta(auto: Any, config: Any, header: dict[str, Any], directory: Path,
+                          trust_remote_code: bool) -> None:
+    """check_dtypes against the config's model built on the meta device (no weights)."""
+    import torch
+
+    try:
+        with torch.device("meta"):
+            skeleton = auto.from_config(config, trust_remote_code=trust_remote_code)
+    except Exception:  # noqa: BLE001 - only a clearer message is at stake; the load error stands
+        return
+    check_dtypes(skeleton, header, str(directory))
 
 
 def _load_transformers(directory: Path, task: str | None, trust_remote_code: bool,

@@ -1,6 +1,7 @@
 """Registered family adapters: BERT, RoBERTa, DistilBERT, ViT, GPT-2, LLaMA-style.
 
-Each reads the transformers 5 modeling code's module layout and attribute names.
+Each reads the module layout and attribute names of the transformers 5 modeling code, and of
+transformers 4 (4.45+) where that differs (ViT's BERT-like blocks; DistilBERT's `dim`).
 """
 
 from __future__ import annotations
@@ -87,6 +88,12 @@ class _BertLike(FamilyAdapter):
         return updates
 
 
+def _vit_blocks(base: nn.Module) -> nn.ModuleList:
+    """A ViT's blocks: `layers` in transformers 5, `encoder.layer` in transformers 4."""
+    layers = getattr(base, "layers", None)
+    return layers if layers is not None else base.encoder.layer
+
+
 def _register() -> None:
     from transformers.models.bert.modeling_bert import BertPreTrainedModel
     from transformers.models.distilbert.modeling_distilbert import DistilBertPreTrainedModel
@@ -126,7 +133,9 @@ def _register() -> None:
         def sync_layer_(self, layer: Layer) -> None:
             a = layer.attn
             a.n_heads = a.q_lin.weight.shape[0] // a.attention_head_size
-            a.dim = a.out_lin.weight.shape[0]
+            # all heads' width, as transformers' own head pruning sets it (4.x derives the head
+            # size from it in forward; 5.x reads attention_head_size)
+            a.dim = a.q_lin.weight.shape[0]
 
         def config_updates(self, model: nn.Module, parts: Parts) -> dict[str, object]:
             heads, _, ffn = _widths(parts)
@@ -144,12 +153,20 @@ def _register() -> None:
             names = _n(model)
             emb = base.embeddings
             layers = []
-            for blk in base.layers:
-                a = blk.attention
-                hd = a.head_dim
-                n = a.q_proj.weight.shape[0] // hd
-                layers.append(Layer((a.q_proj, 0), (a.k_proj, 0), (a.v_proj, 0), a.o_proj,
-                                    [blk.mlp.fc1], blk.mlp.fc2,
+            for blk in _vit_blocks(base):
+                if hasattr(blk, "mlp"):  # transformers 5: q/k/v/o projections and an MLP
+                    a = blk.attention
+                    hd = a.head_dim
+                    q, k, v, o, ffn_in, ffn_out = (a.q_proj, a.k_proj, a.v_proj, a.o_proj,
+                                                   blk.mlp.fc1, blk.mlp.fc2)
+                else:  # transformers 4: BERT-like self-attention / intermediate / output
+                    a = blk.attention.attention
+                    hd = a.attention_head_size
+                    q, k, v, o, ffn_in, ffn_out = (a.query, a.key, a.value,
+                                                   blk.attention.output.dense,
+                                                   blk.intermediate.dense, blk.output.dense)
+                n = q.weight.shape[0] // hd
+                layers.append(Layer((q, 0), (k, 0), (v, 0), o, [ffn_in], ffn_out,
                                     [blk.layernorm_before, blk.layernorm_after], a, n, n, hd))
             e = names[id(emb)]
             proj = emb.patch_embeddings.projection
@@ -165,13 +182,20 @@ def _register() -> None:
 
         def sync_layer_(self, layer: Layer) -> None:
             a = layer.attn
-            a.num_attention_heads = a.q_proj.weight.shape[0] // a.head_dim
+            if hasattr(a, "all_head_size"):  # transformers 4
+                a.all_head_size = a.query.weight.shape[0]
+                a.num_attention_heads = a.all_head_size // a.attention_head_size
+            else:
+                a.num_attention_heads = a.q_proj.weight.shape[0] // a.head_dim
 
         def config_updates(self, model: nn.Module, parts: Parts) -> dict[str, object]:
             heads, _, ffn = _widths(parts)
-            updates: dict[str, object] = {"hidden_size": parts.hidden,
-                                          "head_dim": parts.layers[0].head_dim}
-            _set_uniform(updates, "num_attention_heads", heads)
+            updates: dict[str, object] = {"hidden_size": parts.hidden}
+            if hasattr(parts.layers[0].attn, "all_head_size"):  # 4.x: head size = hidden / heads
+                _set_derived_heads(updates, "num_attention_heads", parts)
+            else:
+                updates["head_dim"] = parts.layers[0].head_dim
+                _set_uniform(updates, "num_attention_heads", heads)
             _set_uniform(updates, "intermediate_size", ffn)
             return updates
 
