@@ -75,6 +75,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--tolerances", default="0.1,0.2")
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "out" / "curve")
+    ap.add_argument("--cached-only", default="",
+                    help="tolerances whose models are only shown if already cached, never built")
     args = ap.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     recipe = load_recipe("all-minilm-l6-v2")
@@ -87,8 +89,13 @@ def main() -> None:
     models: dict[str, torch.nn.Module] = {}
     info: dict[str, dict] = {}
 
-    def cached(name: str, build):
+    only_cached = {float(t) for t in args.cached_only.split(",") if t}
+
+    def cached(name: str, build, tol: float | None = None):
         path = args.out / f"{name}.pt"
+        if tol in only_cached and not path.is_file():
+            print(f"{name}: not cached, skipped (--cached-only)", flush=True)
+            return
         if path.is_file():
             m, meta = torch.load(path, weights_only=False)
         else:
@@ -110,9 +117,9 @@ def main() -> None:
             rs = [{k: v for k, v in r.items()} for r in out.rounds]
             return out.model, {"rounds": rs, "check_distortion": out.final_distortion}
 
-        cached(f"BMR T={tol:g}", lambda: run(None))
-        cached(f"magnitude T={tol:g}", lambda: run("magnitude"))
-        cached(f"OBS saliency T={tol:g}", lambda: run("distortion"))
+        cached(f"BMR T={tol:g}", lambda: run(None), tol)
+        cached(f"magnitude T={tol:g}", lambda: run("magnitude"), tol)
+        cached(f"OBS saliency T={tol:g}", lambda: run("distortion"), tol)
 
         def tp_row(tol=tol):
             from bench.common import tp_magnitude
@@ -124,7 +131,7 @@ def main() -> None:
             recover_(m, original, fit, task, steps=rounds * steps, lr=lr)
             return m, {"target_params": target, "recovery_steps": rounds * steps}
 
-        cached(f"Torch-Pruning global magnitude T={tol:g}", tp_row)
+        cached(f"Torch-Pruning global magnitude T={tol:g}", tp_row, tol)
 
     total_steps = rounds * steps
     for n_keep in (3, 4):
@@ -184,8 +191,12 @@ def main() -> None:
                      f"{'' if cd is None or k.endswith('int8') else f'{cd:.4f}'} |")
     wins = []
     for tol in [float(t) for t in args.tolerances.split(",")]:
+        if f"BMR T={tol:g}" not in quality:
+            continue
         b = quality[f"BMR T={tol:g}"][0]
         for other in ("magnitude", "OBS saliency", "Torch-Pruning global magnitude"):
+            if f"{other} T={tol:g}" not in quality:
+                continue
             o = quality[f"{other} T={tol:g}"][0]
             wins.append(f"T={tol:g}: BMR cosine {b:.4f} vs {other} {o:.4f} — "
                         f"{'BMR better' if b > o else 'tie' if b == o else 'BMR worse'}")
