@@ -201,6 +201,10 @@ def main() -> None:
             wins.append(f"T={tol:g}: BMR cosine {b:.4f} vs {other} {o:.4f} — "
                         f"{'BMR better' if b > o else 'tie' if b == o else 'BMR worse'}")
     lines += ["", "Same widths, choice only (held-out cosine): " + "; ".join(wins) + "."]
+    if only_cached:
+        lines += ["", "At T = " + ", ".join(f"{t:g}" for t in sorted(only_cached)) + " only the "
+                  "models already built were shown (`--cached-only`): rows missing there were "
+                  "not run."]
     body = "\n".join(lines)
     print(body)
     write_section("curve", body)
@@ -218,7 +222,7 @@ def _plot(path: Path, lat: dict, quality: dict, base: float) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    for k in lat:
+    for k in quality:
         x, y = base / lat[k]["median_ms"], quality[k][0]
         marker = "*" if k.startswith("BMR") else "o"
         ax.scatter(x, y, marker=marker, s=120 if marker == "*" else 40)
