@@ -38,20 +38,13 @@ def _vocab() -> list[str]:
     return words
 
 
-def bert_snapshot(d: Path, *, dead_units: bool = False) -> Path:
-    """A bare tiny BERT snapshot in ``d``; `dead_units` makes every second FFN neuron and
-    head near-silent (as in a trained model with redundant units) so BMR finds them."""
+def _save_text_snapshot(d: Path, model, dead_units: bool) -> Path:
+    """Save `model` and a WordPiece tokenizer over the tiny vocabulary into ``d``;
+    `dead_units` first makes every second FFN neuron and head near-silent."""
     import torch
-    from transformers import BertConfig, BertModel, BertTokenizerFast
+    from transformers import BertTokenizerFast
 
-    d.mkdir(parents=True, exist_ok=True)
     vocab = _vocab()
-    cfg = BertConfig(vocab_size=len(vocab), hidden_size=HIDDEN, num_hidden_layers=LAYERS,
-                     num_attention_heads=HEADS, intermediate_size=INTER,
-                     max_position_embeddings=MAX_POS, type_vocab_size=2,
-                     architectures=["BertModel"])
-    torch.manual_seed(0)
-    model = BertModel(cfg, add_pooling_layer=False).eval()
     if dead_units:
         from tests.export._surgery import with_dead_units_
 
@@ -62,6 +55,23 @@ def bert_snapshot(d: Path, *, dead_units: bool = False) -> Path:
     BertTokenizerFast(vocab_file=str(d / "vocab.txt"), do_lower_case=True,
                       model_max_length=MAX_POS).save_pretrained(str(d))
     return d
+
+
+def bert_snapshot(d: Path, *, dead_units: bool = False) -> Path:
+    """A bare tiny BERT snapshot in ``d``; `dead_units` makes every second FFN neuron and
+    head near-silent (as in a trained model with redundant units) so BMR finds them."""
+    import torch
+    from transformers import BertConfig, BertModel
+
+    d.mkdir(parents=True, exist_ok=True)
+    vocab = _vocab()
+    cfg = BertConfig(vocab_size=len(vocab), hidden_size=HIDDEN, num_hidden_layers=LAYERS,
+                     num_attention_heads=HEADS, intermediate_size=INTER,
+                     max_position_embeddings=MAX_POS, type_vocab_size=2,
+                     architectures=["BertModel"])
+    torch.manual_seed(0)
+    model = BertModel(cfg, add_pooling_layer=False).eval()
+    return _save_text_snapshot(d, model, dead_units)
 
 
 def st_snapshot(d: Path, *, dead_units: bool = False, normalize: bool = True) -> Path:
@@ -119,11 +129,7 @@ def causal_lm_snapshot(d: Path, kind: str = "llama") -> Path:
     "gpt2": fused Conv1D q/k/v) with every second FFN neuron and head near-silent, and a
     WordPiece tokenizer over the tiny vocabulary."""
     import torch
-    from transformers import (
-        BertTokenizerFast, GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM,
-    )
-
-    from tests.export._surgery import with_dead_units_
+    from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
 
     d.mkdir(parents=True, exist_ok=True)
     vocab = _vocab()
@@ -139,10 +145,4 @@ def causal_lm_snapshot(d: Path, kind: str = "llama") -> Path:
                           max_position_embeddings=MAX_POS, bos_token_id=2, eos_token_id=3,
                           architectures=["LlamaForCausalLM"])
         model = LlamaForCausalLM(cfg).eval()
-    ids = torch.randint(5, len(vocab), (2, 9), generator=torch.Generator().manual_seed(0))
-    with_dead_units_(model, {"input_ids": ids, "attention_mask": torch.ones_like(ids)})
-    model.save_pretrained(str(d))
-    (d / "vocab.txt").write_text("\n".join(vocab) + "\n")
-    BertTokenizerFast(vocab_file=str(d / "vocab.txt"), do_lower_case=True,
-                      model_max_length=MAX_POS).save_pretrained(str(d))
-    return d
+    return _save_text_snapshot(d, model, dead_units=True)
