@@ -44,17 +44,26 @@ LABEL = {"bmrs_n": "BMRS_N", "bmrs_u8": "BMRS_U-8", "bmrs_u4": "BMRS_U-4",
 
 
 def gate_snr(mu: torch.Tensor, log_sigma: torch.Tensor, log_a: float, log_b: float) -> torch.Tensor:
-    """E[θ]/std[θ] of θ = e^x, x ~ N(μ, σ²) truncated to [log_a, log_b] (float64, exact)."""
+    """E[θ]/std[θ] of θ = e^x, x ~ N(μ, σ²) truncated to [log_a, log_b] (float64).
+
+    By quadrature on the part of [log_a, log_b] that holds the mass: around μ when μ is inside,
+    else an exponential layer of width σ²/distance at the nearer bound. Closed forms in the
+    normal CDF cancel to 0/0 there (the 'nan' the table once showed for a gate far outside).
+    """
     mu, s = mu.double(), log_sigma.double().exp()
-    nd = torch.special.ndtr
-
-    def mass(shift: torch.Tensor) -> torch.Tensor:
-        return nd((log_b - mu - shift) / s) - nd((log_a - mu - shift) / s)
-
-    z = mass(torch.zeros_like(mu)).clamp_min(1e-300)
-    m1 = (mu + s**2 / 2).exp() * mass(s**2) / z
-    m2 = (2 * mu + 2 * s**2).exp() * mass(2 * s**2) / z
-    return m1 / (m2 - m1**2).clamp_min(1e-300).sqrt()
+    c = mu.clamp(log_a, log_b)
+    dist = (mu - c).abs()
+    h = torch.where(dist > 0, torch.minimum(s, s**2 / dist.clamp_min(1e-300)), s)
+    lo, hi = (c - 40 * h).clamp_min(log_a), (c + 40 * h).clamp_max(log_b)
+    t = torch.linspace(0, 1, 4001, dtype=torch.float64)
+    x = lo[:, None] + (hi - lo)[:, None] * t  # (units, grid)
+    logw = -((x - mu[:, None]) ** 2) / (2 * s[:, None] ** 2)
+    w = (logw - logw.max(dim=1, keepdim=True).values).exp()
+    w = w / w.sum(dim=1, keepdim=True)
+    th = x.exp()
+    m1 = (w * th).sum(1)
+    sd = (w * (th - m1[:, None]) ** 2).sum(1).sqrt()
+    return m1 / sd.clamp_min(1e-300)
 
 
 def unit_scores(rule: str, groups: list[Any], post: Any, gates: Any) -> dict[str, torch.Tensor]:
