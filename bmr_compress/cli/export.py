@@ -18,7 +18,7 @@ The rewritten files are not yet validated: run `bmr-compress validate DIRECTORY`
 
 @click.command("export", epilog=EPILOG)
 @click.argument("directory", type=click.Path(exists=True, file_okay=False, path_type=Path))
-@click.option("--int8", is_flag=True, help="Also write model.int8.onnx (dynamic int8 quantisation).")
+@click.option("--int8", is_flag=True, help="Also write model.int8.onnx (8-bit weights, see export/quantize.py).")
 @click.option("--compact-zeros", is_flag=True, help="Store mostly-zero tensors sparsely.")
 @common_options
 @run_command

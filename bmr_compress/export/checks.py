@@ -218,8 +218,8 @@ def check_int8(
     """int8 artefact: loads, finite, and, gating, the task metric of the int8 ONNX model against
     the original on held-out data (same threshold as the compressed model). The raw relative
     L2 error against the fp32 ONNX at random inputs is recorded; it gates only when no
-    held-out data is given (dynamic int8 quantises activations per tensor, so outlier hidden
-    dimensions make raw token states look worse than what the task sees)."""
+    held-out data is given (int8 arithmetic quantises activations at run time, so outlier
+    hidden dimensions make raw token states look worse than what the task sees)."""
     import numpy as np
 
     from bmr_compress.export.latency import cpu_session

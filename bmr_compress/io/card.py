@@ -211,7 +211,7 @@ def _usage(report: dict[str, Any], repo_id: str, d: Path | None, st: bool) -> li
            "from sentence_transformers import SentenceTransformer", "",
            f'model = SentenceTransformer("{repo_id}", backend="onnx")  # onnx/model.onnx']
     if int8:
-        out += ["# the int8 model (dynamic quantisation, per-channel weights):",
+        out += ["# the int8 model (8-bit weights in blocks of up to 128 input channels):",
                 f'model = SentenceTransformer("{repo_id}", backend="onnx", '
                 f'model_kwargs={{"file_name": "{ST_INT8}"}})']
     out += [f"embeddings = model.encode({texts})", "print(embeddings.shape)", "```", ""]
