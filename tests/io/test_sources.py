@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from bmr_compress.errors import InputError
-from bmr_compress.io.sources import load_weight_file, parse_hub_spec, resolve_source
+from bmr_compress.io.sources import load_weight_file, parse_hub_spec
+from bmr_compress.pipeline.sources import resolve_source
 from tests.tiny_models import text_inputs, tiny_bert
 
 
