@@ -13,12 +13,12 @@ from torch import nn
 from bmr_compress.export.validation import (
     ValidationResult,
     ValidationSettings,
-    sample_dims,
-    to_numpy,
-    torch_out,
     make_inputs_like,
     max_positions,
     parity_shapes,
+    sample_dims,
+    to_numpy,
+    torch_out,
 )
 from bmr_compress.tasks import Task
 

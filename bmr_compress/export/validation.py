@@ -158,7 +158,7 @@ def to_numpy(batch: dict[str, torch.Tensor]) -> dict[str, np.ndarray]:
 def torch_out(model: nn.Module, batch: dict[str, torch.Tensor]) -> np.ndarray:
     import torch
 
-    from bmr_compress.export.onnx_export import is_hf, hf_call_kwargs
+    from bmr_compress.export.onnx_export import hf_call_kwargs, is_hf
 
     kw: dict[str, Any] = dict(batch)
     if is_hf(model):
