@@ -75,7 +75,7 @@ def main() -> None:
 
     from bmr_compress.io.data import make_dataset
     from bmr_compress.io.recipes import load_recipe
-    from bmr_compress.io.sources import resolve_source
+    from bmr_compress.pipeline.sources import resolve_source
     from bmr_compress.pipeline.laplace import laplace_reduce
     from bmr_compress.pipeline.settings import DEFAULT_TOLERANCE
 

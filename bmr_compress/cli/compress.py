@@ -20,7 +20,7 @@ Examples:
 """
 
 
-def _human(result: Any) -> str:
+def human_summary(result: Any) -> str:
     from bmr_compress.pipeline import format_summary
 
     return f"wrote {result.out} (validation passed)\n" + format_summary(result.summary)
@@ -48,6 +48,6 @@ def command(as_json: bool, debug: bool, verbose: bool, **opts: Any) -> None:
     from bmr_compress import pipeline
 
     result = pipeline.compress(compress_settings(opts, what="compress", progress=True))
-    emit(result, as_json, _human)
+    emit(result, as_json, human_summary)
 
 

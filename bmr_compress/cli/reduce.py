@@ -34,7 +34,7 @@ def command(posterior_dir: Path, as_json: bool, debug: bool, verbose: bool, **op
     """Re-plan from POSTERIOR_DIR/posterior.safetensors (written by `compress` or `finetune`)
     with new planning options, cut, export and validate into --out, without refitting."""
     opts = {k: str(v) if isinstance(v, Path) else v for k, v in opts.items()}
-    from bmr_compress.cli.compress import _human
+    from bmr_compress.cli.compress import human_summary
 
     result = pipeline_function("reduce")(posterior_dir, **{k: v for k, v in opts.items() if v is not None})
-    emit(result, as_json, _human)
+    emit(result, as_json, human_summary)

@@ -14,7 +14,7 @@ _EXPORTS = {
     "export_onnx": "onnx_export", "IoSpec": "onnx_export", "OnnxArtifact": "onnx_export",
     "infer_io_spec": "onnx_export", "ort_max_ir_version": "onnx_export", "ort_max_opset": "onnx_export",
     "quantize_int8": "quantize",
-    "validate": "validation", "ValidationResult": "validation", "ValidationSettings": "validation",
+    "validate": "gate", "ValidationResult": "validation", "ValidationSettings": "validation",
     "Check": "validation", "make_inputs_like": "validation",
     "task_metric": "metrics", "measure_latency": "latency",
     "build_report": "report", "write_report": "report", "sparsity_stats": "report",

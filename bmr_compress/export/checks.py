@@ -13,12 +13,12 @@ from torch import nn
 from bmr_compress.export.validation import (
     ValidationResult,
     ValidationSettings,
-    _sample_dims,
-    _to_numpy,
-    _torch_out,
     make_inputs_like,
     max_positions,
     parity_shapes,
+    sample_dims,
+    to_numpy,
+    torch_out,
 )
 from bmr_compress.tasks import Task
 
@@ -29,12 +29,12 @@ def initializer_bytes(path: Path) -> tuple[int, int]:
     """(stored, dense) bytes of an ONNX file's initializers (sparse: values + indices)."""
     import onnx
 
-    from bmr_compress.export.onnx_export import _dense_bytes_of_sparse, _stored_bytes, _tensor_bytes
+    from bmr_compress.export.onnx_export import dense_bytes_of_sparse, stored_bytes, tensor_bytes
 
     proto = onnx.load(str(path), load_external_data=False)  # sizes come from dims
-    dense = sum(_tensor_bytes(t) for t in proto.graph.initializer)
-    dense += sum(_dense_bytes_of_sparse(s) for s in proto.graph.sparse_initializer)
-    return _stored_bytes(proto), dense
+    dense = sum(tensor_bytes(t) for t in proto.graph.initializer)
+    dense += sum(dense_bytes_of_sparse(s) for s in proto.graph.sparse_initializer)
+    return stored_bytes(proto), dense
 
 
 def plain_initializer_bytes(path: Path) -> int:
@@ -45,11 +45,11 @@ def plain_initializer_bytes(path: Path) -> int:
     even when nothing was removed. (A tied weight is one parameter and counts once.)"""
     import onnx
 
-    from bmr_compress.export.onnx_export import _dense_bytes_of_sparse, _tensor_bytes
+    from bmr_compress.export.onnx_export import dense_bytes_of_sparse, tensor_bytes
 
     proto = onnx.load(str(path), load_external_data=False)
-    size = {t.name: _tensor_bytes(t) for t in proto.graph.initializer}
-    size.update({s.values.name: _dense_bytes_of_sparse(s) for s in proto.graph.sparse_initializer})
+    size = {t.name: tensor_bytes(t) for t in proto.graph.initializer}
+    size.update({s.values.name: dense_bytes_of_sparse(s) for s in proto.graph.sparse_initializer})
     aliases = sum(size[n.input[0]] for n in proto.graph.node
                   if n.op_type == "Identity" and n.input and n.input[0] in size)
     return sum(size.values()) + aliases
@@ -96,14 +96,14 @@ def check_parity(
 
     shapes = list(st.parity_shapes) if st.parity_shapes else parity_shapes(sample, max_positions(model))
     sess = cpu_session(path)
-    res.parity = {"atol": st.atol, "rtol": st.rtol, "export_shape": list(_sample_dims(sample)), "shapes": []}
+    res.parity = {"atol": st.atol, "rtol": st.rtol, "export_shape": list(sample_dims(sample)), "shapes": []}
     worst = 0.0
     all_ok = True
     for i, (b, s) in enumerate(shapes):
         try:
             batch = make_inputs_like(sample, b, s, seed=st.seed + i)
-            ref = _torch_out(model, batch)
-            got = sess.run(None, _to_numpy(batch))[0]
+            ref = torch_out(model, batch)
+            got = sess.run(None, to_numpy(batch))[0]
             if got.shape != ref.shape:
                 raise ValueError(f"ORT output shape {got.shape} != PyTorch {ref.shape}")
             err = np.abs(got - ref)
@@ -142,7 +142,7 @@ def check_latency(
 ) -> None:
     from bmr_compress.export.latency import measure_latency
 
-    _, s = _sample_dims(sample)
+    _, s = sample_dims(sample)
     seq = st.latency_seq or s
     cap = max_positions(model)
     if seq is not None and cap is not None:
@@ -150,7 +150,7 @@ def check_latency(
     models = {k: str(v) for k, v in paths.items()}
     try:
         batch = make_inputs_like(sample, st.latency_batch, seq, seed=st.seed + 99)
-        res.latency = measure_latency(models, _to_numpy(batch), threads=st.latency_threads,
+        res.latency = measure_latency(models, to_numpy(batch), threads=st.latency_threads,
                                       runs=st.latency_runs, warmup=st.latency_warmup)
         res.latency.update({"batch": st.latency_batch, "seq": seq})
         grid = []
@@ -158,7 +158,7 @@ def check_latency(
             if (b, t) == (st.latency_batch, st.latency_threads):
                 r = res.latency
             else:
-                x = _to_numpy(make_inputs_like(sample, b, seq, seed=st.seed + 99))
+                x = to_numpy(make_inputs_like(sample, b, seq, seed=st.seed + 99))
                 r = measure_latency(models, x, threads=t, runs=st.latency_runs, warmup=st.latency_warmup)
             grid.append({"batch": b, "threads": t, "seq": seq, **{k: r[k] for k in models}})
         res.latency["grid"] = grid
@@ -231,7 +231,7 @@ def check_int8(
         q, f = cpu_session(path), cpu_session(fp32_path)
         errs = []
         for i, (b, s) in enumerate(parity_shapes(sample, max_positions(model))):
-            feed = _to_numpy(make_inputs_like(sample, b, s, seed=st.seed + 10 + i))
+            feed = to_numpy(make_inputs_like(sample, b, s, seed=st.seed + 10 + i))
             yq, yf = q.run(None, feed)[0], f.run(None, feed)[0]
             errs.append(float(np.linalg.norm(yq - yf) / max(float(np.linalg.norm(yf)), 1e-12)))
         worst = max(errs)
@@ -291,7 +291,7 @@ def check_st_embeddings(
             sess = cpu_session(onnx_path)
             hidden = sess.run(None, {i.name: feed[i.name] for i in sess.get_inputs()})[0]
         else:
-            hidden = _torch_out(model, {k: torch.from_numpy(v) for k, v in feed.items()
+            hidden = torch_out(model, {k: torch.from_numpy(v) for k, v in feed.items()
                                         if k in ("input_ids", "attention_mask", "token_type_ids")})
         ref = pool(hidden, feed["attention_mask"], st)
         paths = {"torch": _st_encode(out_dir, texts, None)}

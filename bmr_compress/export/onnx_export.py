@@ -129,7 +129,7 @@ def _wrapper(model: nn.Module, input_names: tuple[str, ...]) -> nn.Module:
 
     from bmr_compress.tasks import output_tensor
 
-    hf = _is_hf(model)
+    hf = is_hf(model)
 
     class _Named(nn.Module):
         """Positional inputs in `input_names` order -> model(**named) -> one named tensor."""
@@ -162,7 +162,7 @@ def hf_call_kwargs(model: nn.Module) -> dict[str, Any]:
     return kw
 
 
-def _is_hf(model: nn.Module) -> bool:
+def is_hf(model: nn.Module) -> bool:
     try:
         from transformers import PreTrainedModel
     except ImportError:  # pragma: no cover - transformers is a dependency
@@ -176,7 +176,7 @@ def infer_io_spec(model: nn.Module, sample_inputs: dict[str, torch.Tensor]) -> I
 
     names = tuple(sample_inputs)
     out_name = "logits"
-    if _is_hf(model):
+    if is_hf(model):
         with torch.no_grad():
             out = model(**sample_inputs, **hf_call_kwargs(model))
         if getattr(out, "logits", None) is None and getattr(out, "last_hidden_state", None) is not None:
@@ -296,10 +296,10 @@ def save_onnx(
 
     proto.ir_version = min(ort_max_ir_version(), proto.ir_version or ort_max_ir_version())
     opset = next(o.version for o in proto.opset_import if o.domain in ("", "ai.onnx"))
-    dense_bytes = sum(_tensor_bytes(t) for t in proto.graph.initializer)
-    dense_bytes += sum(_dense_bytes_of_sparse(s) for s in proto.graph.sparse_initializer)
+    dense_bytes = sum(tensor_bytes(t) for t in proto.graph.initializer)
+    dense_bytes += sum(dense_bytes_of_sparse(s) for s in proto.graph.sparse_initializer)
     sparse_names = _sparsify_(proto) if sparse else ()
-    stored = _stored_bytes(proto)
+    stored = stored_bytes(proto)
     data_name = path.name + ".data"
     for stale in (path, path.with_name(data_name)):
         stale.unlink(missing_ok=True)
@@ -321,7 +321,7 @@ def save_onnx(
     )
 
 
-def _tensor_bytes(t: onnx.TensorProto) -> int:
+def tensor_bytes(t: onnx.TensorProto) -> int:
     """Payload bytes from dims and dtype (works for external data without reading it)."""
     from onnx import helper
 
@@ -331,7 +331,7 @@ def _tensor_bytes(t: onnx.TensorProto) -> int:
     return n * helper.tensor_dtype_to_np_dtype(t.data_type).itemsize
 
 
-def _dense_bytes_of_sparse(s: onnx.SparseTensorProto) -> int:
+def dense_bytes_of_sparse(s: onnx.SparseTensorProto) -> int:
     from onnx import helper
 
     itemsize = helper.tensor_dtype_to_np_dtype(s.values.data_type).itemsize
@@ -341,9 +341,9 @@ def _dense_bytes_of_sparse(s: onnx.SparseTensorProto) -> int:
     return n * itemsize
 
 
-def _stored_bytes(proto: onnx.ModelProto) -> int:
-    total = sum(_tensor_bytes(t) for t in proto.graph.initializer)
-    total += sum(_tensor_bytes(s.values) + _tensor_bytes(s.indices) for s in proto.graph.sparse_initializer)
+def stored_bytes(proto: onnx.ModelProto) -> int:
+    total = sum(tensor_bytes(t) for t in proto.graph.initializer)
+    total += sum(tensor_bytes(s.values) + tensor_bytes(s.indices) for s in proto.graph.sparse_initializer)
     return total
 
 

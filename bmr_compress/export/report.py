@@ -7,13 +7,14 @@ files actually present in the output directory (so sizes match the disk), writes
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
-import math
 from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+from bmr_compress.io.checks import count_params
+from bmr_compress.io.jsonsafe import to_jsonable
 
 if TYPE_CHECKING:
     from torch import nn
@@ -24,11 +25,12 @@ log = logging.getLogger(__name__)
 
 REPORT_JSON, REPORT_MD, PLOTS_DIR = "report.json", "report.md", "plots"
 _OWN = {REPORT_JSON, REPORT_MD}
+param_count = count_params  # the name export has offered (distinct elements, tied once)
 
 
-def param_count(model: nn.Module) -> int:
-    """Distinct parameter elements (tied tensors counted once)."""
-    return sum(p.numel() for p in model.parameters())
+def _jsonable(x: Any) -> Any:
+    """report.json's conversion: NaN -> null, ±inf -> "inf" / "-inf" (strict JSON)."""
+    return to_jsonable(x, nonfinite="mark")
 
 
 def sparsity_stats(original: nn.Module, compressed: nn.Module) -> dict[str, Any]:
@@ -77,11 +79,11 @@ def build_report(
     from bmr_compress import __version__
 
     val = validation.to_dict() if hasattr(validation, "to_dict") else dict(validation)
-    n0, n1 = param_count(original), param_count(compressed)
+    n0, n1 = count_params(original), count_params(compressed)
     report: dict[str, Any] = {
         "tool": {"name": "bmr-compress", "version": __version__},
         "source": dict(source),
-        "settings": _plain(settings),
+        "settings": _jsonable(settings),
         "parameters": {"original": n0, "compressed": n1, "ratio": n1 / n0 if n0 else 1.0},
         "files": {"before": dict(files_before), "after": {}},
         "sparsity": sparsity_stats(original, compressed),
@@ -92,10 +94,10 @@ def build_report(
         "int8": val.get("int8"),
         "onnx": onnx.to_dict() if hasattr(onnx, "to_dict") else dict(onnx or {}),
         "stage_seconds": dict(stage_seconds),
-        "plan": _plain(plan_summary or {}),
+        "plan": _jsonable(plan_summary or {}),
         "validation": {"passed": bool(val.get("passed")), "checks": val.get("checks", [])},
     }
-    report.update(_plain(extra or {}))
+    report.update(_jsonable(extra or {}))
     return report
 
 
@@ -120,31 +122,12 @@ def write_report(
         and not p.name.startswith(".")
     }
     jpath, mpath = out / REPORT_JSON, out / REPORT_MD
-    jpath.write_text(json.dumps(_plain(report), indent=2, sort_keys=True, allow_nan=False) + "\n")
+    jpath.write_text(json.dumps(_jsonable(report), indent=2, sort_keys=True, allow_nan=False) + "\n")
     mpath.write_text(render_markdown(report))
     if json.loads(jpath.read_text())["validation"]["passed"] != report["validation"]["passed"]:
         raise OSError(f"read-back of {jpath} differs")  # pragma: no cover - disk corruption
     log.info("wrote %s and %s", jpath, mpath)
     return jpath, mpath
-
-
-def _plain(x: Any) -> Any:
-    """JSON-safe copy: dataclasses, Paths, numpy/torch scalars and non-finite floats handled."""
-    if dataclasses.is_dataclass(x) and not isinstance(x, type):
-        return _plain(dataclasses.asdict(x))
-    if isinstance(x, Mapping):
-        return {str(k): _plain(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple, set)):
-        return [_plain(v) for v in x]
-    if isinstance(x, Path):
-        return str(x)
-    if hasattr(x, "tolist") and not isinstance(x, (str, bytes)):
-        return _plain(x.tolist())
-    if isinstance(x, float) and not math.isfinite(x):
-        return None if math.isnan(x) else ("inf" if x > 0 else "-inf")
-    if x is None or isinstance(x, (str, int, float, bool)):
-        return x
-    return str(x)
 
 
 def _fmt_bytes(n: float) -> str:
@@ -183,8 +166,8 @@ def render_markdown(report: Mapping[str, Any]) -> str:
         lines += [f"Held-out data: {held}.", ""] if held else []
         lines += [f"Task `{m.get('task')}`, gate `{m.get('name')}` = "
                   f"{m.get('gate'):.4g}, threshold {m.get('threshold')}.", "",
-                  f"- original: {json.dumps(_plain(m.get('original')))}",
-                  f"- compressed: {json.dumps(_plain(m.get('compressed')))}", ""]
+                  f"- original: {json.dumps(_jsonable(m.get('original')))}",
+                  f"- compressed: {json.dumps(_jsonable(m.get('compressed')))}", ""]
     lat = report.get("latency", {})
     if "original" in lat:
         lines += ["## onnxruntime CPU latency (same run, interleaved)", "",
@@ -203,7 +186,7 @@ def render_markdown(report: Mapping[str, Any]) -> str:
                   + (f", {qm.get('name')} {qm.get('gate'):.4g} vs the original on held-out data"
                      if qm.get("gate") is not None else "") + ".", ""]
     if report.get("operating_points"):
-        from bmr_compress.pipeline.curve import curve_markdown
+        from bmr_compress.export.operating_points import curve_markdown
 
         lines += curve_markdown(report["operating_points"])
     par = report.get("parity", {})
@@ -257,7 +240,7 @@ def _write_plots(d: Path, report: Mapping[str, Any], delta_lnz: Mapping[str, Any
         ax.set_xlabel("kept fraction of parameters")
         save(fig, "kept_fraction.png")
     if delta_lnz:
-        vals = {k: np.asarray(_plain(v), dtype=float).ravel() for k, v in delta_lnz.items()}
+        vals = {k: np.asarray(_jsonable(v), dtype=float).ravel() for k, v in delta_lnz.items()}
         allv = np.concatenate([v for v in vals.values() if v.size]) if vals else np.zeros(0)
         if allv.size:
             fig, ax = plt.subplots(figsize=(6, 3.5))
@@ -279,7 +262,7 @@ def _write_plots(d: Path, report: Mapping[str, Any], delta_lnz: Mapping[str, Any
             axes[1].set_ylabel(f"median ms ({lat['threads']} thr, b{lat['batch']}, s{lat['seq']})")
         save(fig, "size_latency.png")
     if report.get("operating_points"):
-        from bmr_compress.pipeline.curve import plot_curve
+        from bmr_compress.export.operating_points import plot_curve
 
         fig, ax = plt.subplots(figsize=(7, 4.5))
         plot_curve(ax, report["operating_points"])

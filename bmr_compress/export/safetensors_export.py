@@ -14,6 +14,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from bmr_compress.errors import InputError, ValidationFailed
+from bmr_compress.io.weight_layout import (
+    MASK_SUFFIX, VALUES_SUFFIX, WEIGHTS_NAME, read_metadata, weight_shapes,
+)
 
 if TYPE_CHECKING:
     import torch
@@ -21,8 +24,10 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-WEIGHTS_NAME = "model.safetensors"
-_VALUES, _MASK = "::values", "::mask"
+__all__ = ["WEIGHTS_NAME", "export_safetensors", "write_weights", "load_state_dict", "read_metadata",
+           "weight_shapes"]
+
+_VALUES, _MASK = VALUES_SUFFIX, MASK_SUFFIX
 
 
 def export_safetensors(
@@ -72,27 +77,6 @@ def write_weights(model: nn.Module, out_dir: str | Path, metadata: dict[str, Any
     return path
 
 
-def weight_shapes(path: str | Path) -> dict[str, tuple[int, ...]]:
-    """{state-dict name: shape} of a file `write_weights` wrote, from its header alone
-    (compact tensors by their dense shape, aliases by their target's)."""
-    from bmr_compress.io.checks import read_safetensors_header
-
-    path = Path(path)
-    header = read_safetensors_header(path)
-    meta = read_metadata(path)
-    try:
-        compact = json.loads(meta.get("bmr_compact_zeros", "{}"))
-        aliases = json.loads(meta.get("bmr_aliases", "{}"))
-        shapes = {k: shape for k, (_, shape) in header.items()
-                  if not k.endswith((_VALUES, _MASK))}
-        shapes.update({k: tuple(v["shape"]) for k, v in compact.items()})
-        shapes.update({a: shapes[t] for a, t in aliases.items()})
-    except (ValueError, KeyError, TypeError, AttributeError) as e:
-        raise InputError(f"{path}: inconsistent bmr metadata (compact zeros / aliases): "
-                         f"{type(e).__name__}: {e}") from None
-    return shapes
-
-
 def load_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     """Read a file written by `export_safetensors`: restores compact zeros and tied aliases."""
     from safetensors import safe_open
@@ -122,13 +106,6 @@ def load_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
         raise InputError(f"{path}: inconsistent bmr metadata (compact zeros / aliases): "
                          f"{type(e).__name__}: {e}") from None
     return state
-
-
-def read_metadata(path: str | Path) -> dict[str, str]:
-    from safetensors import safe_open
-
-    with safe_open(str(path), framework="pt") as f:
-        return dict(f.metadata() or {})
 
 
 def _dedupe(state: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], dict[str, str]]:

@@ -18,13 +18,17 @@ import json
 import logging
 import os
 import shutil
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from bmr_compress.io.st_pipeline import ST_INT8, ST_ONNX, StPipeline, read_st_pipeline
+
 log = logging.getLogger(__name__)
+
+__all__ = ["ST_INT8", "ST_ONNX", "StPipeline", "read_st_pipeline", "pool", "write_companions_",
+           "place_st_onnx_", "texts_from_batch", "clean_tokenizer_config_"]
 
 ST_FILES = ("modules.json", "sentence_bert_config.json", "config_sentence_transformers.json")
 TOKENIZER_FILES = (
@@ -36,69 +40,6 @@ TOKENIZER_FILES = (
 RUN_KEYS = ("local_files_only", "is_local", "_commit_hash", "cache_dir", "token", "use_auth_token",
             "revision", "force_download", "subfolder", "trust_remote_code", "max_length",
             "truncation", "padding", "stride", "return_tensors")
-ST_ONNX, ST_INT8 = "onnx/model.onnx", "onnx/model_qint8.onnx"
-_POOLING_MODES = ("cls_token", "max_tokens", "mean_tokens", "mean_sqrt_len_tokens",
-                  "weightedmean_tokens", "lasttoken")
-
-
-@dataclass(frozen=True)
-class StPipeline:
-    """What a sentence-transformers folder does after the transformer."""
-
-    modules: tuple[dict[str, Any], ...]
-    pooling: str = "mean"  # cls | max | mean | mean_sqrt_len | weightedmean | lasttoken
-    normalize: bool = False
-    max_seq_length: int | None = None
-    others: tuple[str, ...] = field(default_factory=tuple)  # module types we do not replay
-
-    @property
-    def replayable(self) -> bool:
-        return not self.others and self.pooling in ("cls", "max", "mean", "mean_sqrt_len", "lasttoken")
-
-    def describe(self) -> str:
-        steps = [f"{self.pooling} pooling"] + (["L2 normalisation"] if self.normalize else [])
-        steps += list(self.others)
-        return " → ".join(steps) + (f" (max {self.max_seq_length} tokens)" if self.max_seq_length else "")
-
-
-def read_st_pipeline(directory: str | Path | None) -> StPipeline | None:
-    """The pooling/normalisation of a sentence-transformers folder; None when not one."""
-    if directory is None or not (Path(directory) / "modules.json").is_file():
-        return None
-    d = Path(directory)
-    modules = json.loads((d / "modules.json").read_text())
-    pooling, normalize, others = "mean", False, []
-    for m in modules:
-        kind = str(m.get("type", "")).rsplit(".", 1)[-1]
-        if kind == "Pooling":
-            cfg_path = d / m.get("path", "") / "config.json"
-            cfg = json.loads(cfg_path.read_text()) if cfg_path.is_file() else {}
-            pooling = _pooling_mode(cfg)
-        elif kind == "Normalize":
-            normalize = True
-        elif kind != "Transformer":
-            others.append(kind)
-    max_len = None
-    sb = d / "sentence_bert_config.json"
-    if sb.is_file():
-        max_len = json.loads(sb.read_text()).get("max_seq_length")
-    return StPipeline(tuple(modules), pooling, normalize, max_len, tuple(others))
-
-
-def _pooling_mode(cfg: dict[str, Any]) -> str:
-    """Pooling name from a 1_Pooling/config.json (boolean flags, or ST 5+'s ``pooling_mode``)."""
-    names = {"cls_token": "cls", "cls": "cls", "max_tokens": "max", "max": "max",
-             "mean_tokens": "mean", "mean": "mean", "mean_sqrt_len_tokens": "mean_sqrt_len",
-             "mean_sqrt_len": "mean_sqrt_len", "weightedmean_tokens": "weightedmean",
-             "weightedmean": "weightedmean", "lasttoken": "lasttoken"}
-    if isinstance(cfg.get("pooling_mode"), str):
-        return names.get(str(cfg["pooling_mode"]), str(cfg["pooling_mode"]))
-    for mode in _POOLING_MODES:
-        if cfg.get(f"pooling_mode_{mode}"):
-            return names[mode]
-    return "mean"
-
-
 def pool(hidden: np.ndarray, mask: np.ndarray, st: StPipeline) -> np.ndarray:
     """Sentence embeddings (B, H) from token states (B, T, H) as the folder's modules do."""
     m = mask.astype(hidden.dtype)[..., None]  # (B, T, 1)

@@ -1,4 +1,5 @@
-"""Validation gate: checker, ORT parity at unseen shapes, task metric, finiteness, sizes, latency.
+"""Validation gate data: settings, results, and the inputs the checks run at (export.checks
+runs the checks, export.gate.validate runs them all).
 
 `validate` returns a `ValidationResult` with one `Check` per gate; by default it raises
 `ValidationFailed` (exit code 1; the result is attached as ``err.result``) when any check fails,
@@ -12,13 +13,11 @@ moves float32 results by ~1e-6 relative on tiny models and ~1e-5..1e-4 on 6-laye
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from bmr_compress.errors import ValidationFailed
-from bmr_compress.tasks import Task, output_tensor
+from bmr_compress.tasks import output_tensor
 
 if TYPE_CHECKING:
     import numpy as np
@@ -123,7 +122,7 @@ def make_inputs_like(
     return out
 
 
-def _sample_dims(sample: dict[str, torch.Tensor]) -> tuple[int, int | None]:
+def sample_dims(sample: dict[str, torch.Tensor]) -> tuple[int, int | None]:
     from bmr_compress.export.onnx_export import SEQUENCE_INPUTS
 
     first = next(iter(sample.values()))
@@ -133,7 +132,7 @@ def _sample_dims(sample: dict[str, torch.Tensor]) -> tuple[int, int | None]:
 
 def parity_shapes(sample: dict[str, torch.Tensor], max_seq: int | None) -> list[tuple[int, int | None]]:
     """Two (batch, seq) pairs, both unlike the export sample's."""
-    b, s = _sample_dims(sample)
+    b, s = sample_dims(sample)
     if s is None:
         return [(b + 1, None), (b + 3, None)]
     cap = max_seq or 4 * s + 8
@@ -152,61 +151,17 @@ def max_positions(model: nn.Module) -> int | None:
     return None
 
 
-def _to_numpy(batch: dict[str, torch.Tensor]) -> dict[str, np.ndarray]:
+def to_numpy(batch: dict[str, torch.Tensor]) -> dict[str, np.ndarray]:
     return {k: v.detach().cpu().numpy() for k, v in batch.items()}
 
 
-def _torch_out(model: nn.Module, batch: dict[str, torch.Tensor]) -> np.ndarray:
+def torch_out(model: nn.Module, batch: dict[str, torch.Tensor]) -> np.ndarray:
     import torch
 
-    from bmr_compress.export.onnx_export import _is_hf, hf_call_kwargs
+    from bmr_compress.export.onnx_export import hf_call_kwargs, is_hf
 
     kw: dict[str, Any] = dict(batch)
-    if _is_hf(model):
+    if is_hf(model):
         kw.update(hf_call_kwargs(model))
     with torch.no_grad():
         return output_tensor(model(**kw)).float().cpu().numpy()
-
-
-# ---------------------------------------------------------------- the gate
-
-
-def validate(
-    original: nn.Module,
-    compressed: nn.Module,
-    *,
-    onnx_path: str | Path,
-    original_onnx_path: str | Path,
-    sample_inputs: dict[str, torch.Tensor],
-    heldout_batches: Iterable[dict[str, torch.Tensor]],
-    task: Task | str,
-    settings: ValidationSettings | None = None,
-    int8_path: str | Path | None = None,
-    raise_on_failure: bool = True,
-) -> ValidationResult:
-    """Run every check; a check that errors counts as failed (with the error as its detail).
-
-    `sample_inputs` is the batch the ONNX files were exported with (parity uses other shapes);
-    `original_onnx_path` is the uncompressed export (size and latency baseline).
-    """
-    from bmr_compress.export import checks
-
-    st = settings or ValidationSettings()
-    res = ValidationResult()
-    onnx_path, original_onnx_path = Path(onnx_path), Path(original_onnx_path)
-    ok_files = checks.check_onnx_files(res, {"compressed": onnx_path, "original": original_onnx_path})
-    checks.check_finite(res, compressed)
-    if ok_files:
-        checks.check_parity(res, compressed, onnx_path, sample_inputs, st)
-        checks.check_sizes(res, onnx_path, original_onnx_path)
-        timed = {"original": original_onnx_path, "compressed": onnx_path}
-        if int8_path is not None and Path(int8_path).is_file():
-            timed["int8"] = Path(int8_path)  # int8 latency beside fp32, same run
-        checks.check_latency(res, compressed, timed, sample_inputs, st)
-    checks.check_metric(res, original, compressed, heldout_batches, task, st)
-    if int8_path is not None:
-        checks.check_int8(res, Path(int8_path), onnx_path if ok_files else None, sample_inputs, compressed, st,
-                          original=original, batches=heldout_batches, task=task)
-    if raise_on_failure:
-        res.raise_if_failed()
-    return res

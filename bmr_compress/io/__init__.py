@@ -1,5 +1,8 @@
 """I/O stage (docs/INTERNALS.md §5): sources, recipes, data, atomic writes, hub push.
 
+The leaf of the middle layers: io imports nothing from zoo, surgery, export, variational or
+pipeline; they register what io cannot load itself (io.sources.register_source_kind).
+
 Importing this package does not import torch; names resolve lazily on first use.
 """
 
@@ -11,6 +14,9 @@ from typing import Any
 _EXPORTS = {
     "resolve_source": "sources", "LoadedSource": "sources", "parse_hub_spec": "sources",
     "load_weight_file": "sources", "package_snapshot_dir": "sources",
+    "register_source_kind": "sources", "SourceKind": "sources", "SourceRequest": "sources",
+    "read_manifest": "manifest", "write_manifest": "manifest",
+    "check_json_file": "checks", "count_params": "checks", "to_jsonable": "jsonsafe",
     "load_recipe": "recipes", "Recipe": "recipes", "recipe_names": "recipes",
     "DataSpec": "recipes", "SourceSpec": "recipes", "RecipeSettings": "recipes", "TrainSpec": "recipes",
     "make_dataset": "data", "DataBundle": "data", "parse_data_spec": "data",

@@ -195,7 +195,7 @@ def _num(v: Any) -> str:
 
 
 def _usage(report: dict[str, Any], repo_id: str, d: Path | None, st: bool) -> list[str]:
-    from bmr_compress.export.st_layout import ST_INT8, read_st_pipeline
+    from bmr_compress.io.st_pipeline import ST_INT8, read_st_pipeline
 
     pipe = read_st_pipeline(d) if st else None
     if pipe is None:

@@ -6,6 +6,7 @@
 * ``check_dtypes``: a weight file tensor whose dtype kind (float vs integer/bool) differs from
   the model tensor it fills.
 * ``check_finite``: NaN/Inf in any floating parameter or buffer of a loaded model.
+* ``count_params``: the one parameter count (tied tensors once) every report and budget uses.
 """
 
 from __future__ import annotations
@@ -143,6 +144,11 @@ def check_finite(model: nn.Module, origin: str) -> None:
                                  f"({n_nan} NaN, {n_inf} Inf); refusing to compress it")
 
 
+def count_params(model: nn.Module) -> int:
+    """Distinct parameter elements (tied tensors counted once, as `parameters()` yields them)."""
+    return sum(p.numel() for p in model.parameters())
+
+
 def check_json_file(path: Path) -> dict[str, Any]:
     """A JSON object from ``path``; InputError naming the file when missing, truncated or not an object."""
     try:
@@ -239,18 +245,6 @@ def _nonfinite_onnx(proto: Any) -> str | None:
         if a.dtype.kind == "f" and not np.isfinite(a).all():
             return str(init.name)
     return None
-
-
-def check_zoo_dims(config: dict[str, Any], path: Path) -> None:
-    """Zoo architecture sizes (ints and int lists outside the metadata keys) must be >= 1."""
-    from bmr_compress.zoo.architectures import _META_KEYS
-
-    for k, v in config.items():
-        if k in _META_KEYS:
-            continue
-        for x in v if isinstance(v, list) else [v]:
-            if isinstance(x, int) and not isinstance(x, bool) and x < 1:
-                raise InputError(f"{path}: {k} = {v!r}: sizes must be positive integers")
 
 
 # config keys that size a transformers model; values beyond these are no real checkpoint

@@ -89,8 +89,8 @@ def check_report_consistent(directory: str | Path, report: Mapping[str, Any]) ->
 def check_manifest_consistent(directory: str | Path) -> None:
     """The manifest's groups and shapes agree with each other and with model.safetensors
     (ValidationFailed naming the group or tensor; nothing to check without a manifest)."""
-    from bmr_compress.export.safetensors_export import weight_shapes
-    from bmr_compress.surgery.manifest import read_manifest
+    from bmr_compress.io.manifest import read_manifest
+    from bmr_compress.io.weight_layout import weight_shapes
 
     d = Path(directory)
     where = d / "bmr_manifest.json"

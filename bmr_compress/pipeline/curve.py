@@ -41,7 +41,8 @@ def operating_points(
     from bmr_compress.export.checks import OrtModule
     from bmr_compress.export.latency import cpu_session, measure_latency
     from bmr_compress.export.metrics import task_metric
-    from bmr_compress.export.validation import _to_numpy, make_inputs_like
+    from bmr_compress.export.validation import make_inputs_like, to_numpy
+    from bmr_compress.io.checks import count_params
 
     work.mkdir(parents=True, exist_ok=True)
     paths: dict[str, Path] = {"original": original_onnx}
@@ -62,11 +63,11 @@ def operating_points(
         metric = task_metric(original, m.eval() if isinstance(m, nn.Module) else m, batches, task)
         values[label], name = float(metric["gate"]), metric["name"]
     batch, seq = int(latency.get("batch", 1)), latency.get("seq")
-    feed = _to_numpy(make_inputs_like(dict(example), batch, seq, seed=99))
+    feed = to_numpy(make_inputs_like(dict(example), batch, seq, seed=99))
     lat = measure_latency({k: str(v) for k, v in paths.items()}, feed,
                           threads=int(latency.get("threads", 1)), runs=CURVE_RUNS)
     base = lat["original"]["median_ms"]
-    params = {k: sum(p.numel() for p in m.parameters()) for k, m in models.items()
+    params = {k: count_params(m) for k, m in models.items()
               if isinstance(m, nn.Module)}
     points = [{"label": k, "params": params.get(k), "median_ms": lat[k]["median_ms"],
                "speedup": base / lat[k]["median_ms"], "value": values[k],
@@ -76,38 +77,6 @@ def operating_points(
                                               "batch": batch, "seq": seq},
             "runs": CURVE_RUNS, "points": points,
             "note": "Layer dropping with the same recovery is measured in bench/curve.py"}
-
-
-def curve_markdown(curve: Mapping[str, Any]) -> list[str]:
-    """The report.md table of the operating points."""
-    sh = curve["latency_shape"]
-    out = ["## Operating points (one run)", "",
-           f"Held-out {curve['metric']} and ORT CPU latency ({sh['threads']} thread(s), batch "
-           f"{sh['batch']}" + (f", sequence {sh['seq']}" if sh["seq"] else "")
-           + f"; median of {curve['runs']}, interleaved) of the "
-           "model after each round, BMR's choice marked, beside the original and the original "
-           f"quantised to int8. {curve['note']}.", "",
-           f"| model | parameters | median ms | speed-up | {curve['metric']} |",
-           "|---|---:|---:|---:|---:|"]
-    for p in curve["points"]:
-        mark = " **(BMR's choice)**" if p["bmr_choice"] else ""
-        params = f"{p['params']:,}" if p["params"] else "(int8)"
-        out.append(f"| {p['label']}{mark} | {params} | {p['median_ms']:.3f} | "
-                   f"{p['speedup']:.2f}x | {p['value']:.4f} |")
-    return out + [""]
-
-
-def plot_curve(ax: Any, curve: Mapping[str, Any]) -> None:
-    for p in curve["points"]:
-        marker = "*" if p["bmr_choice"] else ("s" if p["reference"] else "o")
-        ax.scatter(p["speedup"], p["value"], marker=marker, s=140 if marker == "*" else 40)
-        ax.annotate(p["label"], (p["speedup"], p["value"]), fontsize=7, xytext=(3, 3),
-                    textcoords="offset points")
-    sh = curve["latency_shape"]
-    ax.set_xlabel(f"ORT CPU speed-up vs original ({sh['threads']} thr, b{sh['batch']}"
-                  + (f", s{sh['seq']})" if sh["seq"] else ")"))
-    ax.set_ylabel(f"held-out {curve['metric']}")
-    ax.grid(alpha=0.3)
 
 
 def run_curve(f: Any, original_onnx: Path, onnx: Path, int8: Path | None, work: Path,

@@ -56,7 +56,7 @@ def _one_shot(model: nn.Module, sites: Mapping[str, Any], factors: Mapping[str, 
               round_to: int) -> tuple[nn.Module, int]:
     """A copy of `model` with every site reduced at ν from the same statistics."""
     from bmr_compress.bmr.structured import column_reduced_means
-    from bmr_compress.surgery.sequential import _write_rows_, decide_site
+    from bmr_compress.surgery.sequential import decide_site, write_rows_
 
     tmp = copy.deepcopy(model)
     removed = 0
@@ -66,7 +66,7 @@ def _one_shot(model: nn.Module, sites: Mapping[str, Any], factors: Mapping[str, 
         removed += sum(groups[g].num_units - len(k) for g, k in keep.items())
         new = column_reduced_means(fac.w0, drop, a_in[name],
                                    nu * fac.row_scale, 1.0 / fac.prior_var)
-        _write_rows_(tmp.get_submodule(name), new)
+        write_rows_(tmp.get_submodule(name), new)
     return tmp, removed
 
 

@@ -49,7 +49,7 @@ def load_stage(settings: CompressSettings, timer: StageTimer) -> tuple[Any, Any,
     import torch
 
     from bmr_compress.io.data import make_dataset
-    from bmr_compress.io.sources import resolve_source
+    from bmr_compress.pipeline.sources import resolve_source
 
     recipe = _recipe_for(settings.recipe, settings.source)
     opts = resolve_settings(settings, recipe.settings if recipe is not None else None)
@@ -131,7 +131,7 @@ def _rule(opts: Mapping[str, Any]) -> str:
 
 def _iterate(f: Fitted, ft: Any, timer: StageTimer) -> Any:
     """Beckers et al.: prune → pin at zero → refit → rescore, until nothing more goes."""
-    from bmr_compress.surgery.refit import iterate_with_finetune
+    from bmr_compress.pipeline.refit import iterate_with_finetune
 
     with timer("iterate"):
         result = iterate_with_finetune(
@@ -224,7 +224,7 @@ def _save_kwargs(model: Any, original: Any) -> dict[str, Any]:
     """Zoo models (no transformers config) are saved through their registered builder."""
     if hasattr(model, "config"):
         return {}
-    from bmr_compress.zoo.architectures import register_with_surgery
+    from bmr_compress.zoo.adapters import register_with_surgery
 
     return {"architecture": register_with_surgery(), "init_config": original.zoo_config_dict()}
 

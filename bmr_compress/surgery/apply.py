@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from bmr_compress.errors import UnsupportedModelError
+from bmr_compress.io.checks import count_params
 from bmr_compress.surgery import families  # noqa: F401  (registers the family adapters)
 from bmr_compress.surgery.adapters import adapter_for
 from bmr_compress.surgery.cut import cut_, removed_indices
@@ -60,10 +61,6 @@ def discover_groups(
         raise UnsupportedModelError(f"{type(model).__name__}: no family adapter; example inputs"
                                     " are needed to trace its dependency graph")
     return graph_groups(model, example_inputs, ignored=ignored)
-
-
-def count_params(model: nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())
 
 
 def apply_plan_(
@@ -121,7 +118,7 @@ def apply_plan_(
                 for g in groups},
         shapes={k: list(v.shape) for k, v in model.state_dict().items()},
         params_before=before, params_after=count_params(model), config_updates=updates,
-        build_config=build, plain_transformers=_plain_loadable(model), coverage=coverage,
+        build_config=build, plain_transformers=plain_loadable(model), coverage=coverage,
         unstructured_zeros=zeros,
     )
     log.info("surgery: %d -> %d parameters (%s)", before, record.params_after, record.family)
@@ -137,7 +134,7 @@ def _skip_reason(model: nn.Module, pname: str) -> str:
             " uncoupled) and has no posterior")
 
 
-def _plain_loadable(model: nn.Module) -> bool:
+def plain_loadable(model: nn.Module) -> bool:
     """True if building the model's class from its (updated) config gives the same shapes."""
     cfg = getattr(model, "config", None)
     if cfg is None or not hasattr(cfg, "to_dict"):

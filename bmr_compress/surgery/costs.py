@@ -17,7 +17,7 @@ from bmr_compress.surgery.groups import UnitGroup
 from bmr_compress.surgery.handlers import handler_for
 
 
-def _positions(model: nn.Module, example_inputs: Mapping[str, torch.Tensor] | torch.Tensor
+def module_positions(model: nn.Module, example_inputs: Mapping[str, torch.Tensor] | torch.Tensor
                ) -> dict[str, float]:
     """Qualified module name -> output positions per example (tokens x pixels)."""
     seen: dict[str, float] = {}
@@ -51,7 +51,7 @@ def _positions(model: nn.Module, example_inputs: Mapping[str, torch.Tensor] | to
 def unit_macs(model: nn.Module, groups: list[UnitGroup],
               example_inputs: Mapping[str, torch.Tensor] | torch.Tensor) -> dict[str, float]:
     """Group name -> MACs per example that removing one unit saves (at the example's shape)."""
-    pos = _positions(model, example_inputs)
+    pos = module_positions(model, example_inputs)
     out: dict[str, float] = {}
     for g in groups:
         total = 0.0
@@ -69,7 +69,7 @@ def mac_weights(model: nn.Module,
                 example_inputs: Mapping[str, torch.Tensor] | torch.Tensor) -> dict[str, float]:
     """Weight tensor name -> MACs per example that one of its elements costs (its module's
     output positions); the per-element weights of a MAC `CostLedger`."""
-    return {f"{name}.weight": p for name, p in _positions(model, example_inputs).items()}
+    return {f"{name}.weight": p for name, p in module_positions(model, example_inputs).items()}
 
 
 class CostLedger:

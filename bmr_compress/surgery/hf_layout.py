@@ -38,9 +38,9 @@ def transformers_layout(model: nn.Module, example: Mapping[str, torch.Tensor] | 
     """(model to write as config.json + model.safetensors, info). The model itself when its
     config already states its widths ("exact"); else a zero-padded copy ("padded"), checked
     against the cut model on `example`. Raises UnsupportedModelError when neither works."""
-    from bmr_compress.surgery.apply import _plain_loadable
+    from bmr_compress.surgery.apply import plain_loadable
 
-    if _plain_loadable(model):
+    if plain_loadable(model):
         return model, {"layout": "exact"}
     adapter = adapter_for(model)
     if adapter is None:
@@ -49,7 +49,7 @@ def transformers_layout(model: nn.Module, example: Mapping[str, torch.Tensor] | 
     padded = copy.deepcopy(model)
     widths = pad_(padded)
     adapter.sync_(padded)
-    if not _plain_loadable(padded):
+    if not plain_loadable(padded):
         raise UnsupportedModelError(f"{type(model).__name__}: even zero-padded to {widths}, the "
                                     "config cannot state the cut model's shapes")
     err = _max_output_diff(model, padded, example) if example is not None else 0.0
@@ -147,7 +147,7 @@ def unpad_state_dict(state: Mapping[str, torch.Tensor], shapes: Mapping[str, lis
 
 
 def _max_output_diff(a: nn.Module, b: nn.Module, example: Mapping[str, torch.Tensor]) -> float:
-    from bmr_compress.export.validation import _torch_out
+    from bmr_compress.export.validation import torch_out
 
     inputs = {k: v for k, v in example.items() if k != "labels"}
-    return float(abs(_torch_out(a, inputs) - _torch_out(b, inputs)).max())
+    return float(abs(torch_out(a, inputs) - torch_out(b, inputs)).max())

@@ -3,10 +3,20 @@
 load_compressed builds the architecture from config.json (with the manifest's original
 widths where the config cannot express the cut model), shrinks every tensor to the
 manifest's shapes, re-syncs module attributes, then loads model.safetensors strictly.
+
+A model that is not a transformers class is rebuilt by a *builder* the manifest names as an
+importable ``"module:function"`` (e.g. ``"bmr_compress.zoo.adapters:rebuild"``): importing
+the module registers whatever the model needs (its family adapter), so a fresh interpreter
+reloads any output with nothing registered beforehand. Builders registered by name
+(`register_architecture`) still work within one process.
+
+Importing this module registers the ``compressed`` source kind in io.sources: a `compress`
+output directory given as SOURCE is rebuilt here.
 """
 
 from __future__ import annotations
 
+import importlib
 import json
 import logging
 from collections.abc import Callable, Mapping
@@ -17,6 +27,10 @@ import torch
 from torch import nn
 
 from bmr_compress.errors import InputError, UnsupportedModelError
+from bmr_compress.io.checks import check_artifacts, check_json_file
+from bmr_compress.io.manifest import FORMAT_VERSION, MANIFEST, read_manifest, write_manifest
+from bmr_compress.io.sources import LoadedSource, SourceRequest, register_source_kind
+from bmr_compress.io.transformers_source import preprocessor, task_from_config
 from bmr_compress.surgery.adapters import adapter_for
 from bmr_compress.surgery.apply import SurgeryRecord
 from bmr_compress.surgery.cut import owners
@@ -24,11 +38,16 @@ from bmr_compress.surgery.handlers import sync_module_
 
 log = logging.getLogger(__name__)
 
-MANIFEST = "bmr_manifest.json"
-FORMAT_VERSION = 1
+__all__ = ["ARCHITECTURES", "FORMAT_VERSION", "MANIFEST", "builder_from_ref", "load_compressed",
+           "make_manifest", "read_manifest", "register_architecture", "save_compressed",
+           "shrink_to_shapes_", "write_manifest"]
 
-# Non-transformers architectures (model-zoo nets) rebuilt from config.json by name.
-ARCHITECTURES: dict[str, Callable[[dict[str, Any]], nn.Module]] = {}
+Builder = Callable[[dict[str, Any]], nn.Module]
+# Builders registered by name in this process (tests, user code); outputs name theirs by
+# "module:function" reference instead, which needs no registration.
+ARCHITECTURES: dict[str, Builder] = {}
+# names that manifests written before builder references used for a registered builder
+LEGACY_BUILDERS = {"bmr_zoo": "bmr_compress.zoo.adapters:rebuild"}
 
 
 def register_architecture(name: str):
@@ -41,39 +60,54 @@ def register_architecture(name: str):
     return deco
 
 
-def write_manifest(directory: str | Path, manifest: Mapping[str, Any]) -> Path:
-    path = Path(directory) / MANIFEST
-    text = json.dumps(manifest, indent=1, sort_keys=True, allow_nan=False)
-    path.write_text(text)
-    if json.loads(path.read_text()) != json.loads(text):  # read back
-        raise InputError(f"{path}: manifest read-back mismatch")
-    return path
-
-
-def read_manifest(directory: str | Path) -> dict[str, Any]:
-    path = Path(directory) / MANIFEST
-    if not path.is_file():
-        raise InputError(f"{path}: no bmr_manifest.json")
+def builder_from_ref(ref: str) -> Builder:
+    """The function a ``"module:function"`` reference names (importing its module);
+    UnsupportedModelError when it cannot be imported or is not callable."""
+    module, sep, name = ref.partition(":")
+    if not sep or not module or not name:
+        raise UnsupportedModelError(f"builder {ref!r} is not a 'module:function' reference")
     try:
-        data = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise InputError(f"{path}: unreadable manifest ({type(e).__name__}: {e})") from None
-    if not isinstance(data, dict):
-        raise InputError(f"{path}: manifest is not a JSON object")
-    if data.get("format_version") != FORMAT_VERSION:
-        raise InputError(f"{path}: unsupported manifest format {data.get('format_version')!r}")
-    return data
+        obj: Any = importlib.import_module(module)
+        for part in name.split("."):
+            obj = getattr(obj, part)
+    except (ImportError, AttributeError) as e:
+        raise UnsupportedModelError(f"builder {ref!r} cannot be imported: {e}") from None
+    if not callable(obj):
+        raise UnsupportedModelError(f"builder {ref!r} is not callable")
+    return obj
+
+
+def _architecture_entry(model: nn.Module, architecture: str | None) -> dict[str, Any]:
+    if architecture is None:
+        return {"kind": "transformers", "class": type(model).__name__}
+    if ":" in architecture:
+        builder_from_ref(architecture)  # fails now, not when the output is reloaded
+        return {"kind": "builder", "builder": architecture}
+    if architecture not in ARCHITECTURES:
+        raise UnsupportedModelError(f"architecture {architecture!r} is not registered")
+    return {"kind": "registered", "name": architecture}
+
+
+def _builder(directory: Path, arch: Mapping[str, Any]) -> Builder:
+    if arch["kind"] == "builder":
+        return builder_from_ref(str(arch["builder"]))
+    name = arch["name"]
+    if name in ARCHITECTURES:
+        return ARCHITECTURES[name]
+    if name in LEGACY_BUILDERS:
+        return builder_from_ref(LEGACY_BUILDERS[name])
+    raise UnsupportedModelError(f"{directory}: architecture {name!r} is not registered")
 
 
 def make_manifest(model: nn.Module, record: SurgeryRecord, *, architecture: str | None = None,
                   extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    """Manifest dict: family, architecture, kept indices + final widths per group, shapes."""
+    """Manifest dict: family, architecture, kept indices + final widths per group, shapes.
+
+    `architecture`: None for a transformers model, else a ``"module:function"`` builder
+    reference (or the name of a builder registered in this process)."""
     from bmr_compress import __version__
 
-    if architecture is None:
-        arch = {"kind": "transformers", "class": type(model).__name__}
-    else:
-        arch = {"kind": "registered", "name": architecture}
+    arch = _architecture_entry(model, architecture)
     groups = {}
     for name, g in record.groups.items():
         n = len(g["kept"])
@@ -96,20 +130,20 @@ def save_compressed(model: nn.Module, record: SurgeryRecord, directory: str | Pa
 
     The weights go through export.write_weights (the one writer of model.safetensors, plain
     or with `compact_zeros`), which load_compressed reads back. Transformers models write
-    their config; a registered architecture writes `init_config` (the builder's arguments
-    for the *original* widths) as config.json.
+    their config; a model with a builder (`architecture`: ``"module:function"`` or a
+    registered name) writes `init_config` (the builder's argument, for the *original*
+    widths) as config.json.
     """
     from bmr_compress.export.safetensors_export import write_weights
 
     directory = Path(directory)
+    manifest = make_manifest(model, record, architecture=architecture, extra=extra)
     write_weights(model, directory, dict(weights_metadata or {}), compact_zeros=compact_zeros)
     if architecture is None:
         model.config.to_json_file(str(directory / "config.json"))
     else:
-        if architecture not in ARCHITECTURES:
-            raise UnsupportedModelError(f"architecture {architecture!r} is not registered")
         (directory / "config.json").write_text(json.dumps(dict(init_config or {}), indent=1))
-    write_manifest(directory, make_manifest(model, record, architecture=architecture, extra=extra))
+    write_manifest(directory, manifest)
     return directory
 
 
@@ -164,8 +198,6 @@ def _drop_absent_submodules_(model: nn.Module, shapes: Mapping[str, list[int]]) 
 
 def load_compressed(directory: str | Path) -> nn.Module:
     """Rebuild a compressed model from config.json + bmr_manifest.json + model.safetensors."""
-    from bmr_compress.io.checks import check_artifacts
-
     directory = Path(directory)
     manifest = read_manifest(directory)
     check_artifacts(directory, onnx=False)  # readable config and weights, finite values
@@ -195,7 +227,7 @@ def _load_weights_(model: nn.Module, path: Path) -> tuple[list[str], list[str]]:
 
 
 def _load_compressed(directory: Path, manifest: dict[str, Any]) -> nn.Module:
-    config = json.loads((directory / "config.json").read_text())
+    config = check_json_file(directory / "config.json")
     arch = manifest["architecture"]
     if arch["kind"] == "transformers":
         import transformers
@@ -210,11 +242,7 @@ def _load_compressed(directory: Path, manifest: dict[str, Any]) -> nn.Module:
         for k in manifest["build_config"]:
             setattr(model.config, k, config[k])
     else:
-        builder = ARCHITECTURES.get(arch["name"])
-        if builder is None:
-            raise UnsupportedModelError(
-                f"{directory}: architecture {arch['name']!r} is not registered")
-        model = builder(config)
+        model = _builder(directory, arch)(config)
     _drop_absent_submodules_(model, manifest["shapes"])
     shrink_to_shapes_(model, manifest["shapes"])
     if (manifest.get("transformers_layout") or {}).get("layout") == "padded":
@@ -233,3 +261,24 @@ def _load_compressed(directory: Path, manifest: dict[str, Any]) -> nn.Module:
             f"{directory}/model.safetensors: missing {missing} unexpected {unexpected}")
     model.eval()
     return model
+
+
+@register_source_kind("compressed", target="directory", claims=lambda d: (d / MANIFEST).is_file())
+def load_compressed_source(directory: Path, req: SourceRequest) -> LoadedSource:
+    """A `compress` output given as SOURCE: rebuilt by load_compressed from config + manifest."""
+    check_artifacts(directory, onnx=False)
+    manifest = read_manifest(directory)
+    model = load_compressed(directory)
+    config = getattr(model, "config", None)
+    if config is None:
+        config = check_json_file(directory / "config.json")
+    family = str(manifest.get("family") or getattr(config, "model_type", "unknown"))
+    if isinstance(config, dict) and "bmr_zoo_architecture" in config:
+        family = f"zoo:{config['bmr_zoo_architecture']}"
+    task = (req.task or (config.get("task") if isinstance(config, dict) else None)
+            or task_from_config(config))
+    proc = None if isinstance(config, dict) else preprocessor(directory, False)
+    files = {"config": directory / "config.json", "weights": directory / "model.safetensors",
+             "manifest": directory / MANIFEST}
+    return LoadedSource(model.eval(), family, task, config, proc, req.spec,
+                        manifest.get("revision"), files, directory)

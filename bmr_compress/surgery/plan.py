@@ -154,7 +154,7 @@ def rounded_count(g: UnitGroup, n_keep: int, round_to: int, min_units: int,
                                           abs(c - n_keep), -c))
 
 
-def _keep_top(scores: torch.Tensor, n: int) -> list[int]:
+def keep_top(scores: torch.Tensor, n: int) -> list[int]:
     """The n units with the lowest ΔlnZ (most evidence lost if removed), sorted."""
     order = torch.argsort(scores.double(), stable=True)
     return sorted(int(i) for i in order[:n])
@@ -186,7 +186,7 @@ def make_plan(
             continue
         zeta = _threshold(sc, settings)
         n_keep = int((~_prune_mask(sc, zeta, settings)).sum())
-        keep[g.name] = _keep_top(sc, n_keep)
+        keep[g.name] = keep_top(sc, n_keep)
         finite = sc[torch.isfinite(sc)]  # units pinned at +inf by earlier rounds excluded
         summary[g.name] = {"kind": g.kind, "num_units": g.num_units, "threshold": zeta,
                            "evidence_keep": n_keep,
@@ -211,7 +211,7 @@ def make_plan(
             continue
         n = rounded_count(g, len(keep[g.name]), settings.round_to, settings.min_units,
                           down=budgeted, scores=scores[g.name])
-        keep[g.name] = _keep_top(scores[g.name], n)
+        keep[g.name] = keep_top(scores[g.name], n)
         summary[g.name]["kept"] = n
     unstructured: dict[str, UnstructuredRule] = {}
     if settings.unstructured and weight_scores:

@@ -21,7 +21,7 @@ from torch import nn
 from bmr_compress.bmr.structured import LayerFactors, column_reduced_means, unit_evidence
 from bmr_compress.surgery.compensate import _from_rows
 from bmr_compress.surgery.groups import UnitGroup
-from bmr_compress.surgery.plan import _keep_top, rounded_count
+from bmr_compress.surgery.plan import keep_top, rounded_count
 from bmr_compress.surgery.unit_posterior import (
     Site, input_moments, layer_weight, prior_variance,
 )
@@ -43,7 +43,7 @@ class SequentialResult:
             len(self.keep[g]) for g in self.delta_lnz)
 
 
-def _write_rows_(mod: nn.Module, rows: torch.Tensor) -> None:
+def write_rows_(mod: nn.Module, rows: torch.Tensor) -> None:
     w = mod.weight
     has_bias = getattr(mod, "bias", None) is not None
     body = rows[:, :-1] if has_bias else rows
@@ -113,7 +113,7 @@ def reduce_sequential_(
         err_zero = _rel_error(w, w * (~drop).to(w.dtype), a_in, b)
         result.sites[name] = {"columns_removed": int(drop.sum()), "columns": int(drop.numel()),
                               "distortion_zeroed": err_zero, "distortion_reduced": err_new}
-        _write_rows_(mod, new)
+        write_rows_(mod, new)
         log.info("%s: %d of %d columns removed, predicted distortion %.3g (zeroed %.3g)",
                  name, int(drop.sum()), drop.numel(), err_new, err_zero)
     return result
@@ -160,11 +160,11 @@ def decide_site(fac: LayerFactors, site: Site, groups: Mapping[str, UnitGroup], 
             n_keep = rounded_count(g, int((ev.delta_lnz < 0).sum()), round_to, min_units,
                                    scores=ev.delta_lnz)
         if rank == "distortion":
-            keep[gname] = _keep_top(-ev.distortion, n_keep)
+            keep[gname] = keep_top(-ev.distortion, n_keep)
         elif isinstance(rank, Mapping) and gname in rank:
-            keep[gname] = _keep_top(-rank[gname].double(), n_keep)
+            keep[gname] = keep_top(-rank[gname].double(), n_keep)
         else:
-            keep[gname] = _keep_top(ev.delta_lnz, n_keep)
+            keep[gname] = keep_top(ev.delta_lnz, n_keep)
         scores[gname] = ev.delta_lnz
         gone = sorted(set(range(g.num_units)) - set(keep[gname]))
         if gone:

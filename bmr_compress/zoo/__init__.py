@@ -1,6 +1,8 @@
 """Model zoo: seed architectures for 8x8 digits, their training, and checkpoint loading.
 
 Importing ``bmr_compress.zoo`` does not import torch; names resolve lazily on first use.
+``zoo.adapters`` registers the zoo's surgery adapters when imported (and holds the builder
+compressed zoo models name); ``zoo.sources`` registers the zoo's source kinds in io.
 """
 
 from __future__ import annotations

@@ -6,21 +6,42 @@ explicitly (ViT: heads, FFN neurons, hidden stream; Mixer: token- and channel-ML
 and keep ``model.zoo_config`` in step with the cut widths. MLP and LeNet5 are plain
 Linear/Conv chains that the traced graph handles.
 
-``register_zoo_adapters()`` is idempotent and is called by ``register_with_surgery``.
+Importing this module registers both adapters (surgery.adapters' registry) and makes
+``rebuild`` importable: a compressed zoo model's manifest names ``BUILDER``
+(``"bmr_compress.zoo.adapters:rebuild"``), so ``surgery.load_compressed`` rebuilds it in a
+fresh interpreter with nothing registered beforehand.
 """
 
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
+from typing import Any
 
 import torch
 from torch import nn
 
-from bmr_compress.surgery.adapters import ADAPTERS, FamilyAdapter, Layer, Parts, register_adapter
+from bmr_compress.surgery.adapters import FamilyAdapter, Layer, Parts, register_adapter
 from bmr_compress.surgery.groups import Slice, UnitGroup, column, count_numel
-from bmr_compress.zoo.architectures import MLPMixer, ViT
+from bmr_compress.zoo.architectures import MLPMixer, ViT, build_from_config_dict
+
+BUILDER = f"{__name__}:rebuild"  # what save_compressed stores for a zoo model
 
 
+def rebuild(config: Mapping[str, Any]) -> nn.Module:
+    """A zoo model at its original widths from a compressed output's config.json (the builder
+    a manifest names; load_compressed then shrinks it to the manifest's shapes)."""
+    return build_from_config_dict(config)
+
+
+def register_with_surgery() -> str:
+    """The builder reference to save zoo models with (``save_compressed(...,
+    architecture=register_with_surgery())``). Importing this module did the registering;
+    the name stays for callers of the earlier API."""
+    return BUILDER
+
+
+@register_adapter(ViT)
 class ZooViTAdapter(FamilyAdapter):
     family = "zoo:vit"
 
@@ -65,6 +86,7 @@ def _neuron_group(name: str, prefix: str, fc1: nn.Linear, shapes: dict[str, torc
                      numel_per_unit=count_numel(slices, shapes))
 
 
+@register_adapter(MLPMixer)
 class ZooMixerAdapter(FamilyAdapter):
     family = "zoo:mixer"
 
@@ -84,11 +106,3 @@ class ZooMixerAdapter(FamilyAdapter):
                    "channel_mlp_dims": [b.channel_mlp.fc1.out_features for b in model.blocks]}
         model.zoo_config = dataclasses.replace(model.zoo_config, **updates)
         return updates
-
-
-def register_zoo_adapters() -> None:
-    """Register the adapters once (the surgery registry refuses a second registration)."""
-    if ViT not in ADAPTERS:
-        register_adapter(ViT)(ZooViTAdapter)
-    if MLPMixer not in ADAPTERS:
-        register_adapter(MLPMixer)(ZooMixerAdapter)

@@ -25,8 +25,8 @@ from bmr_compress.errors import InputError
 
 ARCH_KEY = "bmr_zoo_architecture"
 # keys written beside the architecture kwargs that are metadata, not constructor arguments
-_META_KEYS = frozenset({ARCH_KEY, "task", "num_labels", "bmr_zoo_recipe", "bmr_zoo_training",
-                        "bmr_manifest", "torch_dtype", "dtype"})
+META_KEYS = frozenset({ARCH_KEY, "task", "num_labels", "bmr_zoo_recipe", "bmr_zoo_training",
+                       "bmr_manifest", "torch_dtype", "dtype"})
 
 
 @dataclass(frozen=True)
@@ -316,8 +316,6 @@ class ViT(ZooModel):
 
 # ----------------------------------------------------------------------------- rebuild
 
-SURGERY_ARCHITECTURE = "bmr_zoo"  # name under which zoo models are known to surgery's loader
-
 
 def zoo_entry(name: str) -> ZooEntry:
     try:
@@ -350,29 +348,12 @@ def build_from_config_dict(config: Mapping[str, Any], *, origin: str = "config.j
     """Rebuild from a config.json dict holding ``bmr_zoo_architecture`` + architecture kwargs."""
     if ARCH_KEY not in config:
         raise InputError(f"{origin}: no {ARCH_KEY!r} key, not a bmr-compress zoo checkpoint")
-    kwargs = {k: v for k, v in config.items() if k not in _META_KEYS}
+    kwargs = {k: v for k, v in config.items() if k not in META_KEYS}
     return build_model(str(config[ARCH_KEY]), kwargs, origin=origin)
 
 
-def register_with_surgery() -> str:
-    """Make surgery know the zoo (idempotent): its family adapters, and a builder so that
-    ``surgery.load_compressed`` can rebuild zoo models.
-
-    Save a pruned zoo model with ``save_compressed(model, record, dir,
-    architecture=SURGERY_ARCHITECTURE, init_config=model.zoo_config_dict())``.
-    """
-    from bmr_compress.surgery.manifest import ARCHITECTURES, register_architecture
-    from bmr_compress.zoo.adapters import register_zoo_adapters
-
-    if SURGERY_ARCHITECTURE not in ARCHITECTURES:
-        register_architecture(SURGERY_ARCHITECTURE)(build_from_config_dict)
-    register_zoo_adapters()
-    return SURGERY_ARCHITECTURE
-
-
 __all__ = [
-    "SURGERY_ARCHITECTURE", "register_with_surgery",
-    "ARCH_KEY", "ZOO_ARCHITECTURES", "ZooEntry", "ZooModel", "register_zoo", "MLP", "LeNet5",
+    "ARCH_KEY", "META_KEYS", "ZOO_ARCHITECTURES", "ZooEntry", "ZooModel", "register_zoo", "MLP", "LeNet5",
     "MLPMixer", "ViT", "MLPConfig", "LeNet5Config", "MixerConfig", "ViTConfig", "zoo_entry",
     "make_config", "build_model", "build_from_config_dict",
 ]

@@ -21,6 +21,7 @@ from torch import nn
 
 from bmr_compress.errors import InputError
 from bmr_compress.io.atomic import atomic_output_dir
+from bmr_compress.io.checks import check_json_file
 from bmr_compress.io.digits import digits_split
 from bmr_compress.io.recipes import TrainSpec
 from bmr_compress.zoo.architectures import ARCH_KEY, ZooModel, build_from_config_dict, build_model
@@ -140,10 +141,7 @@ def load_zoo_checkpoint(directory: str | Path) -> nn.Module:
     for p in (cfg_path, weights):
         if not p.is_file():
             raise InputError(f"zoo checkpoint is missing {p.name}: {d}")
-    try:
-        config = json.loads(cfg_path.read_text())
-    except json.JSONDecodeError as e:
-        raise InputError(f"cannot parse {cfg_path}: {e}") from None
+    config = check_json_file(cfg_path)
     model = build_from_config_dict(config, origin=str(cfg_path))
     load_state_dict_strict(model, load_file(str(weights)), origin=str(weights))
     return model.eval()

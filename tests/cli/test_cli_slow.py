@@ -29,7 +29,7 @@ def test_zoo_train_compress_validate(recipe: str, tmp_path: Path, monkeypatch: p
         assert (out / f).is_file(), f
     report = json.loads((out / "report.json").read_text())
     assert report["validation"]["passed"]
-    from bmr_compress.io.sources import resolve_source
+    from bmr_compress.pipeline.sources import resolve_source
 
     src = resolve_source(str(out))
     assert src.family == f"zoo:{recipe.split('-')[0]}"

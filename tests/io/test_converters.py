@@ -30,7 +30,7 @@ def test_state_dict_to_safetensors_with_tied_weights(tmp_path: Path) -> None:
 
 
 def test_weights_to_hub_layout(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from bmr_compress.io.sources import resolve_source
+    from bmr_compress.pipeline.sources import resolve_source
     from bmr_compress.zoo.architectures import build_model
 
     torch.manual_seed(0)

@@ -25,7 +25,7 @@ def mlp_source() -> LoadedSource:
 
 @pytest.fixture(scope="module")
 def minilm() -> LoadedSource:
-    from bmr_compress.io.sources import resolve_source
+    from bmr_compress.pipeline.sources import resolve_source
 
     return resolve_source("zoo:all-minilm-l6-v2")
 

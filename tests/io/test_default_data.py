@@ -10,7 +10,7 @@ from click.testing import CliRunner
 
 from bmr_compress.errors import InputError
 from bmr_compress.io.data import make_dataset
-from bmr_compress.io.sources import resolve_source
+from bmr_compress.pipeline.sources import resolve_source
 from tests.snapshots import MAX_POS, bert_snapshot, vit_snapshot
 
 

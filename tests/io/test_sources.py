@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from bmr_compress.errors import InputError
-from bmr_compress.io.sources import load_weight_file, parse_hub_spec, resolve_source
+from bmr_compress.io.sources import load_weight_file, parse_hub_spec
+from bmr_compress.pipeline.sources import resolve_source
 from tests.tiny_models import text_inputs, tiny_bert
 
 
@@ -164,7 +165,7 @@ def test_zoo_checkpoint_dir_and_recipe(tmp_path: Path, monkeypatch: pytest.Monke
     from bmr_compress.zoo.train import TrainSettings, train_zoo_model
 
     monkeypatch.setenv("BMR_COMPRESS_CACHE", str(tmp_path))
-    # (a missing zoo checkpoint is trained on first use: see io.sources._from_recipe)
+    # (a missing zoo checkpoint is trained on first use: see zoo.sources.load_zoo_recipe)
     train_zoo_model("mlp", {"widths": [128, 64]}, tmp_path / "zoo" / "mlp-digits",
                     TrainSettings(max_steps=2), name="mlp-digits")
     src = resolve_source("zoo:mlp-digits")

@@ -164,7 +164,7 @@ json_values = st.recursive(
 @given(data=st.data())
 def test_zoo_config_json(valid: dict[str, bytes], tmp_path: Path, data: st.DataObject) -> None:
     """A zoo snapshot whose config.json is mutated bytes or valid JSON with random values."""
-    from bmr_compress.io.sources import resolve_source
+    from bmr_compress.pipeline.sources import resolve_source
 
     base = json.loads(valid["config"])
     key = data.draw(st.sampled_from(sorted(base) + ["extra"]))
@@ -273,7 +273,8 @@ def compressed_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
     from bmr_compress.surgery import apply_plan_, discover_groups, save_compressed
     from bmr_compress.surgery.plan import Plan
-    from bmr_compress.zoo.architectures import build_model, register_with_surgery
+    from bmr_compress.zoo.adapters import register_with_surgery
+    from bmr_compress.zoo.architectures import build_model
 
     arch = register_with_surgery()
     torch.manual_seed(0)
@@ -319,7 +320,7 @@ def test_load_compressed(compressed_dir: Path, tmp_path: Path, data: st.DataObje
 def test_compressed_dir_as_source_is_typed(compressed_dir: Path, tmp_path: Path) -> None:
     """Through io.resolve_source (which checks the files first) the same damage is an InputError."""
     from bmr_compress.errors import InputError
-    from bmr_compress.io.sources import resolve_source
+    from bmr_compress.pipeline.sources import resolve_source
 
     assert resolve_source(str(compressed_dir)).model is not None
     for name in ("bmr_manifest.json", "config.json", "model.safetensors"):

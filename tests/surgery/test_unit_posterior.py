@@ -132,9 +132,9 @@ def test_unit_score_on_a_model_counts_the_compensation():
     new = column_reduced_means(fac[site].posterior_means(nu), drop, a[site],
                                nu * fac[site].row_scale, 1 / fac[site].prior_var)
     reduced = copy.deepcopy(model)
-    from bmr_compress.surgery.sequential import _write_rows_
+    from bmr_compress.surgery.sequential import write_rows_
 
-    _write_rows_(reduced.get_submodule(site), new)
+    write_rows_(reduced.get_submodule(site), new)
     with torch.no_grad():
         x = torch.cat([bb["pixel_values"] for bb in batches])
         measured = float(((reduced(x) - model(x)) ** 2).sum(1).mean()) / scale ** 2

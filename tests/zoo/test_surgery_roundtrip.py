@@ -7,8 +7,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from bmr_compress.io.sources import resolve_source
-from bmr_compress.zoo.architectures import ZOO_ARCHITECTURES, build_model, register_with_surgery
+from bmr_compress.pipeline.sources import resolve_source
+from bmr_compress.zoo.adapters import register_with_surgery
+from bmr_compress.zoo.architectures import ZOO_ARCHITECTURES, build_model
 
 
 def test_vit_heads_follow_projection_width() -> None:

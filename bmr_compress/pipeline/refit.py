@@ -1,4 +1,8 @@
-"""Iterative BMR wired to the variational fine-tune (variational.finetune / set_masks_)."""
+"""Iterative BMR wired to the variational fine-tune (variational.finetune / set_masks_).
+
+Orchestration, so it lives in pipeline: surgery.iterate decides the rounds (pure), the
+variational trainer refits, and this module runs one against the other.
+"""
 
 from __future__ import annotations
 
@@ -13,6 +17,9 @@ from bmr_compress.surgery.groups import UnitGroup
 from bmr_compress.surgery.iterate import IterationResult, Scores, iterate_bmr
 from bmr_compress.surgery.plan import PlanSettings
 from bmr_compress.surgery.scoring import score_groups, score_weights
+from bmr_compress.variational import (
+    finetune, gate_tensors, heldout_elbo, posterior_tensors, set_masks_,
+)
 
 log = logging.getLogger(__name__)
 
@@ -34,10 +41,6 @@ def iterate_with_finetune(
     """Beckers-style rounds on a wrapped, fitted `model`: score → pin pruned weights at zero
     (set_masks_) → finetune `refit_steps` → held-out ELBO; the model ends in the state of
     the best round (its masks re-applied and its parameters restored)."""
-    from bmr_compress.variational import (
-        finetune, gate_tensors, heldout_elbo, posterior_tensors, set_masks_,
-    )
-
     refit_settings = dataclasses.replace(finetune_settings, steps=refit_steps, progress=False,
                                          checkpoint_dir=None, resume=False)
     snapshots: list[dict[str, torch.Tensor]] = []

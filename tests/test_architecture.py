@@ -1,0 +1,259 @@
+"""The house plan (docs/INTERNALS.md): imports only go down, no circles, no private imports.
+
+Every file of the package is parsed with `ast` (no import, no torch); every `import` and
+`from ... import` counts, including the lazy ones inside functions. Imports under
+`if TYPE_CHECKING:` are exempt (they never run). A failure names the offending import as
+`file:line`.
+
+Layers, top to bottom. A module may import its own subpackage and any subpackage of a
+*lower* layer; nothing sideways, nothing up:
+
+    cli
+    pipeline
+    zoo            (registers its source kinds in io and its adapters in surgery)
+    surgery
+    export
+    variational
+    io             (the leaf of the middle set: sources registry, files, checks)
+    bmr, layers    (pure math; layer types)
+    tasks
+    errors, bmr_compress/__init__.py (the version)
+"""
+
+from __future__ import annotations
+
+import ast
+from collections import defaultdict
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1] / "bmr_compress"
+PKG = "bmr_compress"
+
+LAYERS: tuple[tuple[str, ...], ...] = (
+    ("cli",),
+    ("pipeline",),
+    ("zoo",),
+    ("surgery",),
+    ("export",),
+    ("variational",),
+    ("io",),
+    ("bmr", "layers"),
+    ("tasks",),
+    ("errors", "__init__"),
+)
+RANK = {name: i for i, names in enumerate(LAYERS) for name in names}
+
+# Edges that break the rule today in files another branch of issue #14 owns; each must be
+# removed there (then delete the line here: an exception that no longer occurs fails too).
+KNOWN_WRONG_WAY: dict[tuple[str, str], str] = {
+    # recipe validation asks the zoo whether an architecture exists (branch `config`:
+    # io/recipes.py; e.g. a validator the zoo registers in io)
+    ("bmr_compress.io.recipes", "bmr_compress.zoo.architectures"): "config",
+}
+KNOWN_PRIVATE: dict[tuple[str, str, str], str] = {
+    **{("bmr_compress.pipeline.commands", "bmr_compress.pipeline.settings", n): "config"
+       for n in ("_jsonable", "_strip_labels", "_recipe_for")},
+    **{("bmr_compress.pipeline.commands", "bmr_compress.pipeline.stages", n): "config"
+       for n in ("_fit_summary", "_provenance")},
+    ("bmr_compress.pipeline.laplace", "bmr_compress.pipeline.settings", "_strip_labels"): "config",
+    **{("bmr_compress.pipeline.stages", "bmr_compress.pipeline.settings", n): "config"
+       for n in ("_DISTILL", "_FIT_KEYS", "_jsonable", "_recipe_for", "_strip_labels")},
+    ("bmr_compress.surgery.sequential", "bmr_compress.surgery.compensate", "_from_rows"): "registry",
+    **{("bmr_compress.surgery.unit_posterior", "bmr_compress.surgery.compensate", n): "registry"
+       for n in ("_inputs", "_is_conv1d", "_rows", "_supported")},
+    ("bmr_compress.variational.posterior", "bmr_compress.variational.wrap", "_base"): "registry",
+    ("bmr_compress.variational.trainer", "bmr_compress.variational.wrap", "_base"): "registry",
+}
+KNOWN_CYCLES: dict[frozenset[str], str] = {
+    # wrap_ calls posterior helpers and posterior reads wrap's `_base` (branch `registry`)
+    frozenset({"bmr_compress.variational.posterior", "bmr_compress.variational.wrap"}): "registry",
+}
+
+
+@dataclass(frozen=True)
+class Edge:
+    src: str  # importing module
+    dst: str  # imported module (a submodule when `from pkg import submodule`)
+    name: str | None  # the imported name (`from dst import name`), None for `import dst`
+    where: str  # file:line
+    written: str  # the module as the import statement names it
+
+    def __str__(self) -> str:
+        what = f"from {self.written} import {self.name}" if self.name else f"import {self.dst}"
+        return f"{self.where}: {what}"
+
+
+def _modules() -> dict[str, Path]:
+    out = {}
+    for p in sorted(ROOT.rglob("*.py")):
+        parts = list(p.relative_to(ROOT.parent).with_suffix("").parts)
+        if parts[-1] == "__init__":
+            parts = parts[:-1]
+        out[".".join(parts)] = p
+    return out
+
+
+MODULES = _modules()
+
+
+def _type_checking_nodes(tree: ast.AST) -> set[int]:
+    """ids of nodes inside `if TYPE_CHECKING:` blocks."""
+    skip: set[int] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.If):
+            t = node.test
+            name = t.id if isinstance(t, ast.Name) else t.attr if isinstance(t, ast.Attribute) else ""
+            if name == "TYPE_CHECKING":
+                for child in node.body:
+                    skip.update(id(n) for n in ast.walk(child))
+    return skip
+
+
+def _edges_of(module: str, path: Path) -> Iterator[Edge]:
+    tree = ast.parse(path.read_text(), str(path))
+    skip = _type_checking_nodes(tree)
+    is_pkg = path.name == "__init__.py"
+    rel = path.relative_to(ROOT.parent)
+    for node in ast.walk(tree):
+        if id(node) in skip:
+            continue
+        where = f"{rel}:{getattr(node, 'lineno', 0)}"
+        if isinstance(node, ast.Import):
+            for a in node.names:
+                if a.name.split(".")[0] == PKG:
+                    yield Edge(module, a.name, None, where, a.name)
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = module.split(".") if is_pkg else module.split(".")[:-1]
+                base = base[: len(base) - (node.level - 1)]
+                target = ".".join(base + ([node.module] if node.module else []))
+            else:
+                target = node.module or ""
+            if target.split(".")[0] != PKG:
+                continue
+            for a in node.names:
+                sub = f"{target}.{a.name}"
+                yield Edge(module, sub if sub in MODULES else target, a.name, where, target)
+
+
+EDGES = [e for m, p in MODULES.items() for e in _edges_of(m, p)]
+
+
+def subpackage(module: str) -> str:
+    """bmr_compress.io.sources -> io; bmr_compress.tasks -> tasks; bmr_compress -> __init__."""
+    parts = module.split(".")
+    return parts[1] if len(parts) > 1 else "__init__"
+
+
+def test_every_subpackage_has_a_layer() -> None:
+    missing = sorted({subpackage(m) for m in MODULES} - set(RANK))
+    assert not missing, f"add {missing} to LAYERS in tests/test_architecture.py and docs/INTERNALS.md"
+
+
+def wrong_way_edges() -> list[Edge]:
+    bad = []
+    for e in EDGES:
+        a, b = subpackage(e.src), subpackage(e.dst)
+        if a != b and RANK[b] <= RANK[a] and (e.src, e.dst) not in KNOWN_WRONG_WAY:
+            bad.append(e)
+    return bad
+
+
+def test_imports_only_go_down() -> None:
+    bad = wrong_way_edges()
+    assert not bad, ("imports that go up or sideways (layers: "
+                     + " > ".join("/".join(x) for x in LAYERS) + "):\n  "
+                     + "\n  ".join(f"{e}  [{subpackage(e.src)} -> {subpackage(e.dst)}]" for e in bad))
+
+
+def _cycles(edges: list[Edge]) -> list[list[str]]:
+    """Strongly connected components (> 1 module) of the module graph (Tarjan, iterative)."""
+    graph: dict[str, set[str]] = defaultdict(set)
+    for e in edges:
+        if e.src != e.dst:
+            graph[e.src].add(e.dst)
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on: set[str] = set()
+    out: list[list[str]] = []
+    for start in list(graph):
+        if start in index:
+            continue
+        work = [(start, iter(sorted(graph[start])))]
+        index[start] = low[start] = len(index)
+        stack.append(start)
+        on.add(start)
+        while work:
+            v, it = work[-1]
+            w = next(it, None)
+            if w is not None:
+                if w not in index:
+                    index[w] = low[w] = len(index)
+                    stack.append(w)
+                    on.add(w)
+                    work.append((w, iter(sorted(graph.get(w, ())))))
+                elif w in on:
+                    low[v] = min(low[v], index[w])
+                continue
+            work.pop()
+            if work:
+                low[work[-1][0]] = min(low[work[-1][0]], low[v])
+            if low[v] == index[v]:
+                comp = []
+                while True:
+                    w = stack.pop()
+                    on.discard(w)
+                    comp.append(w)
+                    if w == v:
+                        break
+                if len(comp) > 1:
+                    out.append(sorted(comp))
+    return out
+
+
+def test_no_import_cycle_between_files() -> None:
+    found = [c for c in _cycles(EDGES) if frozenset(c) not in KNOWN_CYCLES]
+    lines = []
+    for comp in found:
+        inside = set(comp)
+        lines.append("cycle: " + ", ".join(comp))
+        lines += [f"    {e}" for e in EDGES if e.src in inside and e.dst in inside and e.src != e.dst]
+    assert not found, "import cycles between files:\n" + "\n".join(lines)
+
+
+def test_no_private_names_imported_across_modules() -> None:
+    bad = [e for e in EDGES
+           if e.name and e.name.startswith("_") and not e.name.startswith("__") and e.dst != e.src
+           and f"{e.dst}.{e.name}" not in MODULES  # a private submodule of one's own package
+           and (e.src, e.dst, e.name) not in KNOWN_PRIVATE]
+    assert not bad, ("private names imported from another module (make them public or move "
+                     "them):\n  " + "\n  ".join(map(str, bad)))
+
+
+def test_private_modules_stay_in_their_subpackage() -> None:
+    bad = [e for e in EDGES
+           if any(p.startswith("_") and not p.startswith("__") for p in e.dst.split(".")[1:])
+           and subpackage(e.src) != subpackage(e.dst)]
+    assert not bad, "private modules imported from another subpackage:\n  " + "\n  ".join(map(str, bad))
+
+
+def test_known_exceptions_still_occur() -> None:
+    """An exception that the owning branch removed must leave these lists too."""
+    edges = {(e.src, e.dst) for e in EDGES}
+    names = {(e.src, e.dst, e.name) for e in EDGES}
+    cycles = {frozenset(c) for c in _cycles(EDGES)}
+    stale = ([k for k in KNOWN_WRONG_WAY if k not in edges] + [k for k in KNOWN_PRIVATE if k not in names]
+             + [sorted(k) for k in KNOWN_CYCLES if k not in cycles])
+    assert not stale, f"stale entries in tests/test_architecture.py: {stale}"
+
+
+def test_io_is_the_leaf_of_the_middle_set() -> None:
+    """io imports nothing from export, surgery, zoo, variational or pipeline (no exceptions
+    other than the ones listed with their owning branch)."""
+    up = {"cli", "pipeline", "zoo", "surgery", "export", "variational"}
+    bad = [e for e in EDGES if subpackage(e.src) == "io" and subpackage(e.dst) in up
+           and (e.src, e.dst) not in KNOWN_WRONG_WAY]
+    assert not bad, "io imports from above:\n  " + "\n  ".join(map(str, bad))
