@@ -19,8 +19,7 @@ from torch import nn
 from bmr_compress.errors import InputError, UnsupportedModelError
 from bmr_compress.surgery.adapters import adapter_for
 from bmr_compress.surgery.apply import SurgeryRecord
-from bmr_compress.surgery.cut import owners
-from bmr_compress.surgery.handlers import sync_module_
+from bmr_compress.surgery.cut import owners, sync_module_
 
 log = logging.getLogger(__name__)
 
