@@ -16,8 +16,8 @@ import torch
 from torch import nn
 
 from bmr_compress.errors import UnsupportedModelError
+from bmr_compress.layers import LayerType, channel_type
 from bmr_compress.surgery.groups import Slice, UnitGroup, blocks, column, count_numel
-from bmr_compress.surgery.handlers import handler_for
 
 log = logging.getLogger(__name__)
 
@@ -112,25 +112,24 @@ def _names(model: nn.Module) -> dict[int, str]:
 def _slices(names: dict[int, str], module: nn.Module, index: torch.Tensor, side: str,
             role: str | None = None) -> list[Slice]:
     """Slices of `module`'s output ("out") or input ("in") channel tensors at `index`."""
-    handler = handler_for(module)
-    if handler is None:
-        raise UnsupportedModelError(f"{names[id(module)]}: no surgery handler for"
-                                    f" {type(module).__name__}")
-    spec = handler.out_tensors if side == "out" else handler.in_tensors
+    lt = _channels(module, names[id(module)])
+    spec = lt.out_tensors if side == "out" else lt.in_tensors
     prefix = names[id(module)]
     out = []
     for tname, dim in spec:
         t = getattr(module, tname, None)
         if isinstance(t, torch.Tensor):
-            r = role or _role(module, handler, side)
+            r = role or (lt.out_role if side == "out" else "in")
             out.append(Slice(f"{prefix}.{tname}", dim, index, r))
     return out
 
 
-def _role(module: nn.Module, handler, side: str) -> str:
-    if isinstance(module, nn.Embedding):
-        return "embed"
-    return side if handler.in_tensors else "norm"
+def _channels(module: nn.Module, where: str) -> LayerType:
+    lt = channel_type(module)
+    if lt is None:
+        raise UnsupportedModelError(f"{where}: no surgery handler for {type(module).__name__}"
+                                    " (register a layer type in bmr_compress.layers)")
+    return lt
 
 
 def _head_groups(names, layer: Layer, i: int, family: str) -> UnitGroup:
@@ -160,9 +159,7 @@ def _ffn_group(names, layer: Layer, i: int, family: str) -> UnitGroup:
 
 
 def out_size(m: nn.Module) -> int:
-    handler = handler_for(m)
-    tname, dim = handler.out_tensors[0]
-    return getattr(m, tname).shape[dim]
+    return _channels(m, type(m).__name__).width(m)
 
 
 def _hidden_group(model: nn.Module, names, parts: Parts, family: str,

@@ -19,6 +19,7 @@ from torch import nn
 
 from bmr_compress.errors import UnsupportedModelError
 from bmr_compress.io.checks import count_params
+from bmr_compress.layers import layer_type
 from bmr_compress.surgery import families  # noqa: F401  (registers the family adapters)
 from bmr_compress.surgery.adapters import adapter_for
 from bmr_compress.surgery.cut import cut_, removed_indices
@@ -128,7 +129,7 @@ def apply_plan_(
 def _skip_reason(model: nn.Module, pname: str) -> str:
     mpath = pname.rpartition(".")[0]
     module = model.get_submodule(mpath) if mpath else model
-    if isinstance(module, nn.Embedding):
+    if layer_type(module).out_role == "embed":
         return "embedding rows are vocabulary/positions, not removable units; not scored"
     return (f"{type(module).__name__} tensor is in no removable unit group (model output or"
             " uncoupled) and has no posterior")

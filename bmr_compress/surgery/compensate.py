@@ -8,8 +8,9 @@ supported layer's input on calibration batches (a bias joins as a constant input
 the row scales from the fitted mean-field precisions, and writes the reduced means into the
 plain model. Removed units end up exactly zero, so `apply_plan_` cuts them as before.
 
-Supported: nn.Linear, nn.Conv2d (groups 1, zero padding; inputs unfolded into patches) and
-transformers' Conv1D (GPT-2; weight stored transposed). Other layers are only zeroed.
+Supported: every layer type whose `rows_ok` holds (bmr_compress.layers: nn.Linear, nn.Conv2d
+with groups 1 and zero padding, inputs unfolded into patches, and transformers' Conv1D).
+Other layers are only zeroed.
 """
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ from typing import Any
 
 import torch
 from torch import nn
+
+from bmr_compress.layers import layer_type
 
 log = logging.getLogger(__name__)
 
@@ -42,35 +45,9 @@ class CompensationReport:
                 "output_error_reduced": c / n if n else 0.0}
 
 
-def _is_conv1d(mod: nn.Module) -> bool:  # transformers.pytorch_utils.Conv1D: y = x W + b
-    return type(mod).__name__ == "Conv1D" and hasattr(mod, "nf") and getattr(mod, "weight", None) is not None
-
-
-def _supported(mod: nn.Module) -> bool:
-    if isinstance(mod, nn.Linear) or _is_conv1d(mod):
-        return True
-    return (isinstance(mod, nn.Conv2d) and mod.groups == 1 and mod.padding_mode == "zeros"
-            and not isinstance(mod.padding, str))
-
-
-def _rows(mod: nn.Module, w: torch.Tensor) -> torch.Tensor:
-    """The weight as (outputs, inputs) rows."""
-    if _is_conv1d(mod):
-        return w.T
-    return w.reshape(w.shape[0], -1)
-
-
-def _from_rows(mod: nn.Module, rows: torch.Tensor, shape: torch.Size) -> torch.Tensor:
-    return rows.T.contiguous() if _is_conv1d(mod) else rows.reshape(shape)
-
-
 def _inputs(mod: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """Layer input as (examples, inputs), matching _rows' column order."""
-    if isinstance(mod, nn.Conv2d):
-        cols = nn.functional.unfold(x, mod.kernel_size, dilation=mod.dilation,
-                                    padding=mod.padding, stride=mod.stride)
-        return cols.transpose(1, 2).reshape(-1, cols.shape[1])
-    return x.reshape(-1, x.shape[-1])
+    """Layer input as (examples, inputs), in the column order of its weight's rows."""
+    return layer_type(mod).input_rows(mod, x).flatten(0, 1)
 
 
 def _second_moments(model: nn.Module, layers: Mapping[str, nn.Module],
@@ -80,7 +57,7 @@ def _second_moments(model: nn.Module, layers: Mapping[str, nn.Module],
     for name, mod in layers.items():
         def hook(m: nn.Module, inp: tuple[Any, ...], _out: Any, key: str = name) -> None:
             x = _inputs(m, inp[0].detach().float())
-            if m.bias is not None:
+            if getattr(m, "bias", None) is not None:
                 x = torch.cat([x, torch.ones(x.shape[0], 1, dtype=x.dtype, device=x.device)], 1)
             acc = sums.setdefault(key, [0.0, 0])
             acc[0] = acc[0] + (x.T @ x).cpu()
@@ -108,16 +85,7 @@ def compensate_(model: nn.Module, posterior: Mapping[str, Any], masks: Mapping[s
     together); batches: calibration inputs (no labels). Layers whose weight is not in the
     posterior or has nothing pruned are left alone. Mutates `model`; returns the errors.
     """
-    from bmr_compress.bmr import reduced_row_means, row_scales
-
-    params = dict(model.named_parameters())
-    layers = {}
-    for name, mod in model.named_modules():
-        key = f"{name}.weight" if name else "weight"
-        m = masks.get(key)
-        if _supported(mod) and key in posterior and m is not None and not bool(m.all()) \
-                and params.get(key) is mod.weight:
-            layers[name] = mod
+    layers = _pruned_layers(model, posterior, masks)
     report = CompensationReport()
     if not layers:
         return report
@@ -126,39 +94,61 @@ def compensate_(model: nn.Module, posterior: Mapping[str, Any], masks: Mapping[s
         h = moments.get(name)
         if h is None:  # never called on the calibration data
             continue
-        key = f"{name}.weight" if name else "weight"
-        post, w = posterior[key], mod.weight
-        mu = _rows(mod, w.detach()).double().cpu()
-        keep = _rows(mod, masks[key]).cpu()
-        prec = _rows(mod, post.log_var.neg().exp()).double().cpu()
-        d0 = torch.as_tensor(post.prior_log_var, dtype=torch.float64).neg().exp()
-        d0 = _rows(mod, d0.expand(post.mu.shape)).mean(0) if d0.dim() else d0.expand(mu.shape[1])
-        bkey = f"{name}.bias" if name else "bias"
-        if mod.bias is not None:
-            bpost = posterior.get(bkey)
-            bmask = masks.get(bkey, torch.ones(mu.shape[0], dtype=torch.bool))
-            mu = torch.cat([mu, mod.bias.detach().double().cpu()[:, None]], 1)
-            keep = torch.cat([keep, bmask.cpu()[:, None]], 1)
-            b0 = (torch.as_tensor(bpost.prior_log_var, dtype=torch.float64).neg().exp().mean()
-                  if bpost is not None else d0.mean())
-            d0 = torch.cat([d0, b0.reshape(1)])
-        a = row_scales(prec, torch.diagonal(h)[: prec.shape[1]], d0[: prec.shape[1]])
-        new = reduced_row_means(mu, keep, h, a, d0)
-        zeroed = mu * keep
-        err = {}
-        for tag, v in (("zeroed", zeroed), ("reduced", new)):
-            diff = v - mu
-            err[tag] = float(torch.einsum("ij,jk,ik->", diff, h, diff))
-        norm = float(torch.einsum("ij,jk,ik->", mu, h, mu))
-        report.layers[name] = {"output_norm": norm,
-                               "output_error_zeroed": err["zeroed"] / max(norm, 1e-30),
-                               "output_error_reduced": err["reduced"] / max(norm, 1e-30)}
-        with torch.no_grad():
-            nw = new[:, : prec.shape[1]]
-            w.copy_(_from_rows(mod, nw, w.shape).to(dtype=w.dtype, device=w.device))
-            if mod.bias is not None:
-                mod.bias.copy_(new[:, -1].to(dtype=mod.bias.dtype, device=mod.bias.device))
+        report.layers[name] = _reduce_layer_(name, mod, h, posterior, masks)
     s = report.summary()
     log.info("reduced means: %d layers, calibration output error %.3g (zeroed) -> %.3g",
              len(report.layers), s["output_error_zeroed"], s["output_error_reduced"])
     return report
+
+
+def _pruned_layers(model: nn.Module, posterior: Mapping[str, Any],
+                   masks: Mapping[str, torch.Tensor]) -> dict[str, nn.Module]:
+    """Modules whose layer type reads the weight as rows, with a posterior and pruned weights."""
+    params = dict(model.named_parameters())
+    layers = {}
+    for name, mod in model.named_modules():
+        key = f"{name}.weight" if name else "weight"
+        m = masks.get(key)
+        if layer_type(mod).rows_ok(mod) and key in posterior and m is not None \
+                and not bool(m.all()) and params.get(key) is mod.weight:
+            layers[name] = mod
+    return layers
+
+
+def _reduce_layer_(name: str, mod: nn.Module, h: torch.Tensor, posterior: Mapping[str, Any],
+                   masks: Mapping[str, torch.Tensor]) -> dict[str, float]:
+    """Write one layer's reduced means (h = E[x xᵀ], bias column last); returns its errors."""
+    from bmr_compress.bmr import reduced_row_means, row_scales
+
+    lt = layer_type(mod)
+    key = f"{name}.weight" if name else "weight"
+    post, w, bias = posterior[key], mod.weight, getattr(mod, "bias", None)
+    mu = lt.rows(mod, w.detach()).double().cpu()  # (out, in·k)
+    keep = lt.rows(mod, masks[key]).cpu()
+    prec = lt.rows(mod, post.log_var.neg().exp()).double().cpu()
+    d0 = torch.as_tensor(post.prior_log_var, dtype=torch.float64).neg().exp()
+    d0 = lt.rows(mod, d0.expand(post.mu.shape)).mean(0) if d0.dim() else d0.expand(mu.shape[1])
+    bkey = f"{name}.bias" if name else "bias"
+    if bias is not None:
+        bpost = posterior.get(bkey)
+        bmask = masks.get(bkey, torch.ones(mu.shape[0], dtype=torch.bool))
+        mu = torch.cat([mu, bias.detach().double().cpu()[:, None]], 1)
+        keep = torch.cat([keep, bmask.cpu()[:, None]], 1)
+        b0 = (torch.as_tensor(bpost.prior_log_var, dtype=torch.float64).neg().exp().mean()
+              if bpost is not None else d0.mean())
+        d0 = torch.cat([d0, b0.reshape(1)])
+    a = row_scales(prec, torch.diagonal(h)[: prec.shape[1]], d0[: prec.shape[1]])
+    new = reduced_row_means(mu, keep, h, a, d0)
+    zeroed = mu * keep
+    err = {}
+    for tag, v in (("zeroed", zeroed), ("reduced", new)):
+        diff = v - mu
+        err[tag] = float(torch.einsum("ij,jk,ik->", diff, h, diff))
+    norm = float(torch.einsum("ij,jk,ik->", mu, h, mu))
+    with torch.no_grad():
+        nw = new[:, : prec.shape[1]]
+        w.copy_(lt.from_rows(mod, nw, w.shape).to(dtype=w.dtype, device=w.device))
+        if bias is not None:
+            bias.copy_(new[:, -1].to(dtype=bias.dtype, device=bias.device))
+    return {"output_norm": norm, "output_error_zeroed": err["zeroed"] / max(norm, 1e-30),
+            "output_error_reduced": err["reduced"] / max(norm, 1e-30)}

@@ -13,8 +13,8 @@ from collections.abc import Mapping
 import torch
 from torch import nn
 
+from bmr_compress.layers import layer_type
 from bmr_compress.surgery.groups import UnitGroup
-from bmr_compress.surgery.handlers import handler_for
 
 
 def module_positions(model: nn.Module, example_inputs: Mapping[str, torch.Tensor] | torch.Tensor
@@ -25,11 +25,10 @@ def module_positions(model: nn.Module, example_inputs: Mapping[str, torch.Tensor
     batch = (next(iter(example_inputs.values())) if isinstance(example_inputs, Mapping)
              else example_inputs).shape[0]
     for name, m in model.named_modules():
-        h = handler_for(m)
-        if h is None or not h.in_tensors:
+        lt = layer_type(m)
+        if not lt.in_tensors:  # only layers (input and output channels) cost MACs here
             continue
-        out_dim = h.out_tensors[0][1]
-        width = m.weight.shape[out_dim]
+        width = lt.width(m)
 
         def hook(mod, args, out, name=name, width=width):
             if isinstance(out, torch.Tensor):

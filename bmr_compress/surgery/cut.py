@@ -2,22 +2,39 @@
 
 Given groups and the units to keep, every coupled tensor is index_select-ed along every
 cut dim; tied tensors (one object under several names) are cut once and re-assigned to
-every owner; then each touched module's shape attributes are re-synced by its handler.
+every owner; then each touched module's shape attributes are re-synced by its layer type
+(bmr_compress.layers).
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 
 import torch
 from torch import nn
 
 from bmr_compress.errors import UnsupportedModelError
+from bmr_compress.layers import layer_type
 from bmr_compress.surgery.groups import UnitGroup
-from bmr_compress.surgery.handlers import sync_module_, tensors_of
 
 log = logging.getLogger(__name__)
+
+
+def tensors_of(module: nn.Module) -> dict[str, torch.Tensor]:
+    """Direct parameters and buffers of one module (not recursing)."""
+    out: dict[str, torch.Tensor] = {}
+    for name, p in module.named_parameters(recurse=False):
+        out[name] = p
+    for name, b in module.named_buffers(recurse=False):
+        out[name] = b
+    return out
+
+
+def sync_module_(module: nn.Module, old_sizes: Collection[int]) -> None:
+    """Bring `module`'s attributes in line with its tensors after a cut (its layer type's
+    `sync_`; types without shape attributes check that none is stale)."""
+    layer_type(module).sync_(module, old_sizes)
 
 
 def owners(model: nn.Module) -> dict[int, list[tuple[nn.Module, str, str]]]:

@@ -1,8 +1,8 @@
 """Coupling discovery for arbitrary models through Torch-Pruning's dependency graph.
 
 Torch-Pruning traces the model and, for every prunable layer's output channels, returns the
-group of coupled (module, handler, indices) items — residual adds, concats, flattens and
-norms included. We map each group onto our `UnitGroup`/`Slice` data (unit j = root channel
+group of coupled (module, pruning function, indices) items — residual adds, concats, flattens
+and norms included. We map each group onto our `UnitGroup`/`Slice` data (unit j = root channel
 j) and cut with our own slicing (cut.py), so one code path serves adapters and graphs.
 """
 
@@ -15,8 +15,8 @@ import torch
 from torch import nn
 
 from bmr_compress.errors import UnsupportedModelError
+from bmr_compress.layers import channel_type, layer_type
 from bmr_compress.surgery.groups import Slice, UnitGroup, count_numel
-from bmr_compress.surgery.handlers import handler_for
 
 log = logging.getLogger(__name__)
 
@@ -25,21 +25,25 @@ def _output_modules(dg, model: nn.Module) -> list[nn.Module]:
     """Prunable layers whose output is a model output (classifier heads): never cut."""
     out = []
     for m, node in dg.module2node.items():
-        if isinstance(m, (nn.Linear, nn.modules.conv._ConvNd)):
-            if not _reaches_prunable(node, set()):
-                out.append(m)
+        if _is_layer(m) and not _reaches_prunable(node, set()):
+            out.append(m)
     return out
 
 
+def _is_layer(m: object) -> bool:
+    """A module with input and output channels (Linear, Conv, Conv1D, ...)."""
+    return isinstance(m, nn.Module) and bool(layer_type(m).in_tensors)
+
+
 def _reaches_prunable(node, seen: set[int]) -> bool:
-    """Does any Linear/Conv lie downstream of `node` (iterative DFS over the traced graph)?"""
+    """Does any layer lie downstream of `node` (iterative DFS over the traced graph)?"""
     stack = list(node.outputs)
     while stack:
         nxt = stack.pop()
         if id(nxt) in seen:
             continue
         seen.add(id(nxt))
-        if isinstance(nxt.module, (nn.Linear, nn.modules.conv._ConvNd)):
+        if _is_layer(nxt.module):
             return True
         stack.extend(nxt.outputs)
     return False
@@ -77,27 +81,26 @@ def graph_groups(
             module = item.dep.target.module
             if not isinstance(module, nn.Module) or id(module) not in names:
                 continue  # functional ops (add, cat, flatten) carry no tensors
-            handler = handler_for(module)
+            lt = channel_type(module)
             own = list(module.parameters(recurse=False)) + list(module.buffers(recurse=False))
-            if handler is None:
+            if lt is None:
                 if own:
                     raise UnsupportedModelError(
                         f"{names[id(module)]} ({type(module).__name__}) is coupled but has"
-                        " no handler"
+                        " no handler: register a layer type for it in bmr_compress.layers"
                     )
                 continue
             out_side = dg.is_out_channel_pruning_fn(item.dep.handler)
-            spec = handler.out_tensors if out_side else handler.in_tensors
+            spec = lt.out_tensors if out_side else lt.in_tensors
             index = _unit_index(list(item.idxs), list(item.root_idxs), n_units)
-            role = "out" if handler.in_tensors else "norm"
-            role = role if out_side else "in"
+            role = ("out" if lt.in_tensors else "norm") if out_side else "in"
             for tname, dim in spec:
                 t = getattr(module, tname, None)
                 key = f"{names[id(module)]}.{tname}"
                 if isinstance(t, torch.Tensor) and (key, dim) not in seen:
                     seen.add((key, dim))
                     slices.append(Slice(key, dim, index, role))
-        kind = "filter" if isinstance(root, nn.modules.conv._ConvNd) else "neuron"
+        kind = layer_type(root).unit
         g = UnitGroup(names[id(root)], kind, n_units, tuple(slices), "generic")
         groups.append(UnitGroup(g.name, g.kind, g.num_units, g.slices, g.family_hint, 1,
                                 count_numel(g.slices, shapes)))

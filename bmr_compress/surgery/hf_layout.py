@@ -27,8 +27,8 @@ import torch
 from torch import nn
 
 from bmr_compress.errors import UnsupportedModelError
+from bmr_compress.layers import channel_type
 from bmr_compress.surgery.adapters import Layer, adapter_for, out_size
-from bmr_compress.surgery.handlers import handler_for
 
 log = logging.getLogger(__name__)
 
@@ -115,10 +115,11 @@ def _pad_(module: nn.Module, side: str, extra: int) -> None:
     """Append `extra` zero channels to `module`'s output ("out") or input ("in") axis."""
     if extra <= 0:
         return
-    handler = handler_for(module)
-    if handler is None:
-        raise UnsupportedModelError(f"{type(module).__name__}: no handler to pad")
-    for name, dim in handler.out_tensors if side == "out" else handler.in_tensors:
+    lt = channel_type(module)
+    if lt is None:
+        raise UnsupportedModelError(f"{type(module).__name__}: no handler to pad (no layer type"
+                                    " with channel axes in bmr_compress.layers)")
+    for name, dim in lt.out_tensors if side == "out" else lt.in_tensors:
         t = getattr(module, name, None)
         if t is None:
             continue
@@ -129,7 +130,7 @@ def _pad_(module: nn.Module, side: str, extra: int) -> None:
             setattr(module, name, nn.Parameter(new, requires_grad=t.requires_grad))
         else:
             module._buffers[name] = new
-    handler.sync(module)
+    lt.sync_(module)
 
 
 def unpad_state_dict(state: Mapping[str, torch.Tensor], shapes: Mapping[str, list[int]]

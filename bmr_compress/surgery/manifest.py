@@ -33,8 +33,7 @@ from bmr_compress.io.sources import LoadedSource, SourceRequest, register_source
 from bmr_compress.io.transformers_source import preprocessor, task_from_config
 from bmr_compress.surgery.adapters import adapter_for
 from bmr_compress.surgery.apply import SurgeryRecord
-from bmr_compress.surgery.cut import owners
-from bmr_compress.surgery.handlers import sync_module_
+from bmr_compress.surgery.cut import owners, sync_module_
 
 log = logging.getLogger(__name__)
 

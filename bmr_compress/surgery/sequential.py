@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from bmr_compress.bmr.structured import LayerFactors, column_reduced_means, unit_evidence
-from bmr_compress.surgery.compensate import _from_rows
+from bmr_compress.layers import layer_type
 from bmr_compress.surgery.groups import UnitGroup
 from bmr_compress.surgery.plan import keep_top, rounded_count
 from bmr_compress.surgery.unit_posterior import (
@@ -48,7 +48,7 @@ def write_rows_(mod: nn.Module, rows: torch.Tensor) -> None:
     has_bias = getattr(mod, "bias", None) is not None
     body = rows[:, :-1] if has_bias else rows
     with torch.no_grad():
-        w.copy_(_from_rows(mod, body, w.shape).to(dtype=w.dtype, device=w.device))
+        w.copy_(layer_type(mod).from_rows(mod, body, w.shape).to(dtype=w.dtype, device=w.device))
         if has_bias:
             mod.bias.copy_(rows[:, -1].to(dtype=mod.bias.dtype, device=mod.bias.device))
 

@@ -1,9 +1,9 @@
 """Row-correlated (Kronecker-factored Laplace) posteriors of the layers that consume units.
 
-For every unit group whose units reach the rest of the network through one supported layer
-(nn.Linear, nn.Conv2d, transformers' Conv1D: the FFN output projection for FFN neurons, the
-attention output projection for heads, the next layer for neurons and filters of generic
-nets), this module measures what bmr/structured.py needs:
+For every unit group whose units reach the rest of the network through one layer whose type
+reads its weight as rows (bmr_compress.layers: nn.Linear, nn.Conv2d, transformers' Conv1D;
+the FFN output projection for FFN neurons, the attention output projection for heads, the
+next layer for neurons and filters of generic nets), this module measures what bmr/structured.py needs:
 
 * A = E[x xᵀ] of the consumer's input over calibration tokens (padding excluded; a bias
   joins as a constant input 1), recomputed through the already-reduced network when asked;
@@ -26,7 +26,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from bmr_compress.surgery.compensate import _inputs, _is_conv1d, _rows, _supported
+from bmr_compress.layers import layer_type
 from bmr_compress.surgery.groups import UnitGroup
 
 log = logging.getLogger(__name__)
@@ -38,19 +38,6 @@ class Site:
 
     module: str
     columns: dict[str, torch.Tensor]  # group name -> LongTensor (num_units, k) into rows(W)
-
-
-def _columns(mod: nn.Module, dim: int, index: torch.Tensor) -> torch.Tensor | None:
-    """Column indices of _rows(mod, W) that a consuming slice (dim, index) covers."""
-    if isinstance(mod, nn.Linear) and dim == 1:
-        return index
-    if _is_conv1d(mod) and dim == 0:
-        return index
-    if isinstance(mod, nn.Conv2d) and dim == 1:
-        kk = mod.kernel_size[0] * mod.kernel_size[1]
-        cols = index[:, :, None] * kk + torch.arange(kk)  # (units, k, kh*kw)
-        return cols.reshape(index.shape[0], -1)
-    return None
 
 
 def consumer_sites(model: nn.Module, groups: Iterable[UnitGroup],
@@ -71,10 +58,11 @@ def consumer_sites(model: nn.Module, groups: Iterable[UnitGroup],
         owners = {s.param.rpartition(".")[0] for s in ins}
         name = owners.pop() if len(owners) == 1 else None
         mod = mods.get(name) if name is not None else None
-        if mod is None or not _supported(mod) or any(s.param != f"{name}.weight" for s in ins):
+        lt = layer_type(mod) if mod is not None else None
+        if lt is None or not lt.rows_ok(mod) or any(s.param != f"{name}.weight" for s in ins):
             unsupported.append(g.name)
             continue
-        cols = [_columns(mod, s.dim, s.index) for s in ins]
+        cols = [lt.columns(mod, s.dim, s.index) for s in ins]
         if any(c is None for c in cols):
             unsupported.append(g.name)
             continue
@@ -110,7 +98,7 @@ def input_moments(model: nn.Module, names: Iterable[str],
             mask = state["mask"]
             if mask is not None and x.dim() == 3 and tuple(x.shape[:2]) == tuple(mask.shape):
                 x = x[mask.bool()]  # (tokens, d)
-            x = _inputs(m, x.float()).double()
+            x = layer_type(m).input_rows(m, x.float()).flatten(0, 1).double()  # (N, d)
             if getattr(m, "bias", None) is not None:
                 x = torch.cat([x, torch.ones(x.shape[0], 1, dtype=x.dtype, device=x.device)], 1)
             acc = sums.setdefault(key, [0.0, 0])
@@ -188,13 +176,8 @@ def row_scales(model: nn.Module, names: Iterable[str], batches: Iterable[Mapping
 
 
 def _per_example_inputs(m: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """(B, positions, d) layer inputs in _rows' column order, a 1 appended for a bias."""
-    if isinstance(m, nn.Conv2d):
-        cols = nn.functional.unfold(x, m.kernel_size, dilation=m.dilation, padding=m.padding,
-                                    stride=m.stride)  # (B, d, positions)
-        x = cols.transpose(1, 2)
-    else:
-        x = x.reshape(x.shape[0], -1, x.shape[-1])
+    """(B, positions, d) layer inputs in the rows' column order, a 1 appended for a bias."""
+    x = layer_type(m).input_rows(m, x)
     if getattr(m, "bias", None) is not None:
         x = torch.cat([x, torch.ones(*x.shape[:2], 1, dtype=x.dtype, device=x.device)], 2)
     return x
@@ -202,9 +185,7 @@ def _per_example_inputs(m: nn.Module, x: torch.Tensor) -> torch.Tensor:
 
 def _per_example_grads(m: nn.Module, g: torch.Tensor) -> torch.Tensor:
     """(B, positions, rows) gradients with respect to the layer's output rows."""
-    if isinstance(m, nn.Conv2d):
-        return g.reshape(g.shape[0], g.shape[1], -1).transpose(1, 2)
-    return g.reshape(g.shape[0], -1, g.shape[-1])
+    return layer_type(m).output_rows(m, g)
 
 
 def output_scale(model: nn.Module, batches: Iterable[Mapping[str, Any]], task: str) -> float:
@@ -224,7 +205,7 @@ def output_scale(model: nn.Module, batches: Iterable[Mapping[str, Any]], task: s
 def layer_weight(model: nn.Module, name: str) -> torch.Tensor:
     """The consumer's weight as (rows, d) rows, its bias appended as the last column."""
     mod = model.get_submodule(name)
-    w = _rows(mod, mod.weight.detach()).double().cpu()
+    w = layer_type(mod).rows(mod, mod.weight.detach()).double().cpu()
     if getattr(mod, "bias", None) is not None:
         w = torch.cat([w, mod.bias.detach().double().cpu()[:, None]], 1)
     return w

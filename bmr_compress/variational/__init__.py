@@ -1,9 +1,10 @@
 """variational stage (docs/INTERNALS.md section 2): posterior, priors, gates, ELBO, trainer.
 
+What each layer type samples, and how, lives in bmr_compress.layers.
+
 Importing this subpackage imports torch (the top-level `bmr_compress` does not import it).
 """
 
-from bmr_compress.variational.handlers import HANDLERS, Handler, handler_for, register_handler
 from bmr_compress.variational.posterior import (
     enforce_masks_, gate_tensors, kl_divergence, masks, posterior_tensors, set_masks_,
     set_noise_source_, update_priors_,
@@ -19,10 +20,10 @@ from bmr_compress.variational.trainer import (
 from bmr_compress.variational.wrap import UnwrapReport, WrapReport, is_wrapped, unwrap_, wrap_
 
 __all__ = [
-    "ElboTerms", "FinetuneSettings", "FitResult", "GateTensor", "HANDLERS", "Handler",
+    "ElboTerms", "FinetuneSettings", "FitResult", "GateTensor",
     "PosteriorSpec", "PosteriorState", "PosteriorTensor", "UnwrapReport", "WrapReport",
-    "enforce_masks_", "finetune", "fit_mode_", "gate_tensors", "handler_for", "heldout_elbo",
+    "enforce_masks_", "finetune", "fit_mode_", "gate_tensors", "heldout_elbo",
     "is_wrapped", "kl_divergence", "load_posterior", "masks", "posterior_tensors",
-    "register_handler", "restore_posterior_", "save_posterior", "set_masks_", "set_noise_source_",
+    "restore_posterior_", "save_posterior", "set_masks_", "set_noise_source_",
     "unwrap_", "update_priors_", "wrap_",
 ]

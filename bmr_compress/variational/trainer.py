@@ -153,87 +153,17 @@ def finetune(model: nn.Module, teacher: nn.Module | None, batches: Sequence[Batc
     opt = torch.optim.Adam([{"params": [p for p in means if p.requires_grad], "lr": settings.lr},
                             {"params": variances, "lr": settings.log_var_lr}],
                            **adam_kwargs(device))
-    start, history = 0, []
-    diverged_mark = Path(settings.checkpoint_dir or ".") / DIVERGED_MARK
-    if settings.resume and ckpt.has_checkpoint(settings.checkpoint_dir) and diverged_mark.exists():
-        log.warning("the run checkpointed in %s diverged: starting afresh (its state is kept "
-                    "until this run checkpoints)", settings.checkpoint_dir)
-    elif settings.resume and ckpt.has_checkpoint(settings.checkpoint_dir):
-        info = ckpt.load_checkpoint(settings.checkpoint_dir, base, opt, gen)
-        start, history = int(info["step"]), list(info["history"])
-        for group, lr in zip(opt.param_groups, (settings.lr, settings.log_var_lr)):
-            group["lr"] = lr  # this run's settings, not the checkpoint's
-        log.info("resumed from %s at step %d", settings.checkpoint_dir, start)
-    elif settings.laplace_batches > 0:
-        from bmr_compress.variational.laplace import laplace_init_
-
-        laplace_init_(base, batches, settings, n_data, device)
-    net: nn.Module = base
+    run = _Run(base, base, teacher, opt, gen, settings, device, rank, world, n_data,
+               Path(settings.checkpoint_dir or ".") / DIVERGED_MARK)
+    start = _resume_or_init(run, batches)
     if world > 1:
         from torch.nn.parallel import DistributedDataParallel as DDP
 
-        net = DDP(base, device_ids=[device.index] if device.type == "cuda" else None,
-                  broadcast_buffers=False)
+        run.net = DDP(base, device_ids=[device.index] if device.type == "cuda" else None,
+                      broadcast_buffers=False)
     fit_mode_(base)
-    bar = _progress(settings, start, rank)
     t0 = time.perf_counter()
-    t_prev, c_prev = t0, time.process_time()
-    try:
-        for step in range(start, settings.steps):
-            batch = _shard(batches[step % len(batches)], rank, world, device)
-            data, gkl = _step_terms(net, teacher, batch, settings, device, full_kl=False)
-            scale = settings.temperature / n_data
-            opt.zero_grad(set_to_none=True)
-            part = data.float() + scale * gkl  # the Gaussian KL's gradient is added in closed form
-            bad = not bool(torch.isfinite(part.detach()))
-            gnorm, kl, pending = float("nan"), gkl.item(), []
-            if not bad:
-                part.backward()
-                every = settings.prior_update_every
-                refresh = bool(every) and (step + 1) % every == 0
-                gauss, pending = gaussian_kl_grad_(base, scale, update_prior=refresh)
-                kl += gauss
-                params = [p for g in opt.param_groups for p in g["params"]]
-                clip = settings.grad_clip if settings.grad_clip > 0 else math.inf
-                gnorm = float(torch.nn.utils.clip_grad_norm_(params, clip))
-                bad = not (math.isfinite(gnorm) and math.isfinite(kl))
-            if bad:
-                _diverged(settings, base, opt, gen, step, history, data.item(), kl, rank)
-            # checkpoint the state *before* this step once its loss proved finite, so that
-            # a checkpoint never holds parameters that have not been evaluated
-            every = settings.checkpoint_every
-            if (settings.checkpoint_dir and every and step % every == 0
-                    and (step != start or step == 0) and rank == 0):
-                ckpt.save_checkpoint(settings.checkpoint_dir, base, opt, gen,
-                                     {"step": step, "history": history,
-                                      "settings": settings.to_dict()})
-                diverged_mark.unlink(missing_ok=True)
-            opt.step()
-            enforce_masks_(base)
-            with torch.no_grad():
-                for buf, value in pending:  # closed-form empirical-Bayes prior refresh
-                    buf.copy_(value.to(buf.dtype))
-            loss = data.detach().float() + scale * kl
-            lv, dv, kv = _global_mean(torch.stack([loss, data.detach().float(),
-                                                   torch.tensor(kl, device=loss.device)]), world)
-            now, cpu = time.perf_counter(), time.process_time()
-            rec = {"step": step + 1, "loss": lv, "data": dv, "kl": kv, "elbo": -lv,
-                   "grad_norm": gnorm, "step_s": now - t_prev, "step_cpu_s": cpu - c_prev}
-            t_prev, c_prev = now, cpu
-            history.append(rec)
-            if bar is not None:
-                bar.update(1)
-                bar.set_postfix(elbo=f"{rec['elbo']:.4g}", data=f"{rec['data']:.4g}",
-                                kl=f"{rec['kl']:.4g}", refresh=False)
-        every = settings.checkpoint_every
-        if (settings.checkpoint_dir and every and settings.steps % every == 0
-                and settings.steps > start and rank == 0):  # the completed run's end state
-            ckpt.save_checkpoint(settings.checkpoint_dir, base, opt, gen,
-                                 {"step": settings.steps, "history": history,
-                                  "settings": settings.to_dict()})
-    finally:
-        if bar is not None:
-            bar.close()
+    _fit_loop(run, batches, start)
     wall = time.perf_counter() - t0
     base.eval()
     path = None
@@ -244,8 +174,117 @@ def finetune(model: nn.Module, teacher: nn.Module | None, batches: Sequence[Batc
                 "n_data": n_data}
         path = save_posterior(Path(settings.output_dir) / "posterior.safetensors", base, meta)
     done = settings.steps - start
-    return FitResult(settings.steps, start, history, n_data, wall, done / wall if wall > 0 else 0.0,
-                     path, str(device))
+    return FitResult(settings.steps, start, run.history, n_data, wall,
+                     done / wall if wall > 0 else 0.0, path, str(device))
+
+
+@dataclass
+class _Run:
+    """One fine-tune's state, shared by the step loop's parts."""
+
+    base: nn.Module
+    net: nn.Module  # base, or its DDP wrapper
+    teacher: nn.Module | None
+    opt: torch.optim.Optimizer
+    gen: torch.Generator
+    settings: FinetuneSettings
+    device: torch.device
+    rank: int
+    world: int
+    n_data: int
+    diverged_mark: Path
+    history: list[dict[str, float]] = field(default_factory=list)
+
+    def checkpoint(self, step: int) -> None:
+        ckpt.save_checkpoint(self.settings.checkpoint_dir, self.base, self.opt, self.gen,
+                             {"step": step, "history": self.history,
+                              "settings": self.settings.to_dict()})
+
+
+def _resume_or_init(run: _Run, batches: Sequence[Batch]) -> int:
+    """Resume from the checkpoint (unless it diverged) or Laplace-initialise; the start step."""
+    settings, where = run.settings, run.settings.checkpoint_dir
+    if settings.resume and ckpt.has_checkpoint(where) and run.diverged_mark.exists():
+        log.warning("the run checkpointed in %s diverged: starting afresh (its state is kept "
+                    "until this run checkpoints)", where)
+    elif settings.resume and ckpt.has_checkpoint(where):
+        info = ckpt.load_checkpoint(where, run.base, run.opt, run.gen)
+        run.history = list(info["history"])
+        for group, lr in zip(run.opt.param_groups, (settings.lr, settings.log_var_lr)):
+            group["lr"] = lr  # this run's settings, not the checkpoint's
+        log.info("resumed from %s at step %d", where, int(info["step"]))
+        return int(info["step"])
+    elif settings.laplace_batches > 0:
+        from bmr_compress.variational.laplace import laplace_init_
+
+        laplace_init_(run.base, batches, settings, run.n_data, run.device)
+    return 0
+
+
+def _fit_loop(run: _Run, batches: Sequence[Batch], start: int) -> None:
+    """Steps start..settings.steps, with a progress bar; the end state is checkpointed."""
+    settings = run.settings
+    bar = _progress(settings, start, run.rank)
+    t_prev, c_prev = time.perf_counter(), time.process_time()
+    try:
+        for step in range(start, settings.steps):
+            rec = _step(run, batches, step, start)
+            now, cpu = time.perf_counter(), time.process_time()
+            rec.update(step_s=now - t_prev, step_cpu_s=cpu - c_prev)
+            t_prev, c_prev = now, cpu
+            run.history.append(rec)
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix(elbo=f"{rec['elbo']:.4g}", data=f"{rec['data']:.4g}",
+                                kl=f"{rec['kl']:.4g}", refresh=False)
+        every = settings.checkpoint_every
+        if (settings.checkpoint_dir and every and settings.steps % every == 0
+                and settings.steps > start and run.rank == 0):  # the completed run's end state
+            run.checkpoint(settings.steps)
+    finally:
+        if bar is not None:
+            bar.close()
+
+
+def _step(run: _Run, batches: Sequence[Batch], step: int, start: int) -> dict[str, float]:
+    """One optimiser step on global batch `step`; returns its record (without timings)."""
+    settings, base, opt = run.settings, run.base, run.opt
+    batch = _shard(batches[step % len(batches)], run.rank, run.world, run.device)
+    data, gkl = _step_terms(run.net, run.teacher, batch, settings, run.device, full_kl=False)
+    scale = settings.temperature / run.n_data
+    opt.zero_grad(set_to_none=True)
+    part = data.float() + scale * gkl  # the Gaussian KL's gradient is added in closed form
+    bad = not bool(torch.isfinite(part.detach()))
+    gnorm, kl, pending = float("nan"), gkl.item(), []
+    if not bad:
+        part.backward()
+        every = settings.prior_update_every
+        refresh = bool(every) and (step + 1) % every == 0
+        gauss, pending = gaussian_kl_grad_(base, scale, update_prior=refresh)
+        kl += gauss
+        params = [p for g in opt.param_groups for p in g["params"]]
+        clip = settings.grad_clip if settings.grad_clip > 0 else math.inf
+        gnorm = float(torch.nn.utils.clip_grad_norm_(params, clip))
+        bad = not (math.isfinite(gnorm) and math.isfinite(kl))
+    if bad:
+        _diverged(settings, base, opt, run.gen, step, run.history, data.item(), kl, run.rank)
+    # checkpoint the state *before* this step once its loss proved finite, so that
+    # a checkpoint never holds parameters that have not been evaluated
+    every = settings.checkpoint_every
+    if (settings.checkpoint_dir and every and step % every == 0
+            and (step != start or step == 0) and run.rank == 0):
+        run.checkpoint(step)
+        run.diverged_mark.unlink(missing_ok=True)
+    opt.step()
+    enforce_masks_(base)
+    with torch.no_grad():
+        for buf, value in pending:  # closed-form empirical-Bayes prior refresh
+            buf.copy_(value.to(buf.dtype))
+    loss = data.detach().float() + scale * kl
+    lv, dv, kv = _global_mean(torch.stack([loss, data.detach().float(),
+                                           torch.tensor(kl, device=loss.device)]), run.world)
+    return {"step": step + 1, "loss": lv, "data": dv, "kl": kv, "elbo": -lv,
+            "grad_norm": gnorm}
 
 
 def _global_mean(x: torch.Tensor, world: int) -> list[float]:

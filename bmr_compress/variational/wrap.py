@@ -20,9 +20,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from bmr_compress.errors import InputError, UnsupportedModelError
+from bmr_compress.errors import InputError
+from bmr_compress.layers import LayerType, layer_type
 from bmr_compress.variational import gates as G
-from bmr_compress.variational.handlers import Handler, handler_for
 from bmr_compress.variational.noise import NoiseSource
 from bmr_compress.variational.settings import PosteriorSpec
 
@@ -55,7 +55,7 @@ class Entry:
 
 
 class Variances(Mapping):
-    """Lazy name -> sigma^2 view of a module's wrapped tensors, for handlers' out_var."""
+    """Lazy name -> sigma^2 view of a module's wrapped tensors, for LayerType.out_var."""
 
     def __init__(self, ents: dict[str, Entry]):
         self._ents = ents
@@ -81,7 +81,7 @@ class Variances(Mapping):
 class GateEntry:
     name: str
     module: nn.Module
-    handler: Handler
+    layer: LayerType
     axis: int
     unit_size: int
     kind: str
@@ -172,78 +172,105 @@ def wrap_(
     if is_wrapped(model):
         raise InputError("model is already wrapped")
     modules = dict(model.named_modules(remove_duplicate=False))
-    for gname, _unit in spec.gates:  # validate before mutating
-        if gname not in modules:
-            raise InputError(f"gate module {gname!r} not found in the model")
-        handler_for(modules[gname]).gate_axis(modules[gname])
-        channels = _out_channels(modules[gname])
-        if _unit <= 0 or channels % _unit:
-            raise InputError(f"gate on {gname}: {channels} channels not divisible by "
-                             f"unit_size {_unit}")
+    _check_gates(spec, modules)
     st = WrapState(spec=spec, root=weakref.ref(model))
-    coverage: dict[str, str] = {}
-    generic: list[str] = []
-    by_id: dict[int, Entry] = {}
+    walk = _Walk(st, filter_fn)
     for mname, module in model.named_modules(remove_duplicate=False):
-        own = [(n, p) for n, p in module._parameters.items() if p is not None]
-        if not own:
-            continue
-        h = handler_for(module)
-        local_names = set(h.tensors(module)) if h.mode == "local" else set()
-        weight_names: list[str] = []
-        local_entries: dict[str, Entry] = {}
-        for local, p in own:
-            qual = f"{mname}.{local}" if mname else local
-            kind = "local" if local in local_names else "weight"
-            is_generic = kind == "weight" and (h.generic or local not in h.tensors(module))
-            if filter_fn is not None and not filter_fn(mname, module):
-                coverage.setdefault(qual, "skipped: filter_fn")
-                continue
-            if is_generic and not spec.wrap_norms:
-                coverage.setdefault(qual, f"skipped: unknown holder {type(module).__name__}")
-                continue
-            if not p.is_floating_point():
-                coverage.setdefault(qual, "skipped: not floating point")
-                continue
-            e = by_id.get(id(p))
-            if e is None:
-                lv = nn.Parameter(_init_log_var(p, spec.init_std_ratio).to(p.device))
-                module.register_parameter(f"bmr_{local}_log_var", lv)
-                prior = torch.zeros((), dtype=lv.dtype, device=p.device)
-                module.register_buffer(f"bmr_{local}_prior_log_var", prior)
-                e = Entry(qual, module, local, lv)
-                by_id[id(p)] = e
-                st.entries[qual] = e
-                tag = f"generic weight ({type(module).__name__})" if is_generic else kind
-                coverage[qual] = f"wrapped: {tag}"
-                if is_generic and mname not in generic:
-                    generic.append(mname)
-            else:
-                coverage.setdefault(qual, f"wrapped: tied to {e.name}")
-            if kind == "local":
-                local_entries[local] = e
-            else:
-                weight_names.append(local)
-        if local_entries:
-            st.hooks.append(module.register_forward_hook(
-                _local_hook(st, h, local_entries), with_kwargs=True))
-        if weight_names:
-            ents = {n: by_id[id(module._parameters[n])] for n in weight_names}
-            pre, post = _weight_hooks(st, module, ents)
-            st.hooks.append(module.register_forward_pre_hook(pre))
-            st.hooks.append(module.register_forward_hook(post, always_call=True))
+        walk.module(mname, module)
     for gname, unit in spec.gates:
         _add_gate(st, gname, modules[gname], unit, spec)
-        coverage[f"{gname}.bmr_gate_mu"] = "gate"
+        walk.coverage[f"{gname}.bmr_gate_mu"] = "gate"
     model._bmr_state = st  # plain attribute: the class is untouched
     from bmr_compress.variational.posterior import update_priors_
 
     update_priors_(model)
-    report = WrapReport(coverage, tuple(st.entries), tuple(st.gates), tuple(generic))
+    report = WrapReport(walk.coverage, tuple(st.entries), tuple(st.gates), tuple(walk.generic))
     log.info("wrap: %s", report.summary())
-    if generic:
-        log.info("generic weight-space handler used for: %s", ", ".join(generic))
+    if walk.generic:
+        log.info("generic weight-space sampling used for: %s", ", ".join(walk.generic))
     return report
+
+
+def _check_gates(spec: PosteriorSpec, modules: Mapping[str, nn.Module]) -> None:
+    for gname, unit in spec.gates:
+        if gname not in modules:
+            raise InputError(f"gate module {gname!r} not found in the model")
+        lt = layer_type(modules[gname])
+        lt.gate_axis(modules[gname])
+        channels = lt.width(modules[gname])
+        if unit <= 0 or channels % unit:
+            raise InputError(f"gate on {gname}: {channels} channels not divisible by "
+                             f"unit_size {unit}")
+
+
+class _Walk:
+    """wrap_'s pass over the modules: entries, hooks, and the coverage report."""
+
+    def __init__(self, st: WrapState, filter_fn: Callable[[str, nn.Module], bool] | None):
+        self.st, self.filter_fn = st, filter_fn
+        self.coverage: dict[str, str] = {}
+        self.generic: list[str] = []
+        self.by_id: dict[int, Entry] = {}
+
+    def module(self, mname: str, module: nn.Module) -> None:
+        """Wrap the module's own parameters and hook it (local or weight-space sampling)."""
+        own = [(n, p) for n, p in module._parameters.items() if p is not None]
+        if not own:
+            return
+        lt = layer_type(module)
+        local_names = set(lt.tensors(module)) if lt.mode == "local" else set()
+        weight_names: list[str] = []
+        local_entries: dict[str, Entry] = {}
+        for local, p in own:
+            kind = "local" if local in local_names else "weight"
+            is_generic = kind == "weight" and (lt.generic or local not in lt.tensors(module))
+            e = self._entry(mname, module, local, p, is_generic, kind)
+            if e is None:
+                continue
+            if kind == "local":
+                local_entries[local] = e
+            else:
+                weight_names.append(local)
+        st = self.st
+        if local_entries:
+            st.hooks.append(module.register_forward_hook(
+                _local_hook(st, lt, local_entries), with_kwargs=True))
+        if weight_names:
+            ents = {n: self.by_id[id(module._parameters[n])] for n in weight_names}
+            pre, post = _weight_hooks(st, module, ents)
+            st.hooks.append(module.register_forward_pre_hook(pre))
+            st.hooks.append(module.register_forward_hook(post, always_call=True))
+
+    def _entry(self, mname: str, module: nn.Module, local: str, p: nn.Parameter,
+               is_generic: bool, kind: str) -> Entry | None:
+        """The parameter's Entry (new, or the one it is tied to); None if it is skipped."""
+        qual = f"{mname}.{local}" if mname else local
+        spec, coverage = self.st.spec, self.coverage
+        if self.filter_fn is not None and not self.filter_fn(mname, module):
+            coverage.setdefault(qual, "skipped: filter_fn")
+            return None
+        if is_generic and not spec.wrap_norms:
+            coverage.setdefault(qual, f"skipped: unknown holder {type(module).__name__}")
+            return None
+        if not p.is_floating_point():
+            coverage.setdefault(qual, "skipped: not floating point")
+            return None
+        e = self.by_id.get(id(p))
+        if e is not None:
+            coverage.setdefault(qual, f"wrapped: tied to {e.name}")
+            return e
+        lv = nn.Parameter(_init_log_var(p, spec.init_std_ratio).to(p.device))
+        module.register_parameter(f"bmr_{local}_log_var", lv)
+        prior = torch.zeros((), dtype=lv.dtype, device=p.device)
+        module.register_buffer(f"bmr_{local}_prior_log_var", prior)
+        e = Entry(qual, module, local, lv)
+        self.by_id[id(p)] = e
+        self.st.entries[qual] = e
+        tag = f"generic weight ({type(module).__name__})" if is_generic else kind
+        coverage[qual] = f"wrapped: {tag}"
+        if is_generic and mname not in self.generic:
+            self.generic.append(mname)
+        return e
 
 
 def _first_input(args: tuple, kwargs: dict) -> torch.Tensor:
@@ -252,13 +279,13 @@ def _first_input(args: tuple, kwargs: dict) -> torch.Tensor:
     return next(iter(kwargs.values()))
 
 
-def _local_hook(st: WrapState, h: Handler, ents: dict[str, Entry]):
+def _local_hook(st: WrapState, lt: LayerType, ents: dict[str, Entry]):
     def hook(module, args, kwargs, out):
         if not st.sampling():
             return None
         x = _first_input(args, kwargs)
         var = Variances(ents)
-        ov = h.out_var(module, x, var)  # same shape as out
+        ov = lt.out_var(module, x, var)  # same shape as out
         std = _SafeSqrt.apply(ov).to(out.dtype)  # (out.shape)
         return torch.addcmul(out, std, st.noise.batch_randn(out.shape, out.dtype, out.device))
 
@@ -304,23 +331,16 @@ def _weight_hooks(st: WrapState, module: nn.Module, ents: dict[str, Entry]):
 
 
 def _add_gate(st: WrapState, name: str, module: nn.Module, unit: int, spec: PosteriorSpec) -> None:
-    h = handler_for(module)
-    axis = h.gate_axis(module)
-    channels = _out_channels(module)
+    lt = layer_type(module)
+    axis = lt.gate_axis(module)
+    channels = lt.width(module)
     mu, ls = G.gate_init(spec.gate_kind, channels // unit)
     dev = next(module.parameters()).device
     module.register_parameter("bmr_gate_mu", nn.Parameter(mu.to(dev)))
     module.register_parameter("bmr_gate_log_sigma", nn.Parameter(ls.to(dev)))
-    g = GateEntry(name, module, h, axis, unit, spec.gate_kind, spec.gate_log_a, spec.gate_log_b)
+    g = GateEntry(name, module, lt, axis, unit, spec.gate_kind, spec.gate_log_a, spec.gate_log_b)
     st.gates[name] = g
     st.hooks.append(module.register_forward_hook(_gate_hook(st, g)))
-
-
-def _out_channels(module: nn.Module) -> int:
-    for attr in ("out_features", "out_channels", "nf", "embedding_dim"):
-        if hasattr(module, attr):
-            return int(getattr(module, attr))
-    raise UnsupportedModelError(f"cannot tell the output width of {type(module).__name__}")
 
 
 def gate_values(g: GateEntry, batch: int | None, st: WrapState) -> torch.Tensor:
@@ -356,7 +376,7 @@ def unwrap_(model: nn.Module) -> UnwrapReport:
     with torch.no_grad():
         for name, g in st.gates.items():
             scale = G.gate_mean(g.kind, g.mu.float(), g.log_sigma.float(), g.log_a, g.log_b)
-            g.handler.fold_gate_(g.module, scale.repeat_interleave(g.unit_size))
+            g.layer.fold_gate_(g.module, scale.repeat_interleave(g.unit_size))
             del g.module.bmr_gate_mu, g.module.bmr_gate_log_sigma
             folded.append(name)
         for e in st.entries.values():

@@ -8,9 +8,9 @@ from torch import nn
 
 from bmr_compress.errors import InputError
 from bmr_compress.tasks import output_tensor
+from bmr_compress.layers import LAYER_TYPES, layer_type
 from bmr_compress.variational import (
-    HANDLERS, PosteriorSpec, fit_mode_, handler_for, kl_divergence, posterior_tensors, set_masks_,
-    unwrap_, wrap_,
+    PosteriorSpec, fit_mode_, kl_divergence, posterior_tensors, set_masks_, unwrap_, wrap_,
 )
 from bmr_compress.variational.wrap import wrap_state
 from tests.tiny_models import tiny_llama, tiny_vit, inputs_for
@@ -47,20 +47,20 @@ def test_wrap_sample_unwrap(name):
     assert torch.equal(_out(model, x), ref)
 
 
-def test_every_registered_handler_is_exercised():
+def test_every_registered_layer_type_is_exercised():
     seen = set()
     for build, _ in CASES.values():
         for m in build().modules():
             if m._parameters:
-                h = handler_for(m)
-                seen |= {t for t, hh in HANDLERS.items() if hh is h and isinstance(m, t)}
-    assert set(HANDLERS) - {nn.Module} <= seen, set(HANDLERS) - seen
+                lt = layer_type(m)
+                seen |= {t for t, tt in LAYER_TYPES.items() if tt is lt and isinstance(m, t)}
+    assert set(LAYER_TYPES) - {nn.Module} <= seen, set(LAYER_TYPES) - seen
 
 
-def test_conv1d_handler_uses_in_out_layout():
+def test_conv1d_layer_type_uses_in_out_layout():
     from transformers.pytorch_utils import Conv1D
 
-    assert type(handler_for(Conv1D(5, 3))).__name__ == "HFConv1DHandler"
+    assert type(layer_type(Conv1D(5, 3))).__name__ == "HFConv1DLayer"
 
 
 @pytest.mark.parametrize("builder", [tiny_llama, tiny_vit])
