@@ -60,15 +60,8 @@ KNOWN_PRIVATE: dict[tuple[str, str, str], str] = {
     ("bmr_compress.pipeline.laplace", "bmr_compress.pipeline.settings", "_strip_labels"): "config",
     **{("bmr_compress.pipeline.stages", "bmr_compress.pipeline.settings", n): "config"
        for n in ("_DISTILL", "_FIT_KEYS", "_jsonable", "_recipe_for", "_strip_labels")},
-    ("bmr_compress.surgery.sequential", "bmr_compress.surgery.compensate", "_from_rows"): "registry",
-    **{("bmr_compress.surgery.unit_posterior", "bmr_compress.surgery.compensate", n): "registry"
-       for n in ("_inputs", "_is_conv1d", "_rows", "_supported")},
-    ("bmr_compress.variational.posterior", "bmr_compress.variational.wrap", "_base"): "registry",
-    ("bmr_compress.variational.trainer", "bmr_compress.variational.wrap", "_base"): "registry",
 }
 KNOWN_CYCLES: dict[frozenset[str], str] = {
-    # wrap_ calls posterior helpers and posterior reads wrap's `_base` (branch `registry`)
-    frozenset({"bmr_compress.variational.posterior", "bmr_compress.variational.wrap"}): "registry",
 }
 
 

@@ -13,7 +13,8 @@ from torch import nn
 from bmr_compress.errors import InputError
 from bmr_compress.variational import gates as G
 from bmr_compress.variational.state import GateTensor, PosteriorTensor
-from bmr_compress.variational.wrap import Entry, _base, wrap_state
+from bmr_compress.variational.priors import prior_s2, update_state_priors_
+from bmr_compress.variational.wrap import Entry, ddp_inner, wrap_state
 
 
 def _tensor_kl(e: Entry) -> torch.Tensor:
@@ -42,14 +43,6 @@ def gate_kl(model: nn.Module) -> torch.Tensor:
     parts = [G.gate_kl(g.kind, g.mu.float(), g.log_sigma.float(), g.log_a, g.log_b).sum()
              for g in st.gates.values()]
     return torch.stack(parts).sum() if parts else torch.zeros(())
-
-
-def _prior_s2(spec, total: torch.Tensor, n: torch.Tensor | int) -> torch.Tensor:
-    if spec.prior == "gamma":
-        s2 = (spec.gamma_b0 + 0.5 * total) / (spec.gamma_a0 + 0.5 * n)
-    else:
-        s2 = total / max(float(n), 1.0)
-    return torch.as_tensor(s2).clamp_min(1e-30)
 
 
 def _add_grad(p: torch.Tensor, g: torch.Tensor, alpha: float) -> None:
@@ -94,29 +87,15 @@ def gaussian_kl_grad_(model: nn.Module, scale: float, *, update_prior: bool = Fa
                 _add_grad(mu, mu * m.to(mu.dtype), inv * scale)
                 _add_grad(lv, g_lv.mul_(m), 1.0)
         if update_prior:
-            pending.append((e.prior_log_var(), _prior_s2(st.spec, second, n).log()))
+            pending.append((e.prior_log_var(), prior_s2(st.spec, second, n).log()))
     return total, pending
 
 
 @torch.no_grad()
 def update_priors_(model: nn.Module) -> dict[str, float]:
-    """Closed-form prior scale per tensor (over unmasked entries); returns name -> s^2.
-
-    empirical_bayes: s^2 = mean(mu^2 + sigma^2).
-    gamma (Markovic et al.): prior precision tau ~ Gamma(a0, b0), mean-field q(tau) =
-    Gamma(a0 + n/2, b0 + sum(mu^2 + sigma^2)/2); s^2 = 1/E[tau].
-    """
-    st = wrap_state(model)
-    out: dict[str, float] = {}
-    for name, e in st.entries.items():
-        second = e.mu.to(e.log_var.dtype) ** 2 + e.log_var.exp()
-        m = e.mask()
-        n = second.numel() if m is None else m.sum()
-        total = second.sum() if m is None else (second * m).sum()
-        s2 = _prior_s2(st.spec, total, n)
-        e.prior_log_var().copy_(s2.log().to(e.prior_log_var().dtype))
-        out[name] = float(s2)
-    return out
+    """Closed-form prior scale per tensor (over unmasked entries); returns name -> s^2
+    (see `variational.priors.update_state_priors_`)."""
+    return update_state_priors_(wrap_state(model))
 
 
 def set_masks_(model: nn.Module, masks: dict[str, torch.Tensor]) -> list[str]:
@@ -185,7 +164,7 @@ def variance_parameters(model: nn.Module) -> tuple[list[nn.Parameter], list[nn.P
     special = {id(e.log_var) for e in st.entries.values()}
     for g in st.gates.values():
         special |= {id(g.mu), id(g.log_sigma)}
-    base = _base(model)
+    base = ddp_inner(model)
     mean, var = [], []
     for p in base.parameters():
         (var if id(p) in special else mean).append(p)

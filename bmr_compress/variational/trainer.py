@@ -32,7 +32,7 @@ from bmr_compress.variational.posterior import (
     variance_parameters,
 )
 from bmr_compress.variational.settings import FinetuneSettings
-from bmr_compress.variational.wrap import _base, wrap_state
+from bmr_compress.variational.wrap import ddp_inner, wrap_state
 
 log = logging.getLogger(__name__)
 Batch = dict[str, torch.Tensor]
@@ -134,7 +134,7 @@ def _step_terms(model, teacher, batch: Batch, settings, device,
 def finetune(model: nn.Module, teacher: nn.Module | None, batches: Sequence[Batch],
              settings: FinetuneSettings) -> FitResult:
     """Fit the posterior of a wrapped `model` (see wrap_) on `batches` (global batches)."""
-    base = _base(model)
+    base = ddp_inner(model)
     st = wrap_state(base)
     if not batches:
         raise InputError("finetune needs at least one batch")
@@ -342,7 +342,7 @@ def heldout_elbo(model: nn.Module, teacher: nn.Module | None, batches: Sequence[
 
     n_data defaults to settings.n_data, else max(held-out examples, settings.min_n_data).
     """
-    base = _base(model)
+    base = ddp_inner(model)
     st = wrap_state(base)
     device = next(base.parameters()).device
     old_noise = (st.noise.generator, st.noise.rank, st.noise.world)

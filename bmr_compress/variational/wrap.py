@@ -24,6 +24,7 @@ from bmr_compress.errors import InputError
 from bmr_compress.layers import LayerType, layer_type
 from bmr_compress.variational import gates as G
 from bmr_compress.variational.noise import NoiseSource
+from bmr_compress.variational.priors import update_state_priors_
 from bmr_compress.variational.settings import PosteriorSpec
 
 log = logging.getLogger(__name__)
@@ -134,17 +135,17 @@ class UnwrapReport:
 
 
 def wrap_state(model: nn.Module) -> WrapState:
-    st = getattr(_base(model), "_bmr_state", None)
+    st = getattr(ddp_inner(model), "_bmr_state", None)
     if st is None:
         raise InputError("model is not wrapped (call bmr_compress.variational.wrap_ first)")
     return st
 
 
 def is_wrapped(model: nn.Module) -> bool:
-    return getattr(_base(model), "_bmr_state", None) is not None
+    return getattr(ddp_inner(model), "_bmr_state", None) is not None
 
 
-def _base(model: nn.Module) -> nn.Module:
+def ddp_inner(model: nn.Module) -> nn.Module:
     """The wrapped model inside a DistributedDataParallel (or the model itself)."""
     inner = getattr(model, "module", None)
     if (not hasattr(model, "_bmr_state") and isinstance(inner, nn.Module)
@@ -181,9 +182,7 @@ def wrap_(
         _add_gate(st, gname, modules[gname], unit, spec)
         walk.coverage[f"{gname}.bmr_gate_mu"] = "gate"
     model._bmr_state = st  # plain attribute: the class is untouched
-    from bmr_compress.variational.posterior import update_priors_
-
-    update_priors_(model)
+    update_state_priors_(st)
     report = WrapReport(walk.coverage, tuple(st.entries), tuple(st.gates), tuple(walk.generic))
     log.info("wrap: %s", report.summary())
     if walk.generic:
@@ -368,7 +367,7 @@ def _gate_hook(st: WrapState, g: GateEntry):
 
 def unwrap_(model: nn.Module) -> UnwrapReport:
     """Remove the posterior: weights = mu (masked ones stay 0), gates folded at E[theta]."""
-    model = _base(model)
+    model = ddp_inner(model)
     st = wrap_state(model)
     for hk in st.hooks:
         hk.remove()
