@@ -12,7 +12,7 @@ _EXPORTS = {
     "resolve_source": "sources", "LoadedSource": "sources", "parse_hub_spec": "sources",
     "load_weight_file": "sources", "package_snapshot_dir": "sources",
     "load_recipe": "recipes", "Recipe": "recipes", "recipe_names": "recipes",
-    "DataSpec": "recipes", "SourceSpec": "recipes", "RecipeSettings": "recipes", "TrainSpec": "recipes",
+    "DataSpec": "recipes", "SourceSpec": "recipes", "TrainSpec": "recipes",
     "make_dataset": "data", "DataBundle": "data", "parse_data_spec": "data",
     "digits_split": "digits", "docstring_corpus": "corpus",
     "atomic_output_dir": "atomic", "check_output_dir": "atomic",
