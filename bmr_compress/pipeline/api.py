@@ -74,7 +74,8 @@ def compress_(model: Any, batches: Sequence[Mapping[str, Any]],
 
     In place like torchao's `quantize_`: `model` becomes the reduced model (its submodules
     are replaced; references to old submodules go stale) and `record.original` holds the
-    original. Seeds nothing: seed torch first for a reproducible recovery (dropout).
+    original. Both are left in eval mode (distortion is measured in eval mode; recovery
+    trains in train mode). Seeds nothing: seed torch first for a reproducible recovery.
     """
     from bmr_compress.errors import InputError
     from bmr_compress.pipeline.laplace import laplace_reduce
@@ -86,6 +87,7 @@ def compress_(model: Any, batches: Sequence[Mapping[str, Any]],
     if not batches:
         raise InputError("compress_ needs at least one calibration batch")
     timer = timer if timer is not None else StageTimer()
+    model.eval()
     tolerance = config.laplace.tolerance_for(task)
     config = config.replace(laplace=dataclasses.replace(config.laplace, tolerance=tolerance))
     example = _strip_labels(example if example is not None else batches[0])
