@@ -6,8 +6,8 @@ For each seed the calibration examples (the training split: statistics, check an
 batches) are reshuffled, so every seed sees a different calibration split; the held-out
 360 images are never used to decide anything. Per seed:
 
-- BMR: the default Laplace path (tolerance-calibrated ν, ΔlnZ ≥ 0 units out, survivors to
-  their reduced means, recovery, re-score; 3 rounds);
+- BMR: the default Laplace path, `bmr_compress.compress_` (tolerance-calibrated ν, ΔlnZ ≥ 0
+  units out, survivors to their reduced means, recovery, re-score; 3 rounds);
 - magnitude: the same rounds keeping the *same number of units per layer* at the same ν (so
   the same widths, hence the same latency), but choosing which by the group L2 norm of the
   unit's weights (Torch-Pruning's magnitude importance) — then the same compensation, cut and
@@ -70,14 +70,97 @@ def _params(model) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def main() -> None:
+METHODS = {"magnitude + compensation": dict(ranking="magnitude"),
+           "OBS saliency + compensation": dict(ranking="distortion"),
+           "magnitude, no compensation": dict(ranking="magnitude", compensate=False),
+           "BMR's choice, no compensation": dict(ranking="evidence", compensate=False)}
+
+
+def _header(tol: float, seeds: int) -> list[str]:
+    return ["## choice: BMR's choice against the alternatives, everything else identical", "",
+            f"Default Laplace path (tolerance {tol}, 3 rounds of 100 recovery steps). Each "
+            "alternative keeps the same number of units per layer in every round (same widths, "
+            "same latency) at the same ν, chosen by the units' weight norm (Torch-Pruning's "
+            "magnitude importance) or by the compensated output error of removing the unit "
+            "(OBS saliency, SparseGPT-style), then the same compensation, cut and recovery. "
+            f"{seeds} seeds, each a different shuffle of the calibration (training) split; "
+            "held-out: the fixed 360 digits images, never used to decide. W/T/L: BMR's held-out "
+            "correct count against the other's, per seed (strict). δ: mean relative logit "
+            "distortion on the calibration check batches after the last round.", "",
+            "| model | method | parameters (last seed) | held-out accuracy (mean) | BMR W/T/L "
+            "| check δ |",
+            "|---|---|---:|---:|---|---:|"]
+
+
+def _one_seed(original, data, config) -> dict:
+    """BMR's run (the default path, `compress_`) and every alternative following its rounds."""
     import torch
 
+    from bmr_compress import compress_
+    from bmr_compress.pipeline.laplace import laplace_reduce
+
+    lap = config.laplace
+    kw = dict(tolerance=lap.tolerance, rounds=lap.rounds, recovery_steps=lap.recovery_steps,
+              lr=lap.recovery_lr, round_to=config.plan.round_to, timer=_Timer())
+    bmr = compress_(copy.deepcopy(original), data.train_batches, config, task="classification",
+                    example=data.heldout_batches[0])
+    outs = {"BMR (ΔlnZ)": bmr}
+    for name, extra in METHODS.items():
+        torch.manual_seed(config.seed)
+        outs[name] = laplace_reduce(original, data, "classification", follow=bmr.rounds,
+                                    **extra, **kw)
+    return outs
+
+
+def _recipe_rows(recipe_name: str, tol: float, seeds: int) -> list[str]:
+    import torch
+
+    from bmr_compress import CompressConfig
     from bmr_compress.io.data import make_dataset
     from bmr_compress.io.recipes import load_recipe
     from bmr_compress.pipeline.sources import resolve_source
-    from bmr_compress.pipeline.laplace import laplace_reduce
-    from bmr_compress.pipeline.settings import DEFAULT_TOLERANCE
+    from bmr_compress.pipeline.config import LaplaceSettings, PlanConfig, from_recipe
+
+    recipe = load_recipe(recipe_name)
+    src = resolve_source(f"zoo:{recipe_name}")
+    data0 = make_dataset(None, src, default=recipe.data)
+    original = src.model.eval()
+    held = data0.heldout_batches
+    n_held = sum(b["labels"].shape[0] for b in held)
+    base = _correct(original, held)
+    acc: dict[str, list[int]] = {"BMR (ΔlnZ)": [], **{k: [] for k in METHODS}}
+    delta: dict[str, list[float]] = {k: [] for k in acc}
+    params = None
+    recipe_lr = from_recipe(recipe.settings, recipe.path).laplace.recovery_lr
+    lap = LaplaceSettings(tolerance=tol, rounds=3, recovery_steps=100, recovery_lr=recipe_lr)
+    for seed in range(seeds):
+        config = CompressConfig(seed=seed, progress=False, laplace=lap, plan=PlanConfig(round_to=8))
+        torch.manual_seed(seed)
+        outs = _one_seed(original, _reshuffled(data0, seed), config)
+        params = {_params(o.model) for o in outs.values()}
+        assert len(params) == 1, params
+        for name, o in outs.items():
+            acc[name].append(_correct(o.model.eval(), held))
+            delta[name].append(o.final_distortion)
+
+    def wtl(other: list[int]) -> str:
+        w = sum(a > b for a, b in zip(acc["BMR (ΔlnZ)"], other))
+        t = sum(a == b for a, b in zip(acc["BMR (ΔlnZ)"], other))
+        return f"{w}/{t}/{len(other) - w - t}"
+
+    rows = []
+    for name in acc:
+        rows.append(f"| {recipe_name} (original {base / n_held:.4f}) | {name} | "
+                    f"{_params(original):,} → {params.pop() if params else 0:,} | "
+                    f"{sum(acc[name]) / len(acc[name]) / n_held:.4f} | "
+                    f"{'—' if name.startswith('BMR') else wtl(acc[name])} | "
+                    f"{sum(delta[name]) / len(delta[name]):.4f} |")
+        params = {_params(outs["BMR (ΔlnZ)"].model)}
+    return rows
+
+
+def main() -> None:
+    from bmr_compress.pipeline.config import DEFAULT_TOLERANCE
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--recipes", default="mlp-digits,lenet5-digits")
@@ -86,64 +169,12 @@ def main() -> None:
     args = ap.parse_args()
     seeds = 3 if args.quick else args.seeds
     tol = DEFAULT_TOLERANCE["classification"]
-    methods = {"magnitude + compensation": dict(ranking="magnitude"),
-               "OBS saliency + compensation": dict(ranking="distortion"),
-               "magnitude, no compensation": dict(ranking="magnitude", compensate=False),
-               "BMR's choice, no compensation": dict(ranking="evidence", compensate=False)}
-    lines = ["## choice: BMR's choice against the alternatives, everything else identical", "",
-             f"Default Laplace path (tolerance {tol}, 3 rounds of 100 recovery steps). Each "
-             "alternative keeps the same number of units per layer in every round (same widths, "
-             "same latency) at the same ν, chosen by the units' weight norm (Torch-Pruning's "
-             "magnitude importance) or by the compensated output error of removing the unit "
-             "(OBS saliency, SparseGPT-style), then the same compensation, cut and recovery. "
-             f"{seeds} seeds, each a different shuffle of the calibration (training) split; "
-             "held-out: the fixed 360 digits images, never used to decide. W/T/L: BMR's held-out "
-             "correct count against the other's, per seed (strict). δ: mean relative logit "
-             "distortion on the calibration check batches after the last round.", "",
-             "| model | method | parameters (last seed) | held-out accuracy (mean) | BMR W/T/L | check δ |",
-             "|---|---|---:|---:|---|---:|"]
+    lines = _header(tol, seeds)
     for recipe_name in args.recipes.split(","):
         t0 = time.perf_counter()
-        recipe = load_recipe(recipe_name)
-        src = resolve_source(f"zoo:{recipe_name}")
-        data0 = make_dataset(None, src, default=recipe.data)
-        original = src.model.eval()
-        held = data0.heldout_batches
-        n_held = sum(b["labels"].shape[0] for b in held)
-        base = _correct(original, held)
-        acc: dict[str, list[int]] = {"BMR (ΔlnZ)": [], **{k: [] for k in methods}}
-        delta: dict[str, list[float]] = {k: [] for k in acc}
-        params = None
-        kw = dict(tolerance=tol, rounds=3, recovery_steps=100,
-                  lr=float(recipe.settings.recovery_lr or 1e-4), round_to=8, timer=_Timer())
-        for seed in range(seeds):
-            torch.manual_seed(seed)
-            data = _reshuffled(data0, seed)
-            bmr = laplace_reduce(original, data, "classification", **kw)
-            outs = {"BMR (ΔlnZ)": bmr}
-            for name, extra in methods.items():
-                torch.manual_seed(seed)
-                outs[name] = laplace_reduce(original, data, "classification", follow=bmr.rounds,
-                                            **extra, **kw)
-            params = {_params(o.model) for o in outs.values()}
-            assert len(params) == 1, params
-            for name, o in outs.items():
-                acc[name].append(_correct(o.model.eval(), held))
-                delta[name].append(o.final_distortion)
-
-        def wtl(other: list[int]) -> str:
-            w = sum(a > b for a, b in zip(acc["BMR (ΔlnZ)"], other))
-            t = sum(a == b for a, b in zip(acc["BMR (ΔlnZ)"], other))
-            return f"{w}/{t}/{len(other) - w - t}"
-
-        for name in acc:
-            lines.append(f"| {recipe_name} (original {base / n_held:.4f}) | {name} | "
-                         f"{_params(original):,} → {params.pop() if params else 0:,} | "
-                         f"{sum(acc[name]) / len(acc[name]) / n_held:.4f} | "
-                         f"{'—' if name.startswith('BMR') else wtl(acc[name])} | "
-                         f"{sum(delta[name]) / len(delta[name]):.4f} |")
-            params = {_params(bmr.model)}
-        print("\n".join(lines[-len(acc):]), f"({time.perf_counter() - t0:.0f} s)", flush=True)
+        rows = _recipe_rows(recipe_name, tol, seeds)
+        lines += rows
+        print("\n".join(rows), f"({time.perf_counter() - t0:.0f} s)", flush=True)
     body = "\n".join(lines)
     print(body)
     write_section("choice", body)

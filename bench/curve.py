@@ -6,8 +6,8 @@ instead, every one given the same treatment after its choice.
 
 Per tolerance T, on the docstring corpus exactly as `compress zoo:all-minilm-l6-v2` builds it:
 
-- BMR: the default Laplace path at T (calibrated ν, ΔlnZ ≥ 0 out, survivors to their reduced
-  means, cut, recovery; 3 rounds);
+- BMR: the default Laplace path at T, `bmr_compress.compress_` (calibrated ν, ΔlnZ ≥ 0 out,
+  survivors to their reduced means, cut, recovery; 3 rounds);
 - magnitude (Torch-Pruning's group L2 importance) and OBS saliency (the compensated output
   error of removing the unit, SparseGPT-style): the same rounds keeping the same number of
   units per layer at the same ν — hence the same widths and latency — then the same
@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import dataclasses
 import json
 import sys
 import tempfile
@@ -60,40 +61,19 @@ class _Timer:
         return cm()
 
 
-def main() -> None:
-    import torch
+class _Cache:
+    """Reduced models cached under --out as (model, meta) .pt files."""
 
-    from bmr_compress.export import export_onnx, quantize_int8
-    from bmr_compress.export.latency import measure_latency
-    from bmr_compress.io.data import make_dataset
-    from bmr_compress.io.recipes import load_recipe
-    from bmr_compress.io.sources import resolve_source
-    from bmr_compress.pipeline.laplace import laplace_reduce
-    from bmr_compress.pipeline.recovery import distortion, recover_
-    from bmr_compress.pipeline.settings import DEFAULTS, _strip_labels
+    def __init__(self, out: Path, only_cached: set[float]) -> None:
+        self.out, self.only_cached = out, only_cached
+        self.models: dict = {}
+        self.info: dict[str, dict] = {}
 
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--tolerances", default="0.1,0.2")
-    ap.add_argument("--out", type=Path, default=ROOT / "bench" / "out" / "curve")
-    ap.add_argument("--cached-only", default="",
-                    help="tolerances whose models are only shown if already cached, never built")
-    args = ap.parse_args()
-    args.out.mkdir(parents=True, exist_ok=True)
-    recipe = load_recipe("all-minilm-l6-v2")
-    src = resolve_source("zoo:all-minilm-l6-v2")
-    data = make_dataset(None, src, default=recipe.data)
-    original = src.model.eval()
-    task = "embedding"
-    rounds, steps, lr = int(DEFAULTS["rounds"]), int(DEFAULTS["recovery_steps"]), float(DEFAULTS["recovery_lr"])
-    kw = dict(rounds=rounds, recovery_steps=steps, lr=lr, round_to=int(DEFAULTS["round_to"]))
-    models: dict[str, torch.nn.Module] = {}
-    info: dict[str, dict] = {}
+    def __call__(self, name: str, build, tol: float | None = None) -> None:
+        import torch
 
-    only_cached = {float(t) for t in args.cached_only.split(",") if t}
-
-    def cached(name: str, build, tol: float | None = None):
-        path = args.out / f"{name}.pt"
-        if tol in only_cached and not path.is_file():
+        path = self.out / f"{name}.pt"
+        if tol in self.only_cached and not path.is_file():
             print(f"{name}: not cached, skipped (--cached-only)", flush=True)
             return
         if path.is_file():
@@ -103,51 +83,91 @@ def main() -> None:
             m, meta = build()
             meta["seconds"] = time.perf_counter() - t0
             torch.save((m, meta), path)
-        models[name], info[name] = m.eval(), meta
+        self.models[name], self.info[name] = m.eval(), meta
         print(f"{name}: {meta}", flush=True)
 
-    train = [_strip_labels(b) for b in data.train_batches]
-    check, fit = train[:4], train[4:]
-    for tol in [float(t) for t in args.tolerances.split(",")]:
-        def run(ranking: str | None, tol=tol):
-            torch.manual_seed(0)
-            follow = None if ranking is None else info[f"BMR T={tol:g}"]["rounds"]
+
+def _tolerance_rows(cached: _Cache, original, data, task: str, tol: float, defaults) -> None:
+    """BMR (`compress_`) at `tol`, the magnitude / OBS rows following its rounds, and
+    Torch-Pruning's own pruner to BMR's parameter count."""
+    import torch
+
+    from bmr_compress import compress_
+    from bmr_compress.pipeline.laplace import laplace_reduce
+    from bmr_compress.pipeline.recovery import recover_
+    from bmr_compress.pipeline.settings import strip_labels
+
+    lap = defaults.laplace
+    kw = dict(rounds=lap.rounds, recovery_steps=lap.recovery_steps, lr=lap.recovery_lr,
+              round_to=defaults.plan.round_to)
+
+    def run(ranking: str | None):
+        torch.manual_seed(0)
+        if ranking is None:  # BMR's choice: the default path itself
+            config = defaults.replace(laplace=dataclasses.replace(lap, tolerance=tol))
+            out = compress_(copy.deepcopy(original), data.train_batches, config, task=task,
+                            example=data.heldout_batches[0])
+        else:  # the same rounds at BMR's widths and ν, another ranking
             out = laplace_reduce(original, data, task, tolerance=tol, timer=_Timer(),
-                                 follow=follow, ranking=ranking or "evidence", **kw)
-            rs = [{k: v for k, v in r.items()} for r in out.rounds]
-            return out.model, {"rounds": rs, "check_distortion": out.final_distortion}
+                                 follow=cached.info[f"BMR T={tol:g}"]["rounds"], ranking=ranking,
+                                 **kw)
+        rs = [{k: v for k, v in r.items()} for r in out.rounds]
+        return out.model, {"rounds": rs, "check_distortion": out.final_distortion}
 
-        cached(f"BMR T={tol:g}", lambda: run(None), tol)
-        cached(f"magnitude T={tol:g}", lambda: run("magnitude"), tol)
-        cached(f"OBS saliency T={tol:g}", lambda: run("distortion"), tol)
+    cached(f"BMR T={tol:g}", lambda: run(None), tol)
+    cached(f"magnitude T={tol:g}", lambda: run("magnitude"), tol)
+    cached(f"OBS saliency T={tol:g}", lambda: run("distortion"), tol)
 
-        def tp_row(tol=tol):
-            from bench.common import tp_magnitude
+    def tp_row():
+        from bench.common import tp_magnitude
 
-            target = sum(p.numel() for p in models[f"BMR T={tol:g}"].parameters())
-            ex = {k: v for k, v in _strip_labels(data.train_batches[0]).items()}
-            m = tp_magnitude(original, ex, target)
-            torch.manual_seed(0)
-            recover_(m, original, fit, task, steps=rounds * steps, lr=lr)
-            return m, {"target_params": target, "recovery_steps": rounds * steps}
+        total = lap.rounds * lap.recovery_steps
+        target = sum(p.numel() for p in cached.models[f"BMR T={tol:g}"].parameters())
+        ex = {k: v for k, v in strip_labels(data.train_batches[0]).items()}
+        m = tp_magnitude(original, ex, target)
+        torch.manual_seed(0)
+        fit = [strip_labels(b) for b in data.train_batches][4:]
+        recover_(m, original, fit, task, steps=total, lr=lap.recovery_lr)
+        return m, {"target_params": target, "recovery_steps": total}
 
-        cached(f"Torch-Pruning global magnitude T={tol:g}", tp_row, tol)
+    cached(f"Torch-Pruning global magnitude T={tol:g}", tp_row, tol)
 
-    total_steps = rounds * steps
+
+def _layer_drop_rows(cached: _Cache, original, data, task: str, defaults) -> None:
+    """Encoder layers dropped (which ones: least distortion on the check batches), then the
+    recovery BMR got in total."""
+    import itertools
+
+    import torch
+
+    from bmr_compress.pipeline.recovery import distortion, recover_
+    from bmr_compress.pipeline.settings import strip_labels
+
+    lap = defaults.laplace
+    total_steps = lap.rounds * lap.recovery_steps
+    train = [strip_labels(b) for b in data.train_batches]
+    check, fit = train[:4], train[4:]
     for n_keep in (3, 4):
         def drop(n_keep=n_keep):
-            import itertools
-
-            cands = {k: _drop_layers(original, list(k)) for k in itertools.combinations(range(6), n_keep)}
+            cands = {k: _drop_layers(original, list(k))
+                     for k in itertools.combinations(range(6), n_keep)}
             choice = min(cands, key=lambda k: distortion(cands[k], original, check, task))
             m = cands[choice]
             torch.manual_seed(0)
-            recover_(m, original, fit, task, steps=total_steps, lr=lr)
+            recover_(m, original, fit, task, steps=total_steps, lr=lap.recovery_lr)
             return m, {"layers": list(choice), "recovery_steps": total_steps}
 
         cached(f"{n_keep} of 6 layers", drop)
 
-    held = [_strip_labels(b) for b in data.heldout_batches]
+
+def _measure(original, models: dict, held: list) -> tuple[dict, dict, dict]:
+    """Every model and its int8 exported and timed interleaved on ORT CPU; held-out quality.
+    Returns (latency, quality, file sizes) keyed by row label."""
+    import torch
+
+    from bmr_compress.export import export_onnx, quantize_int8
+    from bmr_compress.export.latency import measure_latency
+
     example = {k: v[:1] for k, v in held[0].items()}
     with tempfile.TemporaryDirectory() as tmp:
         t = Path(tmp)
@@ -155,7 +175,8 @@ def main() -> None:
         for i, (name, m) in enumerate(models.items()):
             paths[name] = export_onnx(m, t / f"m{i}.onnx", example, sparse=False).path
         for name in list(paths):
-            paths[f"{name} + int8"] = quantize_int8(paths[name], t / f"{Path(paths[name]).stem}.int8.onnx").path
+            paths[f"{name} + int8"] = quantize_int8(
+                paths[name], t / f"{Path(paths[name]).stem}.int8.onnx").path
         e0 = _embed_onnx(paths["original"], held)
         quality = {k: _quality(e0, _embed_onnx(p, held)) for k, p in paths.items()}
         seq = 128
@@ -163,10 +184,14 @@ def main() -> None:
         feeds = {"input_ids": ids, "attention_mask": ids * 0 + 1, "token_type_ids": ids * 0}
         lat = measure_latency({k: str(p) for k, p in paths.items()}, feeds, threads=1, runs=30)
         sizes = {k: Path(p).stat().st_size for k, p in paths.items()}
-    params = {"original": sum(p.numel() for p in original.parameters())}
-    params.update({k: sum(p.numel() for p in m.parameters()) for k, m in models.items()})
+    return lat, quality, sizes
+
+
+def _table(lat: dict, quality: dict, sizes: dict, params: dict, info: dict, n_held: int,
+           defaults, tolerances: list[float], only_cached: set[float]) -> list[str]:
+    lap = defaults.laplace
+    rounds, steps, lr = lap.rounds, lap.recovery_steps, lap.recovery_lr
     base = lat["original"]["median_ms"]
-    n_held = sum(b["input_ids"].shape[0] for b in held)
     lines = ["## curve: MiniLM operating points, BMR's choice beside the alternatives", "",
              f"Held-out: {n_held} docstring paragraphs (never used to decide). Every pruned model "
              f"got the same treatment after its choice: {rounds} rounds, the same compensation "
@@ -174,14 +199,15 @@ def main() -> None:
              "magnitude and OBS-saliency rows keep exactly BMR's per-layer widths in each round "
              f"(equal latency by construction); Torch-Pruning rows: its own pruner (global "
              "group-magnitude ranking and allocation) to BMR's parameter count, no compensation "
-             f"step; Torch-Pruning and layer dropping get {total_steps} recovery steps. "
+             f"step; Torch-Pruning and layer dropping get {rounds * steps} recovery steps. "
              "Every model is also quantised by the same int8 quantiser. ORT CPU, 1 thread, "
              "batch 1, sequence 128, all timed interleaved (median of 30). 'check δ' is the "
              "relative output distortion on the calibration check batches that the tolerance "
              "bounds.", "",
-             "| model | parameters | ORT ms | speed-up | file MB | cosine | NN agreement | check δ |",
+             "| model | parameters | ORT ms | speed-up | file MB | cosine | NN agreement "
+             "| check δ |",
              "|---|---:|---:|---:|---:|---:|---:|---:|"]
-    for k in paths:
+    for k in sizes:  # the rows in the order they were exported
         stem = k.removesuffix(" + int8")
         ms = lat[k]["median_ms"]
         cos, nn = quality[k]
@@ -190,7 +216,7 @@ def main() -> None:
                      f"{sizes[k] / 2**20:.1f} | {cos:.4f} | {nn:.3f} | "
                      f"{'' if cd is None or k.endswith('int8') else f'{cd:.4f}'} |")
     wins = []
-    for tol in [float(t) for t in args.tolerances.split(",")]:
+    for tol in tolerances:
         if f"BMR T={tol:g}" not in quality:
             continue
         b = quality[f"BMR T={tol:g}"][0]
@@ -205,14 +231,49 @@ def main() -> None:
         lines += ["", "At T = " + ", ".join(f"{t:g}" for t in sorted(only_cached)) + " only the "
                   "models already built were shown (`--cached-only`): rows missing there were "
                   "not run."]
-    body = "\n".join(lines)
+    return lines
+
+
+def main() -> None:
+    from bmr_compress import CompressConfig
+    from bmr_compress.io.data import make_dataset
+    from bmr_compress.io.recipes import load_recipe
+    from bmr_compress.pipeline.sources import resolve_source
+    from bmr_compress.pipeline.settings import strip_labels
+
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--tolerances", default="0.1,0.2")
+    ap.add_argument("--out", type=Path, default=ROOT / "bench" / "out" / "curve")
+    ap.add_argument("--cached-only", default="",
+                    help="tolerances whose models are only shown if already cached, never built")
+    args = ap.parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
+    recipe = load_recipe("all-minilm-l6-v2")
+    src = resolve_source("zoo:all-minilm-l6-v2")
+    data = make_dataset(None, src, default=recipe.data)
+    original = src.model.eval()
+    task = "embedding"
+    defaults = CompressConfig(progress=False)  # the library's defaults, as `compress` runs them
+    tolerances = [float(t) for t in args.tolerances.split(",")]
+    cached = _Cache(args.out, {float(t) for t in args.cached_only.split(",") if t})
+    for tol in tolerances:
+        _tolerance_rows(cached, original, data, task, tol, defaults)
+    _layer_drop_rows(cached, original, data, task, defaults)
+    held = [strip_labels(b) for b in data.heldout_batches]
+    lat, quality, sizes = _measure(original, cached.models, held)
+    params = {"original": sum(p.numel() for p in original.parameters())}
+    params.update({k: sum(p.numel() for p in m.parameters()) for k, m in cached.models.items()})
+    n_held = sum(b["input_ids"].shape[0] for b in held)
+    body = "\n".join(_table(lat, quality, sizes, params, cached.info, n_held, defaults,
+                            tolerances, cached.only_cached))
     print(body)
     write_section("curve", body)
+    info = cached.info
     (args.out / "curve.json").write_text(json.dumps(
         {"latency": lat, "quality": quality, "sizes": sizes, "params": params,
          "info": {k: {kk: vv for kk, vv in v.items() if kk != "rounds"} for k, v in info.items()}},
         indent=1, default=str))
-    _plot(args.out / "curve.png", lat, quality, base)
+    _plot(args.out / "curve.png", lat, quality, lat["original"]["median_ms"])
 
 
 def _plot(path: Path, lat: dict, quality: dict, base: float) -> None:

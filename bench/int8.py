@@ -118,7 +118,7 @@ def main() -> None:
     from bmr_compress.export import export_onnx, measure_latency, quantize_int8
     from bmr_compress.export.validation import make_inputs_like
     from bmr_compress.io.corpus import docstring_corpus
-    from bmr_compress.io.sources import resolve_source
+    from bmr_compress.pipeline.sources import resolve_source
 
     src = resolve_source("zoo:all-minilm-l6-v2")
     _, held = docstring_corpus(1024)  # the recipe's corpus: its held-out split is the tool's

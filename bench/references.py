@@ -72,9 +72,9 @@ def main() -> None:
     from bmr_compress.export.latency import measure_latency
     from bmr_compress.io.data import make_dataset
     from bmr_compress.io.recipes import load_recipe
-    from bmr_compress.io.sources import resolve_source
+    from bmr_compress.pipeline.sources import resolve_source
     from bmr_compress.pipeline.recovery import distortion, recover_
-    from bmr_compress.pipeline.settings import _strip_labels
+    from bmr_compress.pipeline.settings import strip_labels
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--from", dest="src", type=Path,
@@ -90,9 +90,9 @@ def main() -> None:
     src = resolve_source("zoo:all-minilm-l6-v2")
     data = make_dataset(None, src, default=recipe.data)
     original = src.model.eval()
-    train = [_strip_labels(b) for b in data.train_batches]
+    train = [strip_labels(b) for b in data.train_batches]
     check, fit = train[:4], train[4:]
-    held = [_strip_labels(b) for b in data.heldout_batches]
+    held = [strip_labels(b) for b in data.heldout_batches]
     cands = {str(k): _drop_layers(original, k) for k in ([0, 2, 4], [1, 3, 5])}
     choice = min(cands, key=lambda k: distortion(cands[k], original, check, "embedding"))
     dropped = cands[choice]

@@ -26,15 +26,15 @@ from bench._report import write_section  # noqa: E402
 
 def compress_report(source: str, steps: int, extra: dict[str, Any]) -> dict[str, Any]:
     """Run the real pipeline (`bmr-compress compress`) and return its report.json."""
-    from bmr_compress.pipeline import CompressSettings, compress
+    from bmr_compress.pipeline import build_config, compress
 
     from bmr_compress.errors import ValidationFailed
 
     with tempfile.TemporaryDirectory(prefix="bench-speed-") as work:
         out = Path(work) / "out"
         try:
-            compress(CompressSettings(source=source, out=str(out), steps=steps, progress=False,
-                                      **extra))
+            compress(build_config({"source": source, "steps": steps, "progress": False, **extra}),
+                     out)
         except ValidationFailed as e:  # the job ran every stage; its report is kept aside
             rep = json.loads((out.with_name("out.rejected") / "report.json").read_text())
             rep["bench_validation"] = f"validation failed: {str(e).split(';')[0]}"

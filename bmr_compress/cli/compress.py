@@ -8,7 +8,7 @@ import click
 
 from bmr_compress.cli.options import (
     common_options, data_options, emit, fit_options, out_options, plan_options, run_command,
-    source_options, compress_settings,
+    source_options, compress_config,
 )
 
 EPILOG = """\b
@@ -47,7 +47,6 @@ def command(as_json: bool, debug: bool, verbose: bool, **opts: Any) -> None:
     """
     from bmr_compress import pipeline
 
-    result = pipeline.compress(compress_settings(opts, what="compress", progress=True))
+    config = compress_config(opts, what="compress")
+    result = pipeline.compress(config, str(opts["out"]), overwrite=bool(opts["overwrite"]))
     emit(result, as_json, human_summary)
-
-

@@ -7,7 +7,7 @@ from typing import Any
 import click
 
 from bmr_compress.cli.options import (
-    common_options, compress_settings, data_options, emit, fit_options, out_options,
+    common_options, compress_config, data_options, emit, fit_options, out_options,
     pipeline_function, run_command, source_options,
 )
 
@@ -29,5 +29,6 @@ Then: bmr-compress reduce fit/mlp --out out/mlp --size-budget 0.5
 def command(as_json: bool, debug: bool, verbose: bool, **opts: Any) -> None:
     """Wrap SOURCE in a Gaussian posterior, fine-tune it briefly and write
     posterior.safetensors (+ the settings needed to reload the source) into --out."""
-    settings = compress_settings(opts, what="finetune", progress=True)
-    emit(pipeline_function("finetune_only")(settings), as_json)
+    config = compress_config(opts, what="finetune")
+    emit(pipeline_function("finetune_only")(config, str(opts["out"]),
+                                            overwrite=bool(opts["overwrite"])), as_json)

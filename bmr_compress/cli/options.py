@@ -14,6 +14,8 @@ from typing import Any, TypeVar
 
 import click
 
+from bmr_compress.io.jsonsafe import to_jsonable
+
 F = TypeVar("F", bound=Callable[..., Any])
 
 INTERNAL_ERROR_EXIT = 3  # a bug in the tool (not bad input, not a failed validation)
@@ -157,22 +159,6 @@ def setup_logging(verbose: bool, debug: bool) -> None:
             sys.modules["huggingface_hub"].utils.disable_progress_bars()
 
 
-def to_jsonable(obj: Any) -> Any:
-    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-        return {f.name: to_jsonable(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
-    if isinstance(obj, dict):
-        return {str(k): to_jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple, set)):
-        return [to_jsonable(v) for v in obj]
-    if isinstance(obj, Path):
-        return str(obj)
-    if isinstance(obj, (str, int, float, bool)) or obj is None:
-        return obj
-    if hasattr(obj, "tolist"):
-        return obj.tolist()
-    return str(obj)
-
-
 def emit(result: Any, as_json: bool, human: Callable[[Any], str] | None = None) -> None:
     """Results go to stdout: JSON with --json, else a short human summary."""
     data = to_jsonable(result)
@@ -272,18 +258,6 @@ def run_command(f: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
-def settings_kwargs(cls: type, values: dict[str, Any], *, what: str) -> dict[str, Any]:
-    """Keep the entries ``cls`` has fields for; a set option it lacks is an InputError."""
-    from bmr_compress.errors import InputError
-
-    names = {f.name for f in dataclasses.fields(cls)}
-    extra = [k for k, v in values.items() if k not in names and v not in (None, False)]
-    if extra:
-        flag = "--" + extra[0].replace("_", "-")
-        raise InputError(f"{flag} is not supported by {what} in this version")
-    return {k: v for k, v in values.items() if k in names}
-
-
 def pipeline_function(name: str) -> Callable[..., Any]:
     """``bmr_compress.pipeline.<name>``; a clear error when this build's pipeline lacks it."""
     from bmr_compress import pipeline
@@ -294,10 +268,13 @@ def pipeline_function(name: str) -> Callable[..., Any]:
     return fn  # type: ignore[no-any-return]
 
 
-def compress_settings(opts: dict[str, Any], *, what: str, progress: bool) -> Any:
-    """pipeline.CompressSettings from CLI options (option names == field names)."""
-    from bmr_compress import pipeline
+def compress_config(opts: dict[str, Any], *, what: str) -> Any:
+    """pipeline.CompressConfig from a command's options: the one place CLI options meet the
+    config (option names are the keys of pipeline.config.OPTIONS; None: not given, so the
+    recipe's [settings] or the dataclass default applies). `out` and `overwrite` are not
+    settings: the command passes them to the pipeline itself."""
+    from bmr_compress.pipeline.config import build_config
 
-    opts = {k: (str(v) if isinstance(v, Path) else v) for k, v in opts.items()}
-    return pipeline.CompressSettings(**settings_kwargs(pipeline.CompressSettings, opts, what=what),
-                                     progress=progress)
+    values = {k: (str(v) if isinstance(v, Path) else v) for k, v in opts.items()
+              if k not in ("out", "overwrite")}
+    return build_config({**values, "progress": True}, what=what)

@@ -33,8 +33,11 @@ A local source path recorded in POSTERIOR_DIR is used only with --original or
 def command(posterior_dir: Path, as_json: bool, debug: bool, verbose: bool, **opts: Any) -> None:
     """Re-plan from POSTERIOR_DIR/posterior.safetensors (written by `compress` or `finetune`)
     with new planning options, cut, export and validate into --out, without refitting."""
-    opts = {k: str(v) if isinstance(v, Path) else v for k, v in opts.items()}
     from bmr_compress.cli.compress import human_summary
 
-    result = pipeline_function("reduce")(posterior_dir, **{k: v for k, v in opts.items() if v is not None})
+    trust = {k: opts.pop(k) for k in ("original", "trust_remote_code", "allow_pickle",
+                                      "use_recorded_source")}
+    out, overwrite = str(opts.pop("out")), bool(opts.pop("overwrite"))
+    result = pipeline_function("reduce")(posterior_dir, out, overwrite=overwrite, **trust,
+                                         options=opts)
     emit(result, as_json, human_summary)

@@ -58,8 +58,11 @@ def list_cmd(as_json: bool, debug: bool, verbose: bool) -> None:
 def show_cmd(name: str, as_json: bool, debug: bool, verbose: bool) -> None:
     """Print recipe NAME (a shipped recipe name or a .toml path), as parsed."""
     from bmr_compress.io.recipes import load_recipe
+    from bmr_compress.pipeline.config import from_recipe
 
-    emit(dataclasses.asdict(load_recipe(name)), as_json)
+    recipe = load_recipe(name)
+    from_recipe(recipe.settings, recipe.path)  # its [settings] tables are read strictly too
+    emit(dataclasses.asdict(recipe), as_json)
 
 
 @command.command("train", epilog="Examples:\n\n  bmr-compress zoo train vit-digits\n\n"

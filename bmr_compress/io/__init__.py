@@ -18,7 +18,7 @@ _EXPORTS = {
     "read_manifest": "manifest", "write_manifest": "manifest",
     "check_json_file": "checks", "count_params": "checks", "to_jsonable": "jsonsafe",
     "load_recipe": "recipes", "Recipe": "recipes", "recipe_names": "recipes",
-    "DataSpec": "recipes", "SourceSpec": "recipes", "RecipeSettings": "recipes", "TrainSpec": "recipes",
+    "DataSpec": "recipes", "SourceSpec": "recipes", "TrainSpec": "recipes",
     "make_dataset": "data", "DataBundle": "data", "parse_data_spec": "data",
     "digits_split": "digits", "docstring_corpus": "corpus",
     "atomic_output_dir": "atomic", "check_output_dir": "atomic",

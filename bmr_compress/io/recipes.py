@@ -11,7 +11,8 @@ as package data in ``bmr_compress.model_zoo`` (the top-level ``model_zoo/`` fold
     [source.arch]  widths = [128, 64]    # zoo architecture kwargs
     [train]    epochs = 40 ...           # zoo recipes only: how `zoo train` fits the seed model
     [data]     kind = "digits" | "docstrings" | "file" | "hf" ...
-    [settings] steps = 300 ...           # defaults for `compress` (CLI options override)
+    [settings] seed = 0                  # defaults for `compress` (CLI options override):
+    [settings.plan] round_to = 8 ...     # one table per stage, see pipeline/config.py
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import dataclasses
 import sys
 import types
 import typing
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -35,7 +37,6 @@ else:  # pragma: no cover
 RECIPE_PACKAGE = "bmr_compress.model_zoo"
 TASKS = ("classification", "regression", "embedding", "causal_lm")
 DATA_KINDS = ("digits", "docstrings", "file", "hf")
-GATES = ("none", "bmrs_n", "bmrs_u")
 
 
 @dataclass(frozen=True)
@@ -74,40 +75,15 @@ class DataSpec:
 
 
 @dataclass(frozen=True)
-class RecipeSettings:
-    """[settings]: defaults for `compress` (CLI flags override them); see CompressSettings."""
-
-    posterior: str | None = None
-    tolerance: float | None = None
-    rounds: int | None = None
-    recovery_steps: int | None = None
-    recovery_lr: float | None = None
-    steps: int | None = None
-    seed: int | None = None
-    lr: float | None = None
-    n_data: int | None = None
-    temperature: float | None = None
-    noise_std: float | None = None
-    laplace_batches: int | None = None
-    round_to: int | None = None
-    structured: bool | None = None
-    unstructured: bool | None = None
-    threshold: str | None = None
-    gates: str | None = None
-    iterative: bool | None = None
-    compensate: bool | None = None
-    int8: bool | None = None
-    size_budget: float | None = None
-    latency_budget: float | None = None
-
-
-@dataclass(frozen=True)
 class Recipe:
     name: str
     task: str
     source: SourceSpec
     data: DataSpec
-    settings: RecipeSettings = RecipeSettings()
+    # [settings]: defaults for `compress` (CLI options override them), read strictly into a
+    # pipeline.config.CompressConfig by pipeline.config.from_recipe: `posterior`, `seed` and
+    # one table per stage ([settings.laplace], [settings.finetune], [settings.plan], ...)
+    settings: dict[str, Any] = field(default_factory=dict)
     train: TrainSpec | None = None
     description: str = ""
     path: str = ""  # where it was loaded from (not a TOML key)
@@ -116,7 +92,9 @@ class Recipe:
 # ---------------------------------------------------------------------------- strict parsing
 
 
-def _check_type(value: Any, tp: Any, where: str) -> Any:
+def check_type(value: Any, tp: Any, where: str) -> Any:
+    """`value` read from TOML/JSON as type `tp` (int widens to float, arrays to tuples);
+    anything else is an InputError naming `where`."""
     origin = typing.get_origin(tp)
     if origin in (Union, types.UnionType):
         args = typing.get_args(tp)
@@ -127,10 +105,18 @@ def _check_type(value: Any, tp: Any, where: str) -> Any:
             if a is type(None):
                 continue
             try:
-                return _check_type(value, a, where)
+                return check_type(value, a, where)
             except InputError as e:
                 errors.append(e)
         raise errors[0]
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise InputError(f"{where}: expected an array, got {value!r}")
+        args = typing.get_args(tp)
+        items = [args[0]] * len(value) if len(args) == 2 and args[1] is Ellipsis else list(args)
+        if len(items) != len(value):
+            raise InputError(f"{where}: expected {len(items)} items, got {value!r}")
+        return tuple(check_type(v, a, where) for v, a in zip(value, items, strict=True))
     if origin is dict or tp is dict:
         if not isinstance(value, dict):
             raise InputError(f"{where}: expected a table, got {type(value).__name__}")
@@ -144,12 +130,17 @@ def _check_type(value: Any, tp: Any, where: str) -> Any:
     raise TypeError(f"unsupported recipe field type {tp!r}")  # programming error
 
 
-def strict_dataclass(cls: type, table: Any, where: str) -> Any:
-    """Build frozen dataclass ``cls`` from a TOML table; unknown keys or wrong types -> InputError."""
+def strict_dataclass(cls: type, table: Any, where: str, *, skip: frozenset[str] = frozenset(),
+                     base: Any = None) -> Any:
+    """Build frozen dataclass ``cls`` from a TOML table; unknown keys or wrong types -> InputError.
+
+    `skip`: fields the table may not set; `base`: an instance whose values fill the fields
+    the table leaves out (default: the class defaults)."""
     if not isinstance(table, dict):
         raise InputError(f"{where}: expected a table, got {type(table).__name__}")
     hints = typing.get_type_hints(cls)
-    fields = {f.name: f for f in dataclasses.fields(cls) if not (cls is Recipe and f.name == "path")}
+    fields = {f.name: f for f in dataclasses.fields(cls)
+              if not (cls is Recipe and f.name == "path") and f.name not in skip}
     unknown = sorted(set(table) - set(fields))
     if unknown:
         raise InputError(f"{where}: unknown key {unknown[0]!r} (allowed: {', '.join(sorted(fields))})")
@@ -160,12 +151,25 @@ def strict_dataclass(cls: type, table: Any, where: str) -> Any:
             sub = next(a for a in (typing.get_args(tp) or (tp,)) if dataclasses.is_dataclass(a))
             kwargs[key] = strict_dataclass(sub, value, f"{where} [{key}]")
         else:
-            kwargs[key] = _check_type(value, tp, f"{where}: key {key!r}")
+            kwargs[key] = check_type(value, tp, f"{where}: key {key!r}")
+    if base is not None:
+        return dataclasses.replace(base, **kwargs)
     missing = [n for n, f in fields.items() if n not in kwargs
                and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
     if missing:
         raise InputError(f"{where}: missing required key {missing[0]!r}")
     return cls(**kwargs)
+
+
+RECIPE_CHECKS: list[Callable[[Recipe, str], None]] = []
+
+
+def register_recipe_check(check: Callable[[Recipe, str], None]) -> Callable[[Recipe, str], None]:
+    """Add a check every parsed recipe goes through (raise InputError naming `where`); the
+    zoo registers the one for its architectures when it is imported. Idempotent."""
+    if check not in RECIPE_CHECKS:
+        RECIPE_CHECKS.append(check)
+    return check
 
 
 def _validate(recipe: Recipe, where: str) -> None:
@@ -180,19 +184,12 @@ def _validate(recipe: Recipe, where: str) -> None:
         raise InputError(f"{where}: [source] hub {src.hub!r} must pin a 'revision'")
     if src.arch and not src.zoo:
         raise InputError(f"{where}: [source.arch] is only valid with a zoo architecture")
-    if src.zoo:
-        from bmr_compress.zoo.architectures import ZOO_ARCHITECTURES, make_config
-
-        if src.zoo not in ZOO_ARCHITECTURES:
-            raise InputError(f"{where}: unknown zoo architecture {src.zoo!r}")
-        make_config(src.zoo, src.arch, origin=f"{where} [source.arch]")
+    for check in RECIPE_CHECKS:  # what only a higher layer knows (the zoo: its architectures)
+        check(recipe, where)
     if recipe.train is not None and not src.zoo:
         raise InputError(f"{where}: [train] is only valid for zoo recipes")
     if recipe.data.kind not in DATA_KINDS:
         raise InputError(f"{where}: [data] kind {recipe.data.kind!r} is not one of {', '.join(DATA_KINDS)}")
-    gates = recipe.settings.gates
-    if gates is not None and gates not in GATES:
-        raise InputError(f"{where}: [settings] gates {gates!r} is not one of {', '.join(GATES)}")
 
 
 def parse_recipe(text: str, where: str, *, expected_name: str | None = None) -> Recipe:

@@ -7,25 +7,32 @@ into place only after validation passed (io.atomic). A failed validation leaves 
 untouched, copies the assembled files to `<out>.rejected/` for inspection and raises
 ValidationFailed (exit code 1).
 
-Entry points (one per CLI command): `compress`, `finetune_only`, `reduce`,
-`export_directory`, `validate_directory`.
+Settings: `CompressConfig` (pipeline/config.py), one typed table per stage. In memory:
+`compress_(model, batches, config, task=...)` (pipeline/api.py). Entry points (one per CLI
+command): `compress`, `finetune_only`, `reduce`, `export_directory`, `validate_directory`.
 """
 
+from bmr_compress.pipeline.api import CompressRecord, compress_
 from bmr_compress.pipeline.commands import (
     compress, export_directory, finetune_only, reduce, validate_directory,
 )
-from bmr_compress.pipeline.settings import (
-    DEFAULTS, FIT_RECORD, CompressResult, CompressSettings, StageTimer, resolve_settings,
+from bmr_compress.pipeline.config import (
+    DEFAULT_TOLERANCE, OPTIONS, CompressConfig, DataConfig, ExportConfig, LaplaceSettings,
+    PlanConfig, SourceConfig, build_config, flat_record, from_recipe, with_options,
 )
+from bmr_compress.pipeline.finish import LATENCY_SEQ, finish_stage, validation_settings
+from bmr_compress.pipeline.settings import FIT_RECORD, CompressResult, StageTimer
 from bmr_compress.pipeline.stages import (
-    LATENCY_SEQ, Cut, Fitted, checkpoint_dir, cut_stage, finish_stage, fit_stage, load_stage,
-    validation_settings,
+    Cut, Fitted, checkpoint_dir, cut_stage, fit_stage, load_stage,
 )
 from bmr_compress.pipeline.summary import format_summary, summary_of
 
 __all__ = [
-    "DEFAULTS", "FIT_RECORD", "LATENCY_SEQ", "CompressResult", "CompressSettings", "Cut", "Fitted",
-    "StageTimer", "checkpoint_dir", "compress", "cut_stage", "export_directory", "finetune_only",
-    "finish_stage", "fit_stage", "format_summary", "load_stage", "reduce", "resolve_settings",
-    "summary_of", "validate_directory", "validation_settings",
+    "DEFAULT_TOLERANCE", "FIT_RECORD", "LATENCY_SEQ", "OPTIONS", "CompressConfig",
+    "CompressRecord", "CompressResult", "Cut", "DataConfig", "ExportConfig", "Fitted",
+    "LaplaceSettings", "PlanConfig", "SourceConfig", "StageTimer", "build_config",
+    "checkpoint_dir", "compress", "compress_", "cut_stage", "export_directory",
+    "finetune_only", "finish_stage", "fit_stage", "flat_record", "format_summary",
+    "from_recipe", "load_stage", "reduce", "summary_of", "validate_directory",
+    "validation_settings", "with_options",
 ]

@@ -1,23 +1,26 @@
-"""The variational path's plan settings from the options, budgets counted exactly."""
+"""The variational path's plan settings from PlanConfig, budgets counted exactly."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from bmr_compress.pipeline.config import PlanConfig
 
 
-def plan_settings(opts: Mapping[str, Any], original: Any,
+def plan_settings(plan: PlanConfig, original: Any,
                    mac_weights: Mapping[str, float] | None = None,
                    groups: list[Any] | None = None, task: str | None = None) -> Any:
-    """PlanSettings from the options. `--size-budget` is a share (≤ 1) or count of the
-    model's parameters and `--latency-budget` a share of its dense-layer MACs; both are
-    turned into budgets on what the unit groups own, counted exactly (costs.CostLedger):
+    """surgery.PlanSettings from the pipeline's PlanConfig. `--size-budget` is a share (≤ 1)
+    or count of the model's parameters and `--latency-budget` a share of its dense-layer
+    MACs; both are turned into budgets on what the unit groups own, counted exactly (costs.CostLedger):
     what no group owns stays whatever BMR decides."""
     from bmr_compress.surgery import PlanSettings
     from bmr_compress.surgery.costs import CostLedger
 
     shapes = {k: v.shape for k, v in original.state_dict().items()}
-    budget = opts.get("size_budget")
+    budget = plan.size_budget
     max_params = None
     if budget is not None:
         total = sum(p.numel() for p in original.parameters())
@@ -25,15 +28,15 @@ def plan_settings(opts: Mapping[str, Any], original: Any,
         owned = CostLedger(groups or [], shapes).total()
         max_params = max(int(target - (total - owned)), 0)
     max_macs = None
-    if opts.get("latency_budget") is not None and mac_weights is not None and groups:
+    if plan.latency_budget is not None and mac_weights is not None and groups:
         total_macs = sum(shapes[k].numel() * w for k, w in mac_weights.items() if k in shapes)
         owned = CostLedger(groups, shapes, mac_weights).total()
-        max_macs = max(float(opts["latency_budget"]) * total_macs - (total_macs - owned), 0.0)
+        max_macs = max(float(plan.latency_budget) * total_macs - (total_macs - owned), 0.0)
     kinds = PlanSettings().kinds
     if task == "embedding":  # the hidden size *is* the embedding size users consume
         kinds = tuple(k for k in kinds if k != "hidden")
     return PlanSettings(
-        structured=bool(opts["structured"]), unstructured=bool(opts["unstructured"]),
-        threshold=str(opts["threshold"]), round_to=int(opts["round_to"]), max_params=max_params,
+        structured=plan.structured, unstructured=plan.unstructured,
+        threshold=plan.threshold, round_to=plan.round_to, max_params=max_params,
         max_macs=max_macs, kinds=kinds,
     )

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-import dataclasses
 import json
 import logging
 import shutil
@@ -14,86 +13,69 @@ from typing import Any
 
 log = logging.getLogger(__name__)
 
+from bmr_compress.io.jsonsafe import to_jsonable
+from bmr_compress.pipeline.config import OPTIONS, CompressConfig, build_config, with_options
+from bmr_compress.pipeline.finish import (
+    fit_summary, provenance, finish_stage, validation_settings,
+)
 from bmr_compress.pipeline.settings import (
-    FIT_RECORD, CompressResult, CompressSettings, StageTimer, _jsonable, _strip_labels,
+    FIT_RECORD, CompressResult, StageTimer, strip_labels,
 )
 from bmr_compress.pipeline.stages import (
-    Fitted, _fit_summary, _provenance, checkpoint_dir, cut_stage, finish_stage, fit_stage,
-    load_stage, validation_settings,
+    Fitted, checkpoint_dir, cut_stage, fit_stage, load_stage,
 )
 
 
-def compress(settings: CompressSettings) -> CompressResult:
-    """The whole pipeline into `settings.out`. Raises BmrError subclasses."""
+def compress(config: CompressConfig, out: str | Path, *, overwrite: bool = False
+             ) -> CompressResult:
+    """The whole pipeline from `config.source` into `out`. Raises BmrError subclasses.
+
+    The default path is `compress_` (pipeline/api.py) between loading and export."""
     from bmr_compress.io.atomic import check_output_dir, check_rejected_dir, work_dir
 
-    out = check_output_dir(settings.out, settings.overwrite)  # fail fast, before any work
-    _check_inputs_outside(out, settings)
+    out = check_output_dir(out, overwrite)  # fail fast, before any work
+    _check_inputs_outside(out, config)
     check_rejected_dir(out)  # a failed validation must not delete a user's files there
     timer = StageTimer()
     with work_dir(out) as work:  # beside --out, removed on every exit path
-        if _posterior_kind(settings) == "laplace":
-            from bmr_compress.pipeline.laplace import laplace_stage
+        if config.posterior == "laplace":
+            from bmr_compress.pipeline.api import laplace_stage
 
-            fitted, cut = laplace_stage(settings, timer, work)
+            fitted, cut = laplace_stage(config, timer, work)
         else:
-            fitted = fit_stage(settings, timer, work)
+            fitted = fit_stage(config, out, timer, work)
             cut = cut_stage(fitted, timer)
         try:
-            return finish_stage(settings, fitted, cut, timer, work, out)
+            return finish_stage(fitted, cut, timer, work, out, overwrite=overwrite)
         finally:  # the fit is complete either way; only an interrupted run leaves it
-            shutil.rmtree(checkpoint_dir(settings, fitted.opts), ignore_errors=True)
+            shutil.rmtree(checkpoint_dir(config, out), ignore_errors=True)
 
 
-# options that only the variational path reads: giving one (CLI or API) selects that path
-_VARIATIONAL_ONLY = ("steps", "n_data", "temperature", "noise_std", "laplace_batches", "gates",
-                     "iterative", "threshold", "unstructured", "size_budget", "latency_budget")
-
-
-def _posterior_kind(settings: CompressSettings) -> str:
-    """"laplace" (default: tolerance-calibrated Laplace rounds) or "variational" (chosen
-    explicitly, or implied by an option only the variational fine-tune reads)."""
-    from bmr_compress.pipeline.settings import _recipe_for, resolve_settings
-
-    if settings.posterior is None:
-        implied = [k for k in _VARIATIONAL_ONLY if getattr(settings, k) not in (None, False)]
-        if implied:
-            log.info("--%s given: using --posterior variational", implied[0].replace("_", "-"))
-            return "variational"
-    recipe = _recipe_for(settings.recipe, settings.source)
-    opts = resolve_settings(settings, recipe.settings if recipe is not None else None)
-    kind = str(opts["posterior"])
-    if kind not in ("laplace", "variational"):
-        from bmr_compress.errors import InputError
-
-        raise InputError(f"posterior must be 'laplace' or 'variational', got {kind!r}")
-    return kind
-
-
-def _check_inputs_outside(out: Path, settings: CompressSettings) -> None:
+def _check_inputs_outside(out: Path, config: CompressConfig) -> None:
     from bmr_compress.io.atomic import check_inputs_outside
 
-    check_inputs_outside(out, {"source": settings.source, "recipe": settings.recipe,
-                               "data": settings.data})
+    check_inputs_outside(out, {"source": config.source.spec, "recipe": config.source.recipe,
+                               "data": config.data.spec})
 
 
-def finetune_only(settings: CompressSettings) -> dict[str, Any]:
+def finetune_only(config: CompressConfig, out: str | Path, *, overwrite: bool = False
+                  ) -> dict[str, Any]:
     """Fit the posterior only: writes posterior.safetensors + bmr_fit.json into `out`."""
     from bmr_compress.io.atomic import atomic_output_dir, check_output_dir, work_dir
 
-    out = check_output_dir(settings.out, settings.overwrite)
-    _check_inputs_outside(out, settings)
+    out = check_output_dir(out, overwrite)
+    _check_inputs_outside(out, config)
     timer = StageTimer()
     with work_dir(out) as work:
-        f = fit_stage(settings, timer, work)
-        with atomic_output_dir(out, settings.overwrite) as stage:
+        f = fit_stage(config, out, timer, work)
+        with atomic_output_dir(out, overwrite) as stage:
             shutil.copy2(f.posterior_path, stage / "posterior.safetensors")
-            record = {**_provenance(f, settings), "finetune": _fit_summary(f.fit),
+            record = {**provenance(f), "finetune": fit_summary(f.fit),
                       "stage_seconds": timer.total()}
-            (stage / FIT_RECORD).write_text(json.dumps(_jsonable(record), indent=2) + "\n")
-        shutil.rmtree(checkpoint_dir(settings, f.opts), ignore_errors=True)
+            (stage / FIT_RECORD).write_text(json.dumps(to_jsonable(record), indent=2) + "\n")
+        shutil.rmtree(checkpoint_dir(config, out), ignore_errors=True)
     return {"out": str(out), "posterior": str(out / "posterior.safetensors"),
-            "finetune": _fit_summary(f.fit)}
+            "finetune": fit_summary(f.fit)}
 
 
 def _reload_record(directory: Path) -> dict[str, Any]:
@@ -171,13 +153,15 @@ def reload_settings(directory: Path, rec: Mapping[str, Any], *, original: str | 
     return {**reload, "trust_remote_code": bool(trust_remote_code), "allow_pickle": bool(allow_pickle)}
 
 
-def reduce(posterior_dir: str | Path, *, out: str, overwrite: bool = False,
+def reduce(posterior_dir: str | Path, out: str | Path, *, overwrite: bool = False,
            original: str | None = None, trust_remote_code: bool = False,
-           allow_pickle: bool = False, use_recorded_source: bool = False, **plan_opts: Any
-           ) -> CompressResult:
+           allow_pickle: bool = False, use_recorded_source: bool = False,
+           options: Mapping[str, Any] | None = None) -> CompressResult:
     """Re-plan and cut from `posterior_dir/posterior.safetensors` without refitting.
 
-    The source is reloaded as `reload_settings` allows (trust only from the arguments)."""
+    `options`: new settings by option name (pipeline.config.OPTIONS; None: keep the recorded
+    value; an unknown name is an InputError) over the directory's recorded settings. The
+    source is reloaded as `reload_settings` allows (trust only from the arguments)."""
     from bmr_compress.errors import InputError
     from bmr_compress.io.atomic import (
         check_inputs_outside, check_output_dir, check_rejected_dir, work_dir,
@@ -197,31 +181,29 @@ def reduce(posterior_dir: str | Path, *, out: str, overwrite: bool = False,
     check_rejected_dir(out_path)
     rec = _reload_record(posterior_dir)
     state = load_posterior(ppath)
-    fields = {f.name for f in dataclasses.fields(CompressSettings)}
     reload = reload_settings(posterior_dir, rec, original=original,
                              trust_remote_code=trust_remote_code, allow_pickle=allow_pickle,
                              use_recorded_source=use_recorded_source)
     recorded = rec.get("settings") if isinstance(rec.get("settings"), dict) else {}
-    old = {k: v for k, v in recorded.items() if k in fields and k not in _NOT_FROM_FILES}
-    new = {k: v for k, v in plan_opts.items() if k in fields and v is not None}
-    settings = CompressSettings(**{**old, **new, **reload, "out": str(out_path),
-                                   "overwrite": overwrite, "steps": 0})
-    _check_inputs_outside(out_path, settings)
+    old = {k: v for k, v in recorded.items() if k in OPTIONS and k not in _NOT_FROM_FILES}
+    config = build_config({**old, **reload, "steps": 0}, what=f"{posterior_dir} (recorded)")
+    config = with_options(config, dict(options or {}), what="reduce")
+    _check_inputs_outside(out_path, config)
     timer = StageTimer()
-    source, data, opts = load_stage(settings, timer)
+    source, data = load_stage(config, timer)
     with work_dir(out_path) as work:
         model = copy.deepcopy(source.model)
-        example = _strip_labels(data.heldout_batches[0])
+        example = strip_labels(data.heldout_batches[0])
         with timer("coupling"):
             groups = discover_groups(model, example)
         sites = tuple(tuple(s) for s in state.settings.get("gate_sites", []))
         wrap_(model, PosteriorSpec(gates=sites))
         restore_posterior_(model, state)
         shutil.copy2(ppath, work / "posterior.safetensors")
-        f = Fitted(source, data, opts, source.model, model, groups,
+        f = Fitted(source, data, config, source.model, model, groups,
                    work / "posterior.safetensors")
         cut = cut_stage(f, timer)
-        return finish_stage(settings, f, cut, timer, work, out_path)
+        return finish_stage(f, cut, timer, work, out_path, overwrite=overwrite)
 
 
 # never taken from a directory's recorded settings (where to load from, how far to trust it)
@@ -303,11 +285,10 @@ def validate_directory(directory: str | Path, *, data: str | None = None,
                              use_recorded_source=use_recorded_source)
     if data is not None:
         reload["data"] = data
-    settings = CompressSettings(**reload, out=str(directory), overwrite=True, steps=0,
-                                progress=False)
-    source, bundle, _ = load_stage(settings, StageTimer())
+    config = build_config({**reload, "steps": 0, "progress": False}, what="validate")
+    source, bundle = load_stage(config, StageTimer())
     model = _load_compressed(directory)
-    example = _strip_labels(bundle.heldout_batches[0])
+    example = strip_labels(bundle.heldout_batches[0])
     with tempfile.TemporaryDirectory(prefix="bmr-validate-") as work:
         base = export_onnx(source.model, Path(work) / "original.onnx", example, sparse=False)
         int8 = directory / "model.int8.onnx"
@@ -316,7 +297,7 @@ def validate_directory(directory: str | Path, *, data: str | None = None,
             original_onnx_path=base.path, sample_inputs=example,
             heldout_batches=bundle.heldout_batches, task=manifest.get("task", source.task),
             int8_path=int8 if int8.is_file() else None, raise_on_failure=False,
-            settings=validation_settings(source.model, example),
+            settings=validation_settings(config.validate, source.model, example),
         )
     _update_report_validation(directory, result)
     result.raise_if_failed()
@@ -337,5 +318,5 @@ def _update_report_validation(directory: Path, result: Any) -> None:
 
     report[INTEGRITY_KEY] = file_hashes(directory)  # the files this validation covered
     tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(_jsonable(report), indent=2, sort_keys=True) + "\n")
+    tmp.write_text(json.dumps(to_jsonable(report), indent=2, sort_keys=True) + "\n")
     tmp.replace(path)

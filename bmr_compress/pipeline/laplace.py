@@ -95,6 +95,50 @@ def _calibrate(model: nn.Module, original: nn.Module, sites: Mapping[str, Any],
     return cal.nu if cal.units_removed else math.inf
 
 
+@dataclass
+class _Batches:
+    """The calibration batches split by use: `check` only judges distortion, `stats` give A
+    and b, `labelled` (with labels, when given) train the recovery."""
+
+    check: list[dict[str, Any]]
+    stats: list[dict[str, Any]]
+    labelled: list[Mapping[str, Any]]
+
+
+def _split(batches: Sequence[Mapping[str, Any]]) -> _Batches:
+    from bmr_compress.pipeline.settings import strip_labels
+
+    train = [strip_labels(b) for b in batches]
+    n_check = min(CHECK_BATCHES, max(1, len(train) // 5)) if len(train) > 1 else 0
+    check, fit = train[:n_check] or train, train[n_check:] or train
+    labelled = list(batches[n_check:]) or list(batches)
+    return _Batches(check, fit[:STATS_BATCHES], labelled)
+
+
+def _posterior(model: nn.Module, example: Mapping[str, Any], stats: Sequence[Mapping[str, Any]],
+               task: str, scale: float) -> tuple[list[Any], dict[str, Any], dict[str, Any],
+                                                 dict[str, torch.Tensor], dict[str, Any]] | None:
+    """Unit groups, consumer sites, their Kronecker factors, input moments A and row scales
+    b of the current model; None when no group has a supported consumer layer."""
+    from bmr_compress.bmr.structured import LayerFactors
+    from bmr_compress.surgery import discover_groups
+    from bmr_compress.surgery.unit_posterior import (
+        consumer_sites, input_moments, layer_weight, prior_variance, row_scales,
+    )
+
+    groups = discover_groups(model, example)
+    sites, unsupported = consumer_sites(model, groups, KINDS)
+    if not sites:
+        log.warning("no unit group has a supported consumer layer: nothing to score "
+                    "(unsupported: %s)", ", ".join(unsupported) or "none")
+        return None
+    a_in = input_moments(model, list(sites), stats)
+    b = row_scales(model, list(a_in), stats, task, scale, a_in)
+    factors = {n: LayerFactors.build(layer_weight(model, n), a_in[n], b[n],
+                                     prior_variance(model, n)) for n in a_in}
+    return groups, {n: s for n, s in sites.items() if n in factors}, factors, a_in, b
+
+
 def laplace_reduce(original: nn.Module, data: Any, task: str, *, tolerance: float,
                    rounds: int, recovery_steps: int, lr: float, round_to: int,
                    timer: Any, progress: bool = False,
@@ -102,81 +146,112 @@ def laplace_reduce(original: nn.Module, data: Any, task: str, *, tolerance: floa
                    ranking: str = "evidence", compensate: bool = True) -> LaplaceOutcome:
     """Reduce a copy of `original` within `tolerance` (relative output distortion).
 
-    Side-by-side baselines (bench/references.py): `follow` = the `rounds` of an earlier
-    outcome; each round then keeps exactly the counts that round kept per group (so every
-    layer ends with the same width, hence the same latency) at its ν, and `ranking`
-    ("magnitude") chooses which units — with the same compensation, cut and recovery
-    (compensate=False: the survivors are not moved).
+    `data`: .train_batches (calibration: check, statistics and recovery batches) and
+    .heldout_batches (the first one only traces the unit groups). Side-by-side baselines
+    (bench/references.py): `follow` = the `rounds` of an earlier outcome; each round then
+    keeps exactly the counts that round kept per group (so every layer ends with the same
+    width, hence the same latency) at its ν, and `ranking` ("magnitude") chooses which
+    units — with the same compensation, cut and recovery (compensate=False: the survivors
+    are not moved).
     """
-    from bmr_compress.pipeline.recovery import distortion, recover_
-    from bmr_compress.pipeline.settings import _strip_labels
-    from bmr_compress.surgery import apply_plan_, discover_groups
-    from bmr_compress.surgery.plan import Plan, PlanSettings
-    from bmr_compress.surgery.sequential import reduce_sequential_
-    from bmr_compress.surgery.unit_posterior import (
-        consumer_sites, input_moments, layer_weight, output_scale, prior_variance, row_scales,
-    )
-    from bmr_compress.bmr.structured import LayerFactors
-
-    train = [_strip_labels(b) for b in data.train_batches]
-    n_check = min(CHECK_BATCHES, max(1, len(train) // 5)) if len(train) > 1 else 0
-    check, fit = train[:n_check] or train, train[n_check:] or train
-    labelled = list(data.train_batches[n_check:]) or list(data.train_batches)  # recovery
-    stats = fit[:STATS_BATCHES]
-    example = _strip_labels(data.heldout_batches[0])
-    model = copy.deepcopy(original)
-    scale = output_scale(original, stats, task)
-    first = discover_groups(model, example)
     from bmr_compress.pipeline.curve import SNAPSHOT_MAX_PARAMS
+    from bmr_compress.pipeline.recovery import distortion
+    from bmr_compress.pipeline.settings import strip_labels
+    from bmr_compress.surgery import discover_groups
+    from bmr_compress.surgery.unit_posterior import output_scale
 
-    snapshots = follow is None and sum(p.numel() for p in original.parameters()) <= SNAPSHOT_MAX_PARAMS
-    keep = {g.name: list(range(g.num_units)) for g in first}
-    out = LaplaceOutcome(model, keep, {g.name: g.num_units for g in first}, {},
-                         tolerance=tolerance)
+    cal = _split(data.train_batches)
+    example = strip_labels(data.heldout_batches[0])
+    model = copy.deepcopy(original)
+    scale = output_scale(original, cal.stats, task)
+    first = discover_groups(model, example)
+    snapshots = (follow is None
+                 and sum(p.numel() for p in original.parameters()) <= SNAPSHOT_MAX_PARAMS)
+    out = LaplaceOutcome(model, {g.name: list(range(g.num_units)) for g in first},
+                         {g.name: g.num_units for g in first}, {}, tolerance=tolerance)
+    run = _Run(original, example, cal, task, scale, round_to, timer, progress, ranking, compensate,
+               recovery_steps, lr)
     share = 1.0  # of the remaining tolerance a round may spend (halved after an overshoot)
     followed = [r for r in follow if not r.get("undone")] if follow is not None else None
     for r in range(rounds if followed is None else len(followed)):
-        before = distortion(model, original, check, task, scale)
+        before = distortion(model, original, cal.check, task, scale)
         budget = (tolerance - before) * share
         if followed is None and budget <= 0.05 * tolerance:
             break
-        with timer("posterior"):
-            groups = discover_groups(model, example)
-            by_name = {g.name: g for g in groups}
-            sites, unsupported = consumer_sites(model, groups, KINDS)
-            if not sites:
-                log.warning("no unit group has a supported consumer layer: nothing to score "
-                            "(unsupported: %s)", ", ".join(unsupported) or "none")
-                break
-            a_in = input_moments(model, list(sites), stats)
-            b = row_scales(model, list(a_in), stats, task, scale, a_in)
-            factors = {n: LayerFactors.build(layer_weight(model, n), a_in[n], b[n],
-                                             prior_variance(model, n)) for n in a_in}
-            sites = {n: s for n, s in sites.items() if n in factors}
+        step = run.round(model, out, r, before, budget, followed[r] if followed else None)
+        if step is None:
+            break
+        model, removed, after = step
+        if followed is None and after > tolerance:  # overshot: undo, next round spends half
+            share *= 0.5
+            continue
+        if snapshots and removed:
+            out.snapshots.append((f"round {r + 1}", copy.deepcopy(model)))
+        if removed == 0:
+            break
+    out.model = model
+    out.final_distortion = distortion(model, original, cal.check, task, scale)
+    return out
+
+
+@dataclass
+class _Run:
+    """One laplace_reduce call's fixed inputs; `round` runs one prune → recover round."""
+
+    original: nn.Module
+    example: Mapping[str, Any]
+    cal: _Batches
+    task: str
+    scale: float
+    round_to: int
+    timer: Any
+    progress: bool
+    ranking: str
+    compensate: bool
+    recovery_steps: int
+    lr: float
+
+    def round(self, model: nn.Module, out: LaplaceOutcome, r: int, before: float, budget: float,
+              followed: Mapping[str, Any] | None) -> tuple[nn.Module, int, float] | None:
+        """Score, calibrate ν (or take the followed round's), reduce, cut and recover `model`
+        in place. Returns (the model to go on with, units removed, distortion after), the
+        model being the state before this round when it overshot; None: nothing to do."""
+        from bmr_compress.pipeline.recovery import distortion, recover_
+        from bmr_compress.surgery import apply_plan_
+        from bmr_compress.surgery.plan import Plan, PlanSettings
+        from bmr_compress.surgery.sequential import reduce_sequential_
+
+        o, cal, task, scale = self.original, self.cal, self.task, self.scale
+        with self.timer("posterior"):
+            post = _posterior(model, self.example, cal.stats, task, scale)
+        if post is None:
+            return None
+        groups, sites, factors, a_in, b = post
         counts = None
         if followed is not None:
-            nu, counts = float(followed[r]["nu"]), dict(followed[r]["kept_counts"])
+            nu, counts = float(followed["nu"]), dict(followed["kept_counts"])
         else:
-            with timer("calibrate"):
-                nu = _calibrate(model, original, sites, factors, a_in, by_name, check, task,
-                                scale, before, budget, round_to)
+            with self.timer("calibrate"):
+                nu = _calibrate(model, o, sites, factors, a_in, {g.name: g for g in groups},
+                                cal.check, task, scale, before, budget, self.round_to)
         if not math.isfinite(nu):
-            break
+            return None
         undo = copy.deepcopy(model), {k: list(v) for k, v in out.keep.items()}
-        with timer("reduce"):
-            res = reduce_sequential_(model, groups, sites, b, stats, nu, round_to=round_to,
-                                     counts=counts, ranking=ranking, compensate=compensate)
+        with self.timer("reduce"):
+            res = reduce_sequential_(model, groups, sites, b, cal.stats, nu,
+                                     round_to=self.round_to, counts=counts, ranking=self.ranking,
+                                     compensate=self.compensate)
             plan = Plan({g.name: res.keep.get(g.name, list(range(g.num_units))) for g in groups},
-                        {}, PlanSettings(unstructured=False, round_to=round_to), {})
+                        {}, PlanSettings(unstructured=False, round_to=self.round_to), {})
             apply_plan_(model, groups, plan)
-        cut_distortion = distortion(model, original, check, task, scale)
+        cut_distortion = distortion(model, o, cal.check, task, scale)
         for name, kept in plan.keep.items():  # compose with earlier rounds
             if name in out.keep:
                 out.keep[name] = [out.keep[name][i] for i in kept]
-        with timer("recovery"):
-            rec = recover_(model, original, labelled, task, steps=recovery_steps, lr=lr, scale=scale,
-                           progress=progress)
-        after = distortion(model, original, check, task, scale)
+        with self.timer("recovery"):
+            rec = recover_(model, o, cal.labelled, task, steps=self.recovery_steps, lr=self.lr,
+                           scale=scale, progress=self.progress)
+        after = distortion(model, o, cal.check, task, scale)
         out.rounds.append({"round": r + 1, "nu": nu, "distortion_before": before,
                            "removed_units": res.removed, "distortion_cut": cut_distortion,
                            "kept_counts": {g: len(k) for g, k in res.keep.items()},
@@ -185,18 +260,10 @@ def laplace_reduce(original: nn.Module, data: Any, task: str, *, tolerance: floa
         out.delta_lnz = {k: v.clone() for k, v in res.delta_lnz.items()}
         log.info("round %d: %d units removed at nu=%.3g, check distortion %.3g -> %.3g",
                  r + 1, res.removed, nu, before, after)
-        if followed is None and after > tolerance:  # overshot: undo, next round spends half
+        if followed is None and after > out.tolerance:  # overshot: the caller undoes it
             model, out.keep = undo
             out.rounds[-1]["undone"] = True
-            share *= 0.5
-            continue
-        if snapshots and res.removed:
-            out.snapshots.append((f"round {r + 1}", copy.deepcopy(model)))
-        if res.removed == 0:
-            break
-    out.model = model
-    out.final_distortion = distortion(model, original, check, task, scale)
-    return out
+        return model, res.removed, after
 
 
 def final_record(original: nn.Module, outcome: LaplaceOutcome, example: Mapping[str, Any]) -> Any:
@@ -223,46 +290,3 @@ def final_record(original: nn.Module, outcome: LaplaceOutcome, example: Mapping[
             g["kept"] = list(outcome.keep[name])
     record.params_before = count_params(original)
     return record
-
-
-def laplace_stage(settings: Any, timer: Any, work: Any) -> tuple[Any, Any]:
-    """load → Laplace rounds → (Fitted, Cut) for finish_stage (pipeline/stages.py)."""
-    from bmr_compress.pipeline.settings import _strip_labels
-    from bmr_compress.pipeline.stages import Cut, Fitted, load_stage
-    from bmr_compress.surgery.plan import Plan, PlanSettings
-
-    source, data, opts = load_stage(settings, timer)
-    original = source.model
-    from bmr_compress.pipeline.settings import DEFAULT_TOLERANCE
-
-    if opts.get("tolerance") is None:
-        opts["tolerance"] = DEFAULT_TOLERANCE.get(str(source.task), 0.03)
-    outcome = laplace_reduce(
-        original, data, str(source.task), tolerance=float(opts["tolerance"]),
-        rounds=int(opts["rounds"]), recovery_steps=int(opts["recovery_steps"]),
-        lr=float(opts["recovery_lr"]), round_to=int(opts["round_to"]), timer=timer,
-        progress=settings.progress,
-    )
-    example = _strip_labels(data.heldout_batches[0])
-    record = final_record(original, outcome, example)
-    summary = {name: {"kind": g["kind"], "num_units": g["num_units"], "kept": len(g["kept"]),
-                      "rule": "ΔlnZ ≥ 0 at the tolerance-calibrated ν"}
-               for name, g in record.groups.items()}
-    plan = Plan({k: list(v["kept"]) for k, v in record.groups.items()}, {},
-                PlanSettings(unstructured=False, round_to=int(opts["round_to"])), summary)
-    fitted = Fitted(source, data, opts, original, outcome.model, [], work / "posterior.safetensors")
-    fitted.iteration = _Rounds(outcome)
-    return fitted, Cut(plan, record, outcome.delta_lnz, None)
-
-
-@dataclass
-class _Rounds:
-    """What report.json's `iterative` entry says about the Laplace rounds."""
-
-    outcome: LaplaceOutcome
-
-    def to_json(self) -> dict[str, Any]:
-        o = self.outcome
-        return {"method": "laplace rounds (tolerance-calibrated BMR, sequential, recovery)",
-                "tolerance": o.tolerance, "final_check_distortion": o.final_distortion,
-                "rounds": o.rounds}

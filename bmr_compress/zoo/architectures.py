@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from bmr_compress.errors import InputError
+from bmr_compress.io.recipes import Recipe, register_recipe_check
 
 ARCH_KEY = "bmr_zoo_architecture"
 # keys written beside the architecture kwargs that are metadata, not constructor arguments
@@ -350,6 +351,17 @@ def build_from_config_dict(config: Mapping[str, Any], *, origin: str = "config.j
         raise InputError(f"{origin}: no {ARCH_KEY!r} key, not a bmr-compress zoo checkpoint")
     kwargs = {k: v for k, v in config.items() if k not in META_KEYS}
     return build_model(str(config[ARCH_KEY]), kwargs, origin=origin)
+
+
+@register_recipe_check
+def check_zoo_recipe(recipe: Recipe, where: str) -> None:
+    """A recipe naming a zoo architecture names a known one with valid [source.arch] sizes."""
+    src = recipe.source
+    if not src.zoo:
+        return
+    if src.zoo not in ZOO_ARCHITECTURES:
+        raise InputError(f"{where}: unknown zoo architecture {src.zoo!r}")
+    make_config(src.zoo, src.arch, origin=f"{where} [source.arch]")
 
 
 __all__ = [
