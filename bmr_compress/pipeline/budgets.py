@@ -16,6 +16,7 @@ def plan_settings(plan: PlanConfig, original: Any,
     or count of the model's parameters and `--latency-budget` a share of its dense-layer
     MACs; both are turned into budgets on what the unit groups own, counted exactly (costs.CostLedger):
     what no group owns stays whatever BMR decides."""
+    from bmr_compress.io.checks import count_params
     from bmr_compress.surgery import PlanSettings
     from bmr_compress.surgery.costs import CostLedger
 
@@ -23,7 +24,7 @@ def plan_settings(plan: PlanConfig, original: Any,
     budget = plan.size_budget
     max_params = None
     if budget is not None:
-        total = sum(p.numel() for p in original.parameters())
+        total = count_params(original)
         target = total * float(budget) if float(budget) <= 1.0 else float(budget)
         owned = CostLedger(groups or [], shapes).total()
         max_params = max(int(target - (total - owned)), 0)

@@ -28,6 +28,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from bmr_compress.io.checks import count_params
+
 log = logging.getLogger(__name__)
 
 STATS_BATCHES = 4  # calibration batches for A and b (the rest train the recovery)
@@ -166,7 +168,7 @@ def laplace_reduce(original: nn.Module, data: Any, task: str, *, tolerance: floa
     scale = output_scale(original, cal.stats, task)
     first = discover_groups(model, example)
     snapshots = (follow is None
-                 and sum(p.numel() for p in original.parameters()) <= SNAPSHOT_MAX_PARAMS)
+                 and count_params(original) <= SNAPSHOT_MAX_PARAMS)
     out = LaplaceOutcome(model, {g.name: list(range(g.num_units)) for g in first},
                          {g.name: g.num_units for g in first}, {}, tolerance=tolerance)
     run = _Run(original, example, cal, task, scale, round_to, timer, progress, ranking, compensate,
@@ -269,7 +271,6 @@ class _Run:
 def final_record(original: nn.Module, outcome: LaplaceOutcome, example: Mapping[str, Any]) -> Any:
     """One SurgeryRecord from the original to the reduced model across all rounds."""
     from bmr_compress.surgery import apply_plan_, discover_groups
-    from bmr_compress.surgery.apply import count_params
     from bmr_compress.surgery.plan import Plan, PlanSettings
 
     model = outcome.model
