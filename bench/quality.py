@@ -55,9 +55,11 @@ def profile(name: str, quick: bool) -> dict[str, Any]:
     is used for every method and seed (`choose_recovery`).
     """
     from bmr_compress.io.recipes import load_recipe
+    from bmr_compress.pipeline.config import from_recipe
 
-    s = load_recipe(name).settings
-    fit = dict(steps=s.steps or 200, lr=s.lr)
+    r = load_recipe(name)
+    ft = from_recipe(r.settings, r.path).finetune
+    fit = dict(steps=ft.steps, lr=ft.lr)
     if name == "all-minilm-l6-v2":
         data = dict(max_samples=512, seq_len=32, batch_size=8) if quick else \
             dict(max_samples=1024, seq_len=128, batch_size=32)
