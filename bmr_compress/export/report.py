@@ -182,7 +182,10 @@ def render_markdown(report: Mapping[str, Any]) -> str:
     q = report.get("int8")
     if q:
         qm = q.get("metric") or {}
-        lines += [f"int8 (8-bit weights in blocks of up to 128 input channels, int8 embedding rows): {_fmt_bytes(q['file_bytes'])}"
+        how = ("onnxruntime dynamic int8, weights per output channel"
+               if (report.get("settings") or {}).get("int8_scheme") == "dynamic" else
+               "8-bit weights in blocks of up to 128 input channels, int8 embedding rows")
+        lines += [f"int8 ({how}): {_fmt_bytes(q['file_bytes'])}"
                   + (f", {qm.get('name')} {qm.get('gate'):.4g} vs the original on held-out data"
                      if qm.get("gate") is not None else "") + ".", ""]
     if report.get("operating_points"):

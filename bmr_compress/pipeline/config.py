@@ -119,7 +119,16 @@ class PlanConfig:
 @dataclass(frozen=True)
 class ExportConfig:
     int8: bool = False  # also write an int8-quantised ONNX model (validated on its own)
+    # "blockwise" (8-bit weights per block of 128 inputs: keeps quality) or "dynamic"
+    # (onnxruntime's dynamic int8: faster on CPU, activations one scale per tensor)
+    int8_scheme: str = "blockwise"
     compact_zeros: bool = False  # store mostly-zero tensors sparsely in model.safetensors
+
+    def __post_init__(self) -> None:
+        from bmr_compress.export.quantize import SCHEMES
+
+        if self.int8_scheme not in SCHEMES:
+            raise InputError(f"int8_scheme {self.int8_scheme!r}: choose one of {', '.join(SCHEMES)}")
 
 
 # FinetuneSettings fields the pipeline sets itself (from the top level or per run)
@@ -179,7 +188,8 @@ OPTIONS: dict[str, tuple[str, str]] = {
     "gates": ("plan", "gates"), "iterative": ("plan", "iterative"),
     "compensate": ("plan", "compensate"), "size_budget": ("plan", "size_budget"),
     "latency_budget": ("plan", "latency_budget"),
-    "int8": ("export", "int8"), "compact_zeros": ("export", "compact_zeros"),
+    "int8": ("export", "int8"), "int8_scheme": ("export", "int8_scheme"),
+    "compact_zeros": ("export", "compact_zeros"),
 }
 
 # options that only the variational path reads: giving one (CLI) selects that path

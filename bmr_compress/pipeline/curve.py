@@ -28,7 +28,7 @@ def operating_points(
     original: nn.Module, rounds: Sequence[tuple[str, nn.Module]], *, final: str,
     original_onnx: Path, final_onnx: Path, final_int8: Path | None, work: Path,
     heldout: Sequence[Mapping[str, torch.Tensor]], task: str, example: Mapping[str, torch.Tensor],
-    latency: Mapping[str, Any],
+    latency: Mapping[str, Any], int8_scheme: str = "blockwise",
 ) -> dict[str, Any]:
     """{"metric", "latency_shape", "points": [{label, params, median_ms, speedup, value,
     bmr_choice, reference}]}: the original, its int8, every round's model and BMR's int8.
@@ -46,7 +46,8 @@ def operating_points(
 
     work.mkdir(parents=True, exist_ok=True)
     paths: dict[str, Path] = {"original": original_onnx}
-    paths["original int8"] = quantize_int8(original_onnx, work / "original.int8.onnx").path
+    paths["original int8"] = quantize_int8(original_onnx, work / "original.int8.onnx",
+                                           scheme=int8_scheme).path
     models: dict[str, nn.Module | None] = {"original": original, "original int8": None}
     for i, (label, m) in enumerate(rounds):
         paths[label] = (final_onnx if label == final
@@ -92,7 +93,8 @@ def run_curve(f: Any, original_onnx: Path, onnx: Path, int8: Path | None, work: 
         return operating_points(
             f.original, [*snaps[:-1], (final, f.model)], final=final, original_onnx=original_onnx,
             final_onnx=onnx, final_int8=int8, work=work / "curve", heldout=f.data.heldout_batches,
-            task=str(f.source.task), example=example, latency=result.latency)
+            task=str(f.source.task), example=example, latency=result.latency,
+            int8_scheme=f.config.export.int8_scheme)
     except Exception as e:  # noqa: BLE001
         log.warning("operating points not measured: %s", e)
         return None

@@ -107,8 +107,9 @@ def _export(f: Fitted, cut: Cut, stage: Path, baseline: Path, example: Mapping[s
     art = export_onnx(f.model, stage / "model.onnx", example)
     base_art = export_onnx(f.original, baseline / "model.onnx", example, sparse=False)
     base_st = export_safetensors(f.original, baseline, {"source": prov["source"]})
-    int8 = (quantize_int8(art.path, stage / "model.int8.onnx").path if f.config.export.int8
-            else None)
+    scheme = f.config.export.int8_scheme
+    int8 = (quantize_int8(art.path, stage / "model.int8.onnx", scheme=scheme).path
+            if f.config.export.int8 else None)
     if st_source:
         place_st_onnx_(stage, art.path, int8)
     return _Files(art, base_art, Path(base_st), int8, st_source)

@@ -85,3 +85,37 @@ def test_default_path_on_a_causal_lm(kind: str, tmp_path: Path) -> None:
     with torch.no_grad():
         logits = model(input_ids=ids, attention_mask=torch.ones_like(ids)).logits
     assert logits.shape == (1, 11, model.config.vocab_size) and torch.isfinite(logits).all()
+
+
+@pytest.mark.parametrize("scheme", [None, "dynamic"])
+def test_int8_scheme_option_picks_the_quantiser(scheme: str | None, tmp_path: Path) -> None:
+    """--int8 writes MatMulNBits 8-bit weights by default (blockwise) and onnxruntime's
+    dynamic MatMulInteger with --int8-scheme dynamic; the report and report.md say which."""
+    import onnx
+
+    from bmr_compress.cli.main import cli
+
+    src = st_snapshot(tmp_path / "snap", dead_units=True)
+    out = tmp_path / "out"
+    args = ["compress", str(src), "--out", str(out), "--max-samples", "96", "--rounds", "1",
+            "--recovery-steps", "2", "--int8"] + (["--int8-scheme", scheme] if scheme else [])
+    r = CliRunner().invoke(cli, args)
+    assert r.exit_code == 0, r.output
+    ops = {n.op_type for n in onnx.load(str(out / "model.int8.onnx")).graph.node}
+    rep = json.loads((out / "report.json").read_text())
+    md = (out / "report.md").read_text()
+    if scheme == "dynamic":
+        assert "MatMulInteger" in ops and "MatMulNBits" not in ops
+        assert rep["settings"]["int8_scheme"] == "dynamic" and "dynamic int8" in md
+    else:
+        assert "MatMulNBits" in ops and "MatMulInteger" not in ops
+        assert rep["settings"]["int8_scheme"] == "blockwise" and "blocks of up to 128" in md
+    assert rep["int8"]["metric"]["n"] > 0  # validated on held-out data either way
+
+
+def test_unknown_int8_scheme_is_refused() -> None:
+    from bmr_compress.errors import InputError
+    from bmr_compress.pipeline.config import ExportConfig
+
+    with pytest.raises(InputError, match="blockwise, dynamic"):
+        ExportConfig(int8_scheme="fp4")
