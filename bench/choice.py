@@ -41,16 +41,10 @@ class _Timer:
 
 def _reshuffled(data, seed: int):
     """`data` with its training examples permuted by `seed` and re-batched alike."""
-    import torch
+    from bench.common import reshuffle_batches
 
-    batches = data.train_batches
-    size = batches[0]["labels"].shape[0]
-    keys = list(batches[0])
-    cat = {k: torch.cat([b[k] for b in batches]) for k in keys}
-    perm = torch.randperm(cat[keys[0]].shape[0], generator=torch.Generator().manual_seed(seed))
     out = copy.copy(data)
-    out.train_batches = [{k: v[perm[i:i + size]] for k, v in cat.items()}
-                         for i in range(0, perm.numel(), size)]
+    out.train_batches = reshuffle_batches(data.train_batches, seed)
     return out
 
 

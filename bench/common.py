@@ -92,6 +92,20 @@ def fit_posterior(case: Case, steps: int, seed: int, *, spec: Any = None,
     return model, fit
 
 
+def reshuffle_batches(batches: list[dict[str, torch.Tensor]], seed: int
+                      ) -> list[dict[str, torch.Tensor]]:
+    """The examples of `batches` permuted by `seed` and re-batched alike (an independent
+    calibration split per seed); whole batches are permuted when their shapes differ."""
+    g = torch.Generator().manual_seed(seed)
+    try:
+        cat = {k: torch.cat([b[k] for b in batches]) for k in batches[0]}
+    except RuntimeError:  # ragged sequence lengths across batches
+        return [batches[i] for i in torch.randperm(len(batches), generator=g)]
+    size = next(iter(batches[0].values())).shape[0]
+    perm = torch.randperm(next(iter(cat.values())).shape[0], generator=g)
+    return [{k: v[perm[i:i + size]] for k, v in cat.items()} for i in range(0, perm.numel(), size)]
+
+
 def plain_copy(wrapped: nn.Module) -> nn.Module:
     """A deterministic copy with weights = μ (the wrapped model is left as it is)."""
     from bmr_compress.variational import unwrap_

@@ -71,22 +71,10 @@ def profile(name: str, quick: bool) -> dict[str, Any]:
 
 
 def reshuffled(case: C.Case, seed: int) -> C.Case:
-    """`case` with its calibration (training) examples permuted by `seed` and re-batched alike,
-    so every seed sees an independent calibration split; the held-out set stays fixed."""
+    """`case` with an independent calibration split for `seed` (the held-out set stays fixed)."""
     import dataclasses
 
-    import torch
-
-    g = torch.Generator().manual_seed(seed)
-    batches = case.train
-    try:
-        cat = {k: torch.cat([bt[k] for bt in batches]) for k in batches[0]}
-    except RuntimeError:  # ragged sequence lengths across batches: permute whole batches
-        return dataclasses.replace(case, train=[batches[i] for i in torch.randperm(len(batches), generator=g)])
-    size = next(iter(batches[0].values())).shape[0]
-    perm = torch.randperm(next(iter(cat.values())).shape[0], generator=g)
-    return dataclasses.replace(case, train=[{k: v[perm[i:i + size]] for k, v in cat.items()}
-                                            for i in range(0, perm.numel(), size)])
+    return dataclasses.replace(case, train=C.reshuffle_batches(case.train, seed))
 
 
 def choose_recovery(case: C.Case, model: Any, prof: dict[str, Any], seed: int) -> tuple[int, dict]:

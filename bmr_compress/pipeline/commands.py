@@ -228,11 +228,10 @@ def _example_from_spec(spec: Mapping[str, Any], seed: int = 0) -> dict[str, Any]
 
 
 def _load_compressed(directory: Path) -> Any:
-    """surgery.load_compressed, with the zoo architectures registered for zoo models."""
+    """surgery.load_compressed in eval mode (a zoo output's manifest names its builder module,
+    whose import registers the adapters)."""
     from bmr_compress.surgery import load_compressed
-    from bmr_compress.zoo.adapters import register_with_surgery
 
-    register_with_surgery()
     return load_compressed(directory).eval()
 
 

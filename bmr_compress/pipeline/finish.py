@@ -40,9 +40,9 @@ def _save_kwargs(model: Any, original: Any) -> dict[str, Any]:
     """Zoo models (no transformers config) are saved through their registered builder."""
     if hasattr(model, "config"):
         return {}
-    from bmr_compress.zoo.adapters import register_with_surgery
+    from bmr_compress.zoo.adapters import BUILDER
 
-    return {"architecture": register_with_surgery(), "init_config": original.zoo_config_dict()}
+    return {"architecture": BUILDER, "init_config": original.zoo_config_dict()}
 
 
 def _sample_spec(example: Mapping[str, Any]) -> dict[str, Any]:
