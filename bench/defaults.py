@@ -35,16 +35,18 @@ def run(recipe: str, out: Path) -> tuple[dict, float]:
 
 
 def main() -> None:
+    from bmr_compress.pipeline.config import DEFAULT_TOLERANCE
+
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--recipes", default="mlp-digits,lenet5-digits")
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "out")
     ap.add_argument("--quick", action="store_true", help="same runs (they are quick already)")
     args = ap.parse_args()
     lines = ["## defaults: digits zoo models with no option", "",
-             "`bmr-compress compress zoo:NAME --out DIR` (default Laplace path, tolerance 0.03 on "
-             "centred logits, 3 rounds of 100 recovery steps). Held-out: the seeded 360-image "
-             "digits split (one image = 0.28 points). Target: ≥ 1.5x fewer parameters at ≤ 1 "
-             "point of accuracy lost.", "",
+             "`bmr-compress compress zoo:NAME --out DIR` (default Laplace path: per-unit ARD "
+             f"score, tolerance {DEFAULT_TOLERANCE['classification']} on centred logits, 3 rounds "
+             "of 100 recovery steps). Held-out: the seeded 360-image digits split (one image = "
+             "0.28 points). Target: ≥ 1.5x fewer parameters at ≤ 1 point of accuracy lost.", "",
              "| model | parameters | ratio | accuracy before → after | lost (points) | top-1 "
              "agreement | rounds (units removed) | wall s | target met |",
              "|---|---:|---:|---|---:|---:|---|---:|---|"]

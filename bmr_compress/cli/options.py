@@ -113,6 +113,11 @@ plan_options = _stack(
                       "BMR reduced posterior mean under a posterior coupled through the layer's "
                       "input statistics (an Optimal-Brain-Surgeon-like update, no retraining) "
                       "[default: on]."),
+    click.option("--unit-prior", type=click.Choice(["ard", "layer"]), default=None,
+                 help="The prior scale of each unit the default path scores: 'ard' (its own "
+                      "scale, fitted by type-II maximum likelihood, so a unit is judged by how "
+                      "much the output needs it after the survivors compensate) or 'layer' "
+                      "(one empirical-Bayes scale per layer for every weight) [default: ard]."),
     click.option("--iterative", is_flag=True, default=None,
                  help="Beckers et al.: prune, pin at zero, refit, re-score, until a round prunes "
                       "nothing or held-out ELBO stops improving."),

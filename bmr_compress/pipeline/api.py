@@ -74,8 +74,8 @@ def compress_(model: Any, batches: Sequence[Mapping[str, Any]],
 
     In place like torchao's `quantize_`: `model` becomes the reduced model (its submodules
     are replaced; references to old submodules go stale) and `record.original` holds the
-    original. Both are left in eval mode (distortion is measured in eval mode; recovery
-    trains in train mode). Seeds nothing: seed torch first for a reproducible recovery.
+    original. Both are left in eval mode (distortion is measured and the recovery
+    trains in eval mode: no dropout). Seeds nothing: seed torch first for a reproducible recovery.
     """
     from bmr_compress.errors import InputError
     from bmr_compress.pipeline.laplace import laplace_reduce
@@ -96,7 +96,8 @@ def compress_(model: Any, batches: Sequence[Mapping[str, Any]],
         model, SimpleNamespace(train_batches=list(batches), heldout_batches=[example]), task,
         tolerance=tolerance, rounds=lap.rounds, recovery_steps=lap.recovery_steps,
         lr=lap.recovery_lr, round_to=config.plan.round_to, timer=timer,
-        progress=config.progress, compensate=config.plan.compensate)
+        progress=config.progress, compensate=config.plan.compensate,
+        unit_prior=config.plan.unit_prior)
     return _finish(model, outcome, example, config, timer)
 
 

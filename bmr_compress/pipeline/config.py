@@ -34,10 +34,11 @@ POSTERIORS = ("laplace", "variational")
 GATES = ("none", "bmrs_n", "bmrs_u")
 
 # Default tolerance (relative output distortion, tasks.probe_output) per task. Embeddings:
-# 0.1 = 2(1 − cos) at cosine 0.95. Logits (centred): 0.03 kept digits top-1 agreement ≥ 0.98
-# (tolerance 0.02 / 0.04 / 0.1 on the digits MLP: 1.43x / 1.67x / 2.23x fewer parameters at
-# held-out accuracy −0.8 / −1.1 / −1.4 points).
-DEFAULT_TOLERANCE = {"embedding": 0.1, "classification": 0.03, "causal_lm": 0.03,
+# 0.1 = 2(1 − cos) at cosine 0.95. Classifier logits (centred): 0.01, the logits moving by 10 %
+# of their spread; with the per-unit (ARD) score it is the largest of 0.005 / 0.01 / 0.02 / 0.03
+# that kept top-1 agreement ≥ 0.995 on the calibration check batches of both digits models on
+# every seed (a choice made on calibration data only; bench/defaults.py reports held-out).
+DEFAULT_TOLERANCE = {"embedding": 0.1, "classification": 0.01, "causal_lm": 0.03,
                      "regression": 0.03}
 
 
@@ -98,6 +99,8 @@ class PlanConfig:
     iterative: bool = False  # Beckers et al. prune → refit rounds (variational)
     # move the survivors to their reduced posterior mean under a row-correlated posterior
     compensate: bool = True
+    # a unit's prior scale: "ard" (its own, type-II maximum likelihood) or "layer" (one per layer)
+    unit_prior: str = "ard"
     size_budget: float | None = None  # ≤ 1: fraction of the original parameters; > 1: count
     # fraction of the prunable units' multiply-accumulates to keep (a MAC proxy for latency)
     latency_budget: float | None = None
@@ -110,6 +113,8 @@ class PlanConfig:
                              f"got {self.threshold!r}")
         if self.round_to < 0:
             raise InputError("round_to must be >= 0")
+        if self.unit_prior not in ("ard", "layer"):
+            raise InputError(f"unit_prior must be 'ard' or 'layer', got {self.unit_prior!r}")
         for name in ("size_budget", "latency_budget"):
             v = getattr(self, name)
             if v is not None and not v > 0:
@@ -187,6 +192,7 @@ OPTIONS: dict[str, tuple[str, str]] = {
     "threshold": ("plan", "threshold"), "round_to": ("plan", "round_to"),
     "gates": ("plan", "gates"), "iterative": ("plan", "iterative"),
     "compensate": ("plan", "compensate"), "size_budget": ("plan", "size_budget"),
+    "unit_prior": ("plan", "unit_prior"),
     "latency_budget": ("plan", "latency_budget"),
     "int8": ("export", "int8"), "int8_scheme": ("export", "int8_scheme"),
     "compact_zeros": ("export", "compact_zeros"),

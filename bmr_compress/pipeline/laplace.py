@@ -35,6 +35,7 @@ log = logging.getLogger(__name__)
 STATS_BATCHES = 4  # calibration batches for A and b (the rest train the recovery)
 CHECK_BATCHES = 4  # calibration batches that only judge distortion
 CALIBRATION_STEPS = 7
+PREDICTION_STEPS = 6
 
 
 @dataclass
@@ -55,7 +56,7 @@ KINDS = ("neuron", "filter", "head", "kv_group")
 
 def _one_shot(model: nn.Module, sites: Mapping[str, Any], factors: Mapping[str, Any],
               a_in: Mapping[str, torch.Tensor], groups: Mapping[str, Any], nu: float,
-              round_to: int) -> tuple[nn.Module, int]:
+              round_to: int, prior: str) -> tuple[nn.Module, int]:
     """A copy of `model` with every site reduced at ν from the same statistics."""
     from bmr_compress.bmr.structured import column_reduced_means
     from bmr_compress.surgery.sequential import decide_site, write_rows_
@@ -64,7 +65,7 @@ def _one_shot(model: nn.Module, sites: Mapping[str, Any], factors: Mapping[str, 
     removed = 0
     for name, site in sites.items():
         fac = factors[name]
-        keep, _, drop = decide_site(fac, site, groups, nu, round_to)
+        keep, _, drop = decide_site(fac, site, groups, nu, round_to, prior=prior)
         removed += sum(groups[g].num_units - len(k) for g, k in keep.items())
         new = column_reduced_means(fac.w0, drop, a_in[name],
                                    nu * fac.row_scale, 1.0 / fac.prior_var)
@@ -75,21 +76,23 @@ def _one_shot(model: nn.Module, sites: Mapping[str, Any], factors: Mapping[str, 
 def _calibrate(model: nn.Module, original: nn.Module, sites: Mapping[str, Any],
                factors: Mapping[str, Any], a_in: Mapping[str, torch.Tensor],
                groups: Mapping[str, Any], check: Sequence[Mapping[str, Any]], task: str,
-               scale: float, base: float, budget: float, round_to: int) -> float:
+               scale: float, base: float, budget: float, round_to: int, prior: str) -> float:
     """ν whose one-shot reduction adds at most `budget` measured distortion to `base`."""
     from bmr_compress.pipeline.recovery import distortion
     from bmr_compress.surgery.tolerance import calibrate_nu, distortion_at
 
     columns = {n: s.columns for n, s in sites.items()}
-    pred = calibrate_nu(lambda nu: distortion_at(factors, columns, nu), budget, steps=10)
+    pred = calibrate_nu(lambda nu: distortion_at(factors, columns, nu, prior), budget,
+                        steps=PREDICTION_STEPS)
     if not math.isfinite(pred.nu):
         return math.inf
 
     def measured(nu: float) -> tuple[float, int]:
-        tmp, removed = _one_shot(model, sites, factors, a_in, groups, nu, round_to)
+        tmp, removed = _one_shot(model, sites, factors, a_in, groups, nu, round_to, prior)
         return distortion(tmp, original, check, task, scale) - base, removed
 
-    # the prediction counts the prior's share and no interactions: bracket around it
+    # the prediction sums single removals (no interactions between them; under the layer prior
+    # it also counts the prior's share): bracket the measured ν widely around it
     cal = calibrate_nu(measured, budget, steps=CALIBRATION_STEPS,
                        nu_range=(pred.nu * 1e-3, pred.nu * 1e4))
     log.info("nu: predicted %.3g, measured %.3g (removes %d units, distortion +%.3g)",
@@ -145,7 +148,8 @@ def laplace_reduce(original: nn.Module, data: Any, task: str, *, tolerance: floa
                    rounds: int, recovery_steps: int, lr: float, round_to: int,
                    timer: Any, progress: bool = False,
                    follow: Sequence[Mapping[str, Any]] | None = None,
-                   ranking: str = "evidence", compensate: bool = True) -> LaplaceOutcome:
+                   ranking: str = "evidence", compensate: bool = True,
+                   unit_prior: str = "ard") -> LaplaceOutcome:
     """Reduce a copy of `original` within `tolerance` (relative output distortion).
 
     `data`: .train_batches (calibration: check, statistics and recovery batches) and
@@ -154,7 +158,8 @@ def laplace_reduce(original: nn.Module, data: Any, task: str, *, tolerance: floa
     keeps exactly the counts that round kept per group (so every layer ends with the same
     width, hence the same latency) at its ν, and `ranking` ("magnitude") chooses which
     units — with the same compensation, cut and recovery (compensate=False: the survivors
-    are not moved).
+    are not moved). `unit_prior`: "ard" (each unit its own prior scale, bmr/ard.py) or "layer"
+    (one empirical-Bayes scale per layer, bmr/structured.py).
     """
     from bmr_compress.pipeline.curve import SNAPSHOT_MAX_PARAMS
     from bmr_compress.pipeline.recovery import distortion
@@ -172,7 +177,7 @@ def laplace_reduce(original: nn.Module, data: Any, task: str, *, tolerance: floa
     out = LaplaceOutcome(model, {g.name: list(range(g.num_units)) for g in first},
                          {g.name: g.num_units for g in first}, {}, tolerance=tolerance)
     run = _Run(original, example, cal, task, scale, round_to, timer, progress, ranking, compensate,
-               recovery_steps, lr)
+               recovery_steps, lr, unit_prior)
     share = 1.0  # of the remaining tolerance a round may spend (halved after an overshoot)
     followed = [r for r in follow if not r.get("undone")] if follow is not None else None
     for r in range(rounds if followed is None else len(followed)):
@@ -212,6 +217,7 @@ class _Run:
     compensate: bool
     recovery_steps: int
     lr: float
+    unit_prior: str
 
     def round(self, model: nn.Module, out: LaplaceOutcome, r: int, before: float, budget: float,
               followed: Mapping[str, Any] | None) -> tuple[nn.Module, int, float] | None:
@@ -235,14 +241,15 @@ class _Run:
         else:
             with self.timer("calibrate"):
                 nu = _calibrate(model, o, sites, factors, a_in, {g.name: g for g in groups},
-                                cal.check, task, scale, before, budget, self.round_to)
+                                cal.check, task, scale, before, budget, self.round_to,
+                                self.unit_prior)
         if not math.isfinite(nu):
             return None
         undo = copy.deepcopy(model), {k: list(v) for k, v in out.keep.items()}
         with self.timer("reduce"):
             res = reduce_sequential_(model, groups, sites, b, cal.stats, nu,
                                      round_to=self.round_to, counts=counts, ranking=self.ranking,
-                                     compensate=self.compensate)
+                                     compensate=self.compensate, prior=self.unit_prior)
             plan = Plan({g.name: res.keep.get(g.name, list(range(g.num_units))) for g in groups},
                         {}, PlanSettings(unstructured=False, round_to=self.round_to), {})
             apply_plan_(model, groups, plan)

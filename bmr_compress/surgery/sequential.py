@@ -18,7 +18,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from bmr_compress.bmr.structured import LayerFactors, column_reduced_means, unit_evidence
+from bmr_compress.bmr.ard import unit_score
+from bmr_compress.bmr.structured import LayerFactors, column_reduced_means
 from bmr_compress.layers import layer_type
 from bmr_compress.surgery.groups import UnitGroup
 from bmr_compress.surgery.plan import keep_top, rounded_count
@@ -67,6 +68,7 @@ def reduce_sequential_(
     counts: Mapping[str, int] | None = None,
     ranking: str = "evidence",
     compensate: bool = True,
+    prior: str = "ard",
 ) -> SequentialResult:
     """Zero and compensate, site by site, every unit whose ΔlnZ ≥ 0 at precision ν.
 
@@ -77,7 +79,8 @@ def reduce_sequential_(
     For side-by-side baselines (bench/references.py): `counts` (group -> units to keep)
     overrides how many stay, and ranking="magnitude" chooses which by `unit_magnitude`
     instead of ΔlnZ; the compensation and everything after are unchanged. compensate=False
-    zeroes the removed columns and leaves the survivors as they are.
+    zeroes the removed columns and leaves the survivors as they are. `prior`: how each unit's
+    prior scale is set (bmr.ard.UNIT_PRIORS; "ard" by default).
     """
     if ranking not in RANKINGS:
         raise ValueError(f"ranking must be one of {RANKINGS}, got {ranking!r}")
@@ -101,7 +104,7 @@ def reduce_sequential_(
         rank = ({g: unit_magnitude(model, by_name[g]) for g in site.columns}
                 if ranking == "magnitude" else "distortion" if ranking == "distortion" else None)
         keep, scores, drop = decide_site(fac, site, by_name, nu, round_to, min_units,
-                                         counts=counts, rank=rank)
+                                         counts=counts, rank=rank, prior=prior)
         result.keep.update(keep)
         result.delta_lnz.update(scores)
         # the survivors make up for the removed columns: the conditional mean of the Laplace
@@ -139,7 +142,7 @@ def unit_magnitude(model: nn.Module, group: UnitGroup) -> torch.Tensor:
 
 def decide_site(fac: LayerFactors, site: Site, groups: Mapping[str, UnitGroup], nu: float,
                 round_to: int, min_units: int = 1, *, counts: Mapping[str, int] | None = None,
-                rank: Mapping[str, torch.Tensor] | str | None = None,
+                rank: Mapping[str, torch.Tensor] | str | None = None, prior: str = "ard",
                 ) -> tuple[dict[str, list[int]], dict[str, torch.Tensor], torch.Tensor]:
     """BMR's decision at one consumer site: (kept units per group, ΔlnZ per unit, bool mask
     of the consumer columns that go). Units with ΔlnZ ≥ 0 go; kept counts are rounded to a
@@ -153,7 +156,7 @@ def decide_site(fac: LayerFactors, site: Site, groups: Mapping[str, UnitGroup], 
     drop = torch.zeros(fac.w0.shape[1], dtype=torch.bool)
     for gname, cols in site.columns.items():
         g = groups[gname]
-        ev = unit_evidence(fac, cols, nu)
+        ev = unit_score(fac, cols, nu, prior)
         if counts is not None and gname in counts:
             n_keep = min(int(counts[gname]), g.num_units)
         else:

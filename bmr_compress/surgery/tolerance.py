@@ -8,7 +8,8 @@ distortion predicted for the BMR reduction equals the tolerance (the discrepancy
 
     D(ν) = Σ_{j : ΔlnZ_j(ν) ≥ 0} δ_j(ν) = τ
 
-with ΔlnZ_j and δ_j from bmr/structured.py. D falls as ν grows (each δ_j falls and fewer
+with ΔlnZ_j and δ_j from bmr/ard.py (the default per-unit prior scale; bmr/structured.py
+for one scale per layer). D falls as ν grows (each δ_j falls and fewer
 units have ΔlnZ ≥ 0), so ν is found by bisection in ln ν. The decision itself is BMR's:
 a unit goes iff ΔlnZ_j(ν) ≥ 0. The Occam term makes it cost-aware without a ratio: it grows
 with the number of weights a unit owns, so a head (many weights) must cost more distortion
@@ -23,7 +24,8 @@ from dataclasses import dataclass
 
 import torch
 
-from bmr_compress.bmr.structured import LayerFactors, UnitEvidence, unit_evidence
+from bmr_compress.bmr.ard import unit_score
+from bmr_compress.bmr.structured import LayerFactors, UnitEvidence
 
 NU_RANGE = (1e-3, 1e12)
 
@@ -39,19 +41,21 @@ class Calibration:
 
 
 def distortion_at(factors: Mapping[str, LayerFactors],
-                  columns: Mapping[str, Mapping[str, torch.Tensor]], nu: float) -> tuple[float, int]:
+                  columns: Mapping[str, Mapping[str, torch.Tensor]], nu: float,
+                  prior: str = "ard") -> tuple[float, int]:
     """D(ν): the predicted distortion of the removals BMR makes at ν (the kept units are
     written at their compensated values, not shrunk, so shrinkage costs nothing here)."""
-    return predicted_distortion(score_sites(factors, columns, nu))
+    return predicted_distortion(score_sites(factors, columns, nu, prior))
 
 
 def score_sites(factors: Mapping[str, LayerFactors], columns: Mapping[str, Mapping[str, torch.Tensor]],
-                nu: float) -> dict[str, UnitEvidence]:
-    """Group name -> UnitEvidence at ν (each group is consumed by one site)."""
+                nu: float, prior: str = "ard") -> dict[str, UnitEvidence]:
+    """Group name -> UnitEvidence at ν (each group is consumed by one site) under the unit
+    prior `prior` (bmr.ard.UNIT_PRIORS)."""
     out: dict[str, UnitEvidence] = {}
     for site, cols in columns.items():
         for group, idx in cols.items():
-            out[group] = unit_evidence(factors[site], idx, nu)
+            out[group] = unit_score(factors[site], idx, nu, prior)
     return out
 
 

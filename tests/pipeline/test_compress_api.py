@@ -94,3 +94,26 @@ def test_in_memory_and_cli_paths_give_the_same_model(tmp_path: Path) -> None:
     mine = rec.model.state_dict()
     assert on_disk.keys() == mine.keys()
     assert all(torch.equal(on_disk[k], mine[k]) for k in mine)
+
+
+
+def test_the_unit_prior_setting_reaches_the_decision() -> None:
+    """config.plan.unit_prior picks the score the rounds decide with: the last round's ΔlnZ
+    are the per-unit (ARD) scores by default and the per-layer ones with "layer"."""
+    import copy
+    import dataclasses
+
+    import bmr_compress as bc
+
+    torch.manual_seed(0)
+    model = TinyMLP().eval()
+    batches = _batches()
+    out = {}
+    for prior in ("ard", "layer"):
+        cfg = dataclasses.replace(CONFIG, plan=PlanConfig(round_to=1, unit_prior=prior),
+                                  laplace=dataclasses.replace(CONFIG.laplace, rounds=1))
+        torch.manual_seed(0)
+        rec = bc.compress_(copy.deepcopy(model), batches, cfg, task="regression")
+        out[prior] = torch.cat([v for v in rec.delta_lnz.values()])
+    assert not torch.equal(out["ard"], out["layer"])  # the two runs did not share a score
+    assert rec.config.plan.unit_prior == "layer"

@@ -44,6 +44,10 @@ def test_options_set_nested_fields_and_unknown_options_fail() -> None:
         with_options(CompressConfig(), {"rounds": "three"})
     with pytest.raises(InputError, match="posterior must be"):
         with_options(CompressConfig(), {"posterior": "mcmc"})
+    assert with_options(CompressConfig(), {"unit_prior": "layer"}).plan.unit_prior == "layer"
+    assert CompressConfig().plan.unit_prior == "ard"
+    with pytest.raises(InputError, match="unit_prior must be 'ard' or 'layer'"):
+        with_options(CompressConfig(), {"unit_prior": "flat"})
 
 
 NEW = {"seed": 1, "laplace": {"recovery_lr": 1e-3}, "finetune": {"steps": 300},

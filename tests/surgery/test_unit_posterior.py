@@ -147,6 +147,42 @@ def test_unit_score_on_a_model_counts_the_compensation():
     assert measured < zero_err  # the survivors' move is counted and it helps
 
 
+
+def test_ard_unit_score_counts_the_compensation_the_cut_applies():
+    """The default (per-unit ARD) score on a real MLP: its distortion is the measured output
+    change after the cut's own compensation (column_reduced_means from the pretrained
+    weights), which is below zeroing the unit alone, and the units it removes cost less than
+    those it keeps."""
+    from bmr_compress.bmr.ard import ard_unit_evidence
+    from bmr_compress.surgery.sequential import write_rows_
+
+    torch.manual_seed(0)
+    model = TinyMLP().double().eval()
+    batches = [{k: v.double() for k, v in b.items()} for b in _mlp_data(2048)]
+    groups, sites, a, b, scale, fac = _site_factors(model, batches)
+    site = "net.4"
+    cols = sites[site].columns["net.2"]
+    f = fac[site]
+    nu = 1e5
+    ev = ard_unit_evidence(f, cols, nu)
+    x = torch.cat([bb["pixel_values"] for bb in batches])
+    for j in (0, 3, 7):
+        drop = torch.zeros(f.w0.shape[1], dtype=torch.bool)
+        drop[cols[j]] = True
+        reduced = copy.deepcopy(model)
+        write_rows_(reduced.get_submodule(site),
+                    column_reduced_means(f.w0, drop, a[site], nu * f.row_scale, 1 / f.prior_var))
+        zeroed = copy.deepcopy(model)
+        write_rows_(zeroed.get_submodule(site), f.w0 * (~drop).double())
+        with torch.no_grad():
+            measured = float(((reduced(x) - model(x)) ** 2).sum(1).mean()) / scale ** 2
+            zero_err = float(((zeroed(x) - model(x)) ** 2).sum(1).mean()) / scale ** 2
+        assert float(ev.distortion[j]) == pytest.approx(measured, rel=0.05)  # b_i is probed
+        assert measured < zero_err
+    gone = ev.delta_lnz >= 0
+    assert 0 < int(gone.sum()) < len(gone)
+    assert float(ev.distortion[gone].max()) < float(ev.distortion[~gone].median())
+
 def test_tolerance_maps_to_the_likelihood_precision():
     """D(ν) is non-increasing; the calibrated ν meets the tolerance and is the smallest that
     does (ν/1.05 overshoots); a looser tolerance removes at least as much."""
