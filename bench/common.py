@@ -233,7 +233,7 @@ def recover_(model: nn.Module, teacher: nn.Module, batches: list[dict[str, torch
     for p in params:
         p.requires_grad_(True)
     opt = torch.optim.Adam(params, lr=lr)
-    model.train()
+    model.eval()  # as the tool's recovery: no dropout, frozen normalisation statistics
     for i in range(steps):
         b = strip(batches[i % len(batches)])
         with torch.no_grad():

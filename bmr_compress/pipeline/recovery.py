@@ -49,6 +49,7 @@ def recover_(model: nn.Module, original: nn.Module, batches: Sequence[Mapping[st
     """Distil `model` towards `original` for `steps` Adam steps over `batches` (cycled).
 
     Zero-width or already-removed weights stay removed: the cut model has no slot for them.
+    Gradients flow with the model in eval mode (see below).
     """
     from bmr_compress.tasks import probe_output
 
@@ -59,7 +60,11 @@ def recover_(model: nn.Module, original: nn.Module, batches: Sequence[Mapping[st
     for p in params:
         p.requires_grad_(True)
     opt = torch.optim.Adam(params, lr=lr)
-    model.train()
+    # the student stays in eval mode (no dropout, normalisation statistics frozen): it is fitted
+    # to a deterministic teacher, and dropout's noise only hides the distortion the recovery
+    # should remove (all-MiniLM-L6-v2, first round's check distortion after 100 steps: 0.064
+    # in eval mode, 0.076 with dropout)
+    model.eval()
     t0, first, last = time.perf_counter(), None, None
     bar = _bar(steps, progress)
     try:
