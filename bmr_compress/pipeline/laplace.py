@@ -5,7 +5,8 @@ Round r (Beckers et al.'s prune → refit → re-score, with a tolerance instead
 1. posterior: A and b of every consumer site on the current model (surgery/unit_posterior);
 2. ν: the likelihood precision at which the one-shot BMR reduction's *measured* distortion on
    calibration-check batches equals what is left of the tolerance (bisection in ln ν,
-   bracketed from below by the predicted-distortion ν of surgery/tolerance.py);
+   bracketed around the predicted-distortion ν of surgery/tolerance.py; from round 2 first
+   within a factor 10 of the previous round's ν);
 3. reduce: sequential, layer by layer, ΔlnZ ≥ 0 units out, survivors to their reduced means;
    then cut for real;
 4. recovery: distil towards the original for `recovery_steps`; measure the distortion again.
@@ -36,6 +37,7 @@ STATS_BATCHES = 4  # calibration batches for A and b (the rest train the recover
 CHECK_BATCHES = 4  # calibration batches that only judge distortion
 CALIBRATION_STEPS = 7
 PREDICTION_STEPS = 6
+NEAR_STEPS = 5  # later rounds: bisection in ln ν within a factor 10 of the last round's ν
 
 
 @dataclass
@@ -76,21 +78,31 @@ def _one_shot(model: nn.Module, sites: Mapping[str, Any], factors: Mapping[str, 
 def _calibrate(model: nn.Module, original: nn.Module, sites: Mapping[str, Any],
                factors: Mapping[str, Any], a_in: Mapping[str, torch.Tensor],
                groups: Mapping[str, Any], check: Sequence[Mapping[str, Any]], task: str,
-               scale: float, base: float, budget: float, round_to: int, prior: str) -> float:
-    """ν whose one-shot reduction adds at most `budget` measured distortion to `base`."""
+               scale: float, base: float, budget: float, round_to: int, prior: str,
+               near: float | None = None) -> float:
+    """ν whose one-shot reduction adds at most `budget` measured distortion to `base`.
+
+    `near`: the previous round's ν. The search then starts within a factor 10 of it (rounds
+    move ν little on a transformer) and falls back to the full search when the answer is not
+    inside that bracket."""
     from bmr_compress.pipeline.recovery import distortion
     from bmr_compress.surgery.tolerance import calibrate_nu, distortion_at
-
-    columns = {n: s.columns for n, s in sites.items()}
-    pred = calibrate_nu(lambda nu: distortion_at(factors, columns, nu, prior), budget,
-                        steps=PREDICTION_STEPS)
-    if not math.isfinite(pred.nu):
-        return math.inf
 
     def measured(nu: float) -> tuple[float, int]:
         tmp, removed = _one_shot(model, sites, factors, a_in, groups, nu, round_to, prior)
         return distortion(tmp, original, check, task, scale) - base, removed
 
+    if near is not None and math.isfinite(near):
+        found = _bisect_near(measured, budget, near)
+        if found is not None:
+            log.info("nu: near the last round's %.3g, measured %.3g (removes %d units, "
+                     "distortion +%.3g)", near, found[0], found[2], found[1])
+            return found[0] if found[2] else math.inf
+    columns = {n: s.columns for n, s in sites.items()}
+    pred = calibrate_nu(lambda nu: distortion_at(factors, columns, nu, prior), budget,
+                        steps=PREDICTION_STEPS)
+    if not math.isfinite(pred.nu):
+        return math.inf
     # the prediction sums single removals (no interactions between them; under the layer prior
     # it also counts the prior's share): bracket the measured ν widely around it
     cal = calibrate_nu(measured, budget, steps=CALIBRATION_STEPS,
@@ -98,6 +110,22 @@ def _calibrate(model: nn.Module, original: nn.Module, sites: Mapping[str, Any],
     log.info("nu: predicted %.3g, measured %.3g (removes %d units, distortion +%.3g)",
              pred.nu, cal.nu, cal.units_removed, cal.predicted_distortion)
     return cal.nu if cal.units_removed else math.inf
+
+
+def _bisect_near(measured: Any, budget: float, near: float) -> tuple[float, float, int] | None:
+    """(ν, added distortion, units removed) by bisection in ln ν over [near/10, near·10], the
+    smallest ν found within `budget`; None when the answer may lie outside the bracket (every
+    point over budget, or every point within it)."""
+    lo, hi = math.log(near / 10.0), math.log(near * 10.0)
+    lo0, best = lo, None
+    for _ in range(NEAR_STEPS):
+        mid = 0.5 * (lo + hi)
+        d, n = measured(math.exp(mid))
+        if d <= budget:
+            hi, best = mid, (math.exp(mid), d, n)
+        else:
+            lo = mid
+    return None if best is None or lo == lo0 else best
 
 
 @dataclass
@@ -242,7 +270,7 @@ class _Run:
             with self.timer("calibrate"):
                 nu = _calibrate(model, o, sites, factors, a_in, {g.name: g for g in groups},
                                 cal.check, task, scale, before, budget, self.round_to,
-                                self.unit_prior)
+                                self.unit_prior, out.rounds[-1]["nu"] if out.rounds else None)
         if not math.isfinite(nu):
             return None
         undo = copy.deepcopy(model), {k: list(v) for k, v in out.keep.items()}
