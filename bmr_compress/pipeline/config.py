@@ -113,7 +113,9 @@ class PlanConfig:
                              f"got {self.threshold!r}")
         if self.round_to < 0:
             raise InputError("round_to must be >= 0")
-        if self.unit_prior not in ("ard", "layer"):
+        from bmr_compress.bmr.ard import UNIT_PRIORS
+
+        if self.unit_prior not in UNIT_PRIORS:
             raise InputError(f"unit_prior must be 'ard' or 'layer', got {self.unit_prior!r}")
         for name in ("size_budget", "latency_budget"):
             v = getattr(self, name)

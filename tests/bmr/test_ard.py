@@ -29,10 +29,8 @@ def _ln_z(w0: torch.Tensor, q: torch.Tensor, s2: float, cols: torch.Tensor, t2: 
     mean = w0.clone()
     mean[p] = 0.0
     fixed = torch.where(free, torch.zeros_like(w0), mean)  # w at the fixed coordinates
-    # exponent over the free block: −½ (w_F − w0_F + (fixed−w0)_G coupling) ...
     r = fixed - w0
     qf = q[free][:, free]
-    lin = -(q @ r)[free]  # from −½ (w_F − w0_F)ᵀ Q_FF (...) − (w_F − w0_F)ᵀ Q_FG r_G with shift
     # write w_F = w0_F + y: exponent −½ yᵀ Q_FF y − yᵀ Q_FG r_G − ½ r_Gᵀ Q_GG r_G
     g_ = ~free
     lin = -(q[free][:, g_] @ r[g_])
