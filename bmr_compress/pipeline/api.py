@@ -21,7 +21,8 @@ from types import SimpleNamespace
 from typing import Any
 
 from bmr_compress.pipeline.config import CompressConfig
-from bmr_compress.pipeline.settings import StageTimer, strip_labels
+from bmr_compress.pipeline.settings import StageTimer
+from bmr_compress.tasks import strip_labels
 
 log = logging.getLogger(__name__)
 

@@ -19,8 +19,9 @@ from bmr_compress.pipeline.finish import (
     fit_summary, provenance, finish_stage, validation_settings,
 )
 from bmr_compress.pipeline.settings import (
-    FIT_RECORD, CompressResult, StageTimer, strip_labels,
+    FIT_RECORD, CompressResult, StageTimer,
 )
+from bmr_compress.tasks import strip_labels
 from bmr_compress.pipeline.stages import (
     Fitted, checkpoint_dir, cut_stage, fit_stage, load_stage,
 )

@@ -13,8 +13,9 @@ from typing import Any
 from bmr_compress.io.jsonsafe import to_jsonable
 from bmr_compress.pipeline.config import flat_record
 from bmr_compress.pipeline.settings import (
-    CompressResult, StageTimer, recipe_for, strip_labels,
+    CompressResult, StageTimer, recipe_for,
 )
+from bmr_compress.tasks import strip_labels
 from bmr_compress.pipeline.stages import Cut, Fitted
 from bmr_compress.pipeline.summary import summary_of
 

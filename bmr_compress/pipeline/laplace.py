@@ -139,7 +139,7 @@ class _Batches:
 
 
 def _split(batches: Sequence[Mapping[str, Any]]) -> _Batches:
-    from bmr_compress.pipeline.settings import strip_labels
+    from bmr_compress.tasks import strip_labels
 
     train = [strip_labels(b) for b in batches]
     n_check = min(CHECK_BATCHES, max(1, len(train) // 5)) if len(train) > 1 else 0
@@ -191,7 +191,7 @@ def laplace_reduce(original: nn.Module, data: Any, task: str, *, tolerance: floa
     """
     from bmr_compress.pipeline.curve import SNAPSHOT_MAX_PARAMS
     from bmr_compress.pipeline.recovery import distortion
-    from bmr_compress.pipeline.settings import strip_labels
+    from bmr_compress.tasks import strip_labels
     from bmr_compress.surgery import discover_groups
     from bmr_compress.surgery.unit_posterior import output_scale
 

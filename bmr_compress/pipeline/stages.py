@@ -17,8 +17,9 @@ from bmr_compress.io.jsonsafe import to_jsonable
 from bmr_compress.pipeline.budgets import plan_settings
 from bmr_compress.pipeline.config import CompressConfig, flat_record
 from bmr_compress.pipeline.settings import (
-    DISTILL, StageTimer, recipe_for, strip_labels,
+    DISTILL, StageTimer, recipe_for,
 )
+from bmr_compress.tasks import strip_labels
 
 
 @dataclass
