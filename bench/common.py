@@ -60,7 +60,7 @@ def load_case(recipe: str, *, max_samples: int | None = None, batch_size: int | 
     from bmr_compress.io.data import make_dataset
     from bmr_compress.io.recipes import load_recipe
     from bmr_compress.pipeline.sources import resolve_source
-    from bmr_compress.surgery import discover_groups
+    from bmr_compress.coupling import discover_groups
 
     r = load_recipe(recipe)
     src = resolve_source(f"zoo:{recipe}")

@@ -12,6 +12,7 @@ Layers, top to bottom. A module may import its own subpackage and any subpackage
     pipeline
     zoo            (registers its source kinds in io and its adapters in surgery)
     surgery
+    coupling       (which slices each unit owns: family adapters, traced graph)
     export
     variational
     io             (the leaf of the middle set: sources registry, files, checks)
@@ -36,6 +37,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("pipeline",),
     ("zoo",),
     ("surgery",),
+    ("coupling",),
     ("export",),
     ("variational",),
     ("io",),

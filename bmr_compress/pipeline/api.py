@@ -3,7 +3,7 @@
     import bmr_compress as bc
     record = bc.compress_(model, batches, bc.CompressConfig(), task="classification")
     record.model is model            # True: reduced in place
-    record.surgery.groups            # kept indices per unit group (the manifest's content)
+    record.coupling.groups            # kept indices per unit group (the manifest's content)
 
 The default path: Laplace unit posteriors → ν calibrated to the tolerance → sequential
 BMR reduction and cut → recovery, in rounds (pipeline/laplace.py). `pipeline.compress` runs

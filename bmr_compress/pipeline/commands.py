@@ -167,7 +167,7 @@ def reduce(posterior_dir: str | Path, out: str | Path, *, overwrite: bool = Fals
     from bmr_compress.io.atomic import (
         check_inputs_outside, check_output_dir, check_rejected_dir, work_dir,
     )
-    from bmr_compress.surgery import discover_groups
+    from bmr_compress.coupling import discover_groups
     from bmr_compress.variational import PosteriorSpec, load_posterior, restore_posterior_, wrap_
 
     posterior_dir = Path(posterior_dir)

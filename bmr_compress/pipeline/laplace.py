@@ -154,7 +154,7 @@ def _posterior(model: nn.Module, example: Mapping[str, Any], stats: Sequence[Map
     """Unit groups, consumer sites, their Kronecker factors, input moments A and row scales
     b of the current model; None when no group has a supported consumer layer."""
     from bmr_compress.bmr.structured import LayerFactors
-    from bmr_compress.surgery import discover_groups
+    from bmr_compress.coupling import discover_groups
     from bmr_compress.surgery.unit_posterior import (
         consumer_sites, input_moments, layer_weight, prior_variance, row_scales,
     )
@@ -192,7 +192,7 @@ def laplace_reduce(original: nn.Module, data: Any, task: str, *, tolerance: floa
     from bmr_compress.pipeline.curve import SNAPSHOT_MAX_PARAMS
     from bmr_compress.pipeline.recovery import distortion
     from bmr_compress.tasks import strip_labels
-    from bmr_compress.surgery import discover_groups
+    from bmr_compress.coupling import discover_groups
     from bmr_compress.surgery.unit_posterior import output_scale
 
     cal = _split(data.train_batches)
@@ -305,7 +305,8 @@ class _Run:
 
 def final_record(original: nn.Module, outcome: LaplaceOutcome, example: Mapping[str, Any]) -> Any:
     """One SurgeryRecord from the original to the reduced model across all rounds."""
-    from bmr_compress.surgery import apply_plan_, discover_groups
+    from bmr_compress.surgery import apply_plan_
+    from bmr_compress.coupling import discover_groups
     from bmr_compress.surgery.plan import Plan, PlanSettings
 
     model = outcome.model

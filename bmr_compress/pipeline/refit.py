@@ -13,7 +13,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from bmr_compress.surgery.groups import UnitGroup
+from bmr_compress.coupling.groups import UnitGroup
 from bmr_compress.surgery.iterate import IterationResult, Scores, iterate_bmr
 from bmr_compress.surgery.plan import PlanSettings
 from bmr_compress.surgery.scoring import score_groups, score_weights

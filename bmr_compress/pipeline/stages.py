@@ -111,7 +111,8 @@ def fit_stage(config: CompressConfig, out: Path, timer: StageTimer, work: Path) 
     The fine-tune checkpoints every ~10 % of its steps into checkpoint_dir(); a rerun with
     the same settings resumes from there. The caller removes it once the output is in place.
     """
-    from bmr_compress.surgery import discover_groups, gate_sites
+    from bmr_compress.surgery import gate_sites
+    from bmr_compress.coupling import discover_groups
     from bmr_compress.variational import PosteriorSpec, save_posterior
 
     source, data = load_stage(config, timer)

@@ -4,9 +4,8 @@ Score and plan are pure functions over posterior data; apply_plan_ mutates the m
 Submodules import torch; `import bmr_compress` does not import this package.
 """
 
-from bmr_compress.surgery.apply import SurgeryRecord, apply_plan_, discover_groups
+from bmr_compress.surgery.apply import SurgeryRecord, apply_plan_
 from bmr_compress.surgery.costs import unit_macs
-from bmr_compress.surgery.groups import Slice, UnitGroup
 from bmr_compress.surgery.iterate import IterationResult, Round, iterate_bmr, pin_scores
 from bmr_compress.surgery.manifest import (
     load_compressed, read_manifest, register_architecture, save_compressed, write_manifest,
@@ -25,8 +24,8 @@ def coverage_report(record: SurgeryRecord) -> dict[str, str]:
 
 
 __all__ = [
-    "IterationResult", "Plan", "PlanSettings", "Round", "Slice", "SurgeryRecord", "UnitGroup",
-    "apply_plan_", "coverage_report", "discover_groups", "gate_site", "gate_sites",
+    "IterationResult", "Plan", "PlanSettings", "Round", "SurgeryRecord",
+    "apply_plan_", "coverage_report", "gate_site", "gate_sites",
     "iterate_bmr", "load_compressed",
     "make_plan", "pin_scores", "read_manifest", "register_architecture", "save_compressed",
     "plan_masks", "score_groups", "score_weights", "structured_from_weights", "structured_masks",

@@ -28,7 +28,7 @@ from torch import nn
 
 from bmr_compress.errors import UnsupportedModelError
 from bmr_compress.layers import channel_type
-from bmr_compress.surgery.adapters import Layer, adapter_for, out_size
+from bmr_compress.coupling.adapters import Layer, adapter_for, out_size
 
 log = logging.getLogger(__name__)
 

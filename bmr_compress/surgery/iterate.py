@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from bmr_compress.surgery.groups import UnitGroup
+from bmr_compress.coupling.groups import UnitGroup
 from bmr_compress.surgery.plan import (
     Plan, PlanSettings, make_plan, plan_masks, unstructured_masks,
 )

@@ -31,7 +31,7 @@ from bmr_compress.io.checks import check_artifacts, check_json_file
 from bmr_compress.io.manifest import FORMAT_VERSION, MANIFEST, read_manifest, write_manifest
 from bmr_compress.io.sources import LoadedSource, SourceRequest, register_source_kind
 from bmr_compress.io.transformers_source import preprocessor, task_from_config
-from bmr_compress.surgery.adapters import adapter_for
+from bmr_compress.coupling.adapters import adapter_for
 from bmr_compress.surgery.apply import SurgeryRecord
 from bmr_compress.surgery.cut import owners, sync_module_
 

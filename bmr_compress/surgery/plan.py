@@ -18,7 +18,7 @@ import torch
 
 from bmr_compress.errors import InputError
 from bmr_compress.surgery.costs import CostLedger
-from bmr_compress.surgery.groups import UnitGroup
+from bmr_compress.coupling.groups import UnitGroup
 
 log = logging.getLogger(__name__)
 

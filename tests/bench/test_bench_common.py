@@ -16,7 +16,7 @@ from tests.tiny_models import TinyMLP  # noqa: E402
 
 @pytest.fixture(scope="module")
 def fitted():
-    from bmr_compress.surgery import discover_groups
+    from bmr_compress.coupling import discover_groups
     from bmr_compress.variational import PosteriorSpec, posterior_tensors, wrap_
 
     torch.manual_seed(0)

@@ -13,14 +13,9 @@ import torch
 from torch import nn
 
 from bmr_compress.surgery import (
-    PlanSettings,
-    apply_plan_,
-    discover_groups,
-    make_plan,
-    score_groups,
-    score_weights,
-    unstructured_masks,
+    PlanSettings, apply_plan_, make_plan, score_groups, score_weights, unstructured_masks,
 )
+from bmr_compress.coupling import discover_groups
 from bmr_compress.variational.state import PosteriorTensor
 
 REL_STD = 0.6

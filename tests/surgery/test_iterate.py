@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import torch
 
-from bmr_compress.surgery import PlanSettings, Slice, UnitGroup, iterate_bmr
-from bmr_compress.surgery.groups import column
+from bmr_compress.surgery import PlanSettings, iterate_bmr
+from bmr_compress.coupling import Slice, UnitGroup
+from bmr_compress.coupling.groups import column
 
 N = 10
 

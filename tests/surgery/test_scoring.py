@@ -7,7 +7,8 @@ import math
 import torch
 
 from bmr_compress.bmr import bmrs_n_delta_lnz, spike_delta_lnz
-from bmr_compress.surgery import discover_groups, score_groups, score_weights, structured_masks
+from bmr_compress.surgery import score_groups, score_weights, structured_masks
+from bmr_compress.coupling import discover_groups
 from bmr_compress.surgery.plan import Plan, PlanSettings
 from bmr_compress.variational.state import GateTensor, PosteriorTensor
 from tests.tiny_models import ResConcatNet, tiny_llama

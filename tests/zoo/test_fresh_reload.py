@@ -14,7 +14,8 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from bmr_compress.surgery import PlanSettings, apply_plan_, discover_groups, make_plan, save_compressed
+from bmr_compress.surgery import PlanSettings, apply_plan_, make_plan, save_compressed
+from bmr_compress.coupling import discover_groups
 from bmr_compress.zoo.adapters import BUILDER
 from bmr_compress.zoo.architectures import build_model
 
@@ -29,7 +30,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from bmr_compress.surgery.adapters import ADAPTERS
+from bmr_compress.coupling.adapters import ADAPTERS
 from bmr_compress.surgery.manifest import ARCHITECTURES, load_compressed
 
 d = Path(sys.argv[1])

@@ -18,7 +18,7 @@ from transformers.models.qwen2.modeling_qwen2 import Qwen2PreTrainedModel
 from transformers.models.roberta.modeling_roberta import RobertaPreTrainedModel
 from transformers.models.vit.modeling_vit import ViTPreTrainedModel
 
-from bmr_compress.surgery.adapters import (
+from bmr_compress.coupling.adapters import (
     FamilyAdapter, Layer, Parts, out_size, register_adapter, uniform,
 )
 
