@@ -22,7 +22,7 @@ def strip(batch: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 def _unit_scores(groups: list[Any], weight_scores: Scores, values: Scores) -> Scores:
     """Per-unit score = −sqrt(mean over the unit's slices of value²): units with small
     values go first; mean (not sum) so units of different sizes compare globally."""
-    from bmr_compress.surgery import structured_from_weights
+    from bmr_compress.scoring import structured_from_weights
 
     sq = {k: v.double() ** 2 for k, v in values.items()}
     summed = structured_from_weights(groups, sq)

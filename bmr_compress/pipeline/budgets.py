@@ -18,7 +18,7 @@ def plan_settings(plan: PlanConfig, original: Any,
     what no group owns stays whatever BMR decides."""
     from bmr_compress.io.checks import count_params
     from bmr_compress.surgery import PlanSettings
-    from bmr_compress.surgery.costs import CostLedger
+    from bmr_compress.scoring.costs import CostLedger
 
     shapes = {k: v.shape for k, v in original.state_dict().items()}
     budget = plan.size_budget

@@ -5,7 +5,7 @@ Round r (Beckers et al.'s prune → refit → re-score, with a tolerance instead
 1. posterior: A and b of every consumer site on the current model (surgery/unit_posterior);
 2. ν: the likelihood precision at which the one-shot BMR reduction's *measured* distortion on
    calibration-check batches equals what is left of the tolerance (bisection in ln ν,
-   bracketed around the predicted-distortion ν of surgery/tolerance.py; from round 2 first
+   bracketed around the predicted-distortion ν of scoring/tolerance.py; from round 2 first
    within a factor 10 of the previous round's ν);
 3. reduce: sequential, layer by layer, ΔlnZ ≥ 0 units out, survivors to their reduced means;
    then cut for real;
@@ -86,7 +86,7 @@ def _calibrate(model: nn.Module, original: nn.Module, sites: Mapping[str, Any],
     move ν little on a transformer) and falls back to the full search when the answer is not
     inside that bracket."""
     from bmr_compress.pipeline.recovery import distortion
-    from bmr_compress.surgery.tolerance import calibrate_nu, distortion_at
+    from bmr_compress.scoring.tolerance import calibrate_nu, distortion_at
 
     def measured(nu: float) -> tuple[float, int]:
         tmp, removed = _one_shot(model, sites, factors, a_in, groups, nu, round_to, prior)
@@ -155,7 +155,7 @@ def _posterior(model: nn.Module, example: Mapping[str, Any], stats: Sequence[Map
     b of the current model; None when no group has a supported consumer layer."""
     from bmr_compress.bmr.structured import LayerFactors
     from bmr_compress.coupling import discover_groups
-    from bmr_compress.surgery.unit_posterior import (
+    from bmr_compress.scoring.unit_posterior import (
         consumer_sites, input_moments, layer_weight, prior_variance, row_scales,
     )
 
@@ -193,7 +193,7 @@ def laplace_reduce(original: nn.Module, data: Any, task: str, *, tolerance: floa
     from bmr_compress.pipeline.recovery import distortion
     from bmr_compress.tasks import strip_labels
     from bmr_compress.coupling import discover_groups
-    from bmr_compress.surgery.unit_posterior import output_scale
+    from bmr_compress.scoring.unit_posterior import output_scale
 
     cal = _split(data.train_batches)
     example = strip_labels(data.heldout_batches[0])

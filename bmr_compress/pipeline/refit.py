@@ -16,7 +16,7 @@ from torch import nn
 from bmr_compress.coupling.groups import UnitGroup
 from bmr_compress.surgery.iterate import IterationResult, Scores, iterate_bmr
 from bmr_compress.surgery.plan import PlanSettings
-from bmr_compress.surgery.scoring import score_groups, score_weights
+from bmr_compress.scoring.mean_field import score_groups, score_weights
 from bmr_compress.variational import (
     finetune, gate_tensors, heldout_elbo, posterior_tensors, set_masks_,
 )

@@ -111,7 +111,7 @@ def fit_stage(config: CompressConfig, out: Path, timer: StageTimer, work: Path) 
     The fine-tune checkpoints every ~10 % of its steps into checkpoint_dir(); a rerun with
     the same settings resumes from there. The caller removes it once the output is in place.
     """
-    from bmr_compress.surgery import gate_sites
+    from bmr_compress.scoring import gate_sites
     from bmr_compress.coupling import discover_groups
     from bmr_compress.variational import PosteriorSpec, save_posterior
 
@@ -158,9 +158,8 @@ def _iterate(f: Fitted, ft: Any, timer: StageTimer) -> Any:
 
 def cut_stage(f: Fitted, timer: StageTimer) -> Cut:
     """Score every weight and unit from the posterior, plan, unwrap and cut for real."""
-    from bmr_compress.surgery import (
-        apply_plan_, make_plan, score_groups, score_weights, unstructured_masks,
-    )
+    from bmr_compress.surgery import apply_plan_, make_plan, unstructured_masks
+    from bmr_compress.scoring import score_groups, score_weights
     from bmr_compress.surgery.iterate import pin_scores
     from bmr_compress.variational import gate_tensors, posterior_tensors, unwrap_
 
@@ -170,7 +169,7 @@ def cut_stage(f: Fitted, timer: StageTimer) -> Cut:
         gates = gate_tensors(f.model) if rule != "spike" else None
         macs = None
         if f.config.plan.latency_budget is not None:
-            from bmr_compress.surgery.costs import mac_weights
+            from bmr_compress.scoring.costs import mac_weights
 
             macs = mac_weights(f.original, strip_labels(f.data.heldout_batches[0]))
         psettings = plan_settings(f.config.plan, f.original, macs, f.groups, str(f.source.task))

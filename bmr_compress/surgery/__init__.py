@@ -5,16 +5,12 @@ Submodules import torch; `import bmr_compress` does not import this package.
 """
 
 from bmr_compress.surgery.apply import SurgeryRecord, apply_plan_
-from bmr_compress.surgery.costs import unit_macs
 from bmr_compress.surgery.iterate import IterationResult, Round, iterate_bmr, pin_scores
 from bmr_compress.surgery.manifest import (
     load_compressed, read_manifest, register_architecture, save_compressed, write_manifest,
 )
 from bmr_compress.surgery.plan import (
     Plan, PlanSettings, make_plan, plan_masks, structured_masks, unstructured_masks,
-)
-from bmr_compress.surgery.scoring import (
-    gate_site, gate_sites, score_groups, score_weights, structured_from_weights,
 )
 
 
@@ -25,9 +21,9 @@ def coverage_report(record: SurgeryRecord) -> dict[str, str]:
 
 __all__ = [
     "IterationResult", "Plan", "PlanSettings", "Round", "SurgeryRecord",
-    "apply_plan_", "coverage_report", "gate_site", "gate_sites",
+    "apply_plan_", "coverage_report",
     "iterate_bmr", "load_compressed",
     "make_plan", "pin_scores", "read_manifest", "register_architecture", "save_compressed",
-    "plan_masks", "score_groups", "score_weights", "structured_from_weights", "structured_masks",
-    "unit_macs", "unstructured_masks", "write_manifest",
+    "plan_masks", "structured_masks",
+    "unstructured_masks", "write_manifest",
 ]

@@ -30,7 +30,7 @@ def fitted():
 
 @pytest.mark.parametrize("method", ["magnitude", "snr", "wanda", "random"])
 def test_equal_plan_matches_bmr_nonzero_count(fitted, method):
-    from bmr_compress.surgery import score_groups, score_weights
+    from bmr_compress.scoring import score_groups, score_weights
 
     model, groups, post, x = fitted
     shapes = C.shapes_of(post)

@@ -9,8 +9,8 @@ import torch
 from torch import nn
 
 from bmr_compress.coupling import discover_groups
-from bmr_compress.surgery import apply_plan_, make_plan, plan_masks, \
-    score_groups, score_weights, unstructured_masks
+from bmr_compress.surgery import apply_plan_, make_plan, plan_masks, unstructured_masks
+from bmr_compress.scoring import score_groups, score_weights
 from bmr_compress.surgery.compensate import compensate_
 from bmr_compress.surgery.plan import PlanSettings
 from bmr_compress.tasks import output_tensor

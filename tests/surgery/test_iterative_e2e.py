@@ -10,9 +10,9 @@ import pytest
 import torch
 
 from bmr_compress.surgery import (
-    PlanSettings, apply_plan_, make_plan, pin_scores, score_groups, score_weights,
-    unstructured_masks,
+    PlanSettings, apply_plan_, make_plan, pin_scores, unstructured_masks,
 )
+from bmr_compress.scoring import score_groups, score_weights
 from bmr_compress.coupling import discover_groups
 from bmr_compress.pipeline.refit import iterate_with_finetune
 from bmr_compress.variational import (

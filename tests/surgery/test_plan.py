@@ -103,7 +103,7 @@ def test_plan_json_round_trip_and_strict_settings():
 
 def test_plan_is_remade_from_posterior_safetensors(tmp_path):
     """Re-planning needs only posterior.safetensors (and the groups): no refit, same plan."""
-    from bmr_compress.surgery import score_groups, score_weights
+    from bmr_compress.scoring import score_groups, score_weights
     from bmr_compress.coupling import discover_groups
     from bmr_compress.variational import load_posterior, save_posterior
     from tests.surgery.test_scoring import _posterior
@@ -132,7 +132,8 @@ def test_budget_with_rounding_rounds_down():
 
 
 def test_latency_budget_in_macs():
-    from bmr_compress.surgery import apply_plan_, unit_macs
+    from bmr_compress.surgery import apply_plan_
+    from bmr_compress.scoring import unit_macs
     from bmr_compress.coupling import discover_groups
     from tests.tiny_models import ResConcatNet, TinyMLP
 

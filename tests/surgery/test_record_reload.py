@@ -9,8 +9,9 @@ import torch
 
 from bmr_compress.surgery import (
     PlanSettings, apply_plan_, coverage_report, load_compressed, make_plan, read_manifest,
-    save_compressed, score_groups, score_weights, unstructured_masks,
+    save_compressed, unstructured_masks,
 )
+from bmr_compress.scoring import score_groups, score_weights
 from bmr_compress.coupling import discover_groups
 from tests.surgery.conftest import out_tensor
 from tests.surgery.test_scoring import _posterior

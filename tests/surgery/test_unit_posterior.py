@@ -12,8 +12,8 @@ from bmr_compress.bmr import joint_spike_delta_lnz
 from bmr_compress.bmr.structured import LayerFactors, column_reduced_means, unit_evidence
 from bmr_compress.surgery import make_plan, PlanSettings
 from bmr_compress.coupling import discover_groups, UnitGroup, Slice
-from bmr_compress.surgery.tolerance import calibrate_nu, distortion_at, score_sites
-from bmr_compress.surgery.unit_posterior import (
+from bmr_compress.scoring.tolerance import calibrate_nu, distortion_at, score_sites
+from bmr_compress.scoring.unit_posterior import (
     consumer_sites, input_moments, layer_weight, output_scale, prior_variance, row_scales,
 )
 from tests.tiny_models import ResConcatNet, TinyMLP
