@@ -58,7 +58,7 @@ def r2(model: nn.Module, batches: list[dict]) -> float:
 
 
 def run(seed: int, train_steps: int, steps: int, refit: int) -> dict[str, Any]:
-    from bmr_compress.surgery import PlanSettings
+    from bmr_compress.planning import PlanSettings
     from bmr_compress.scoring import score_weights
     from bmr_compress.pipeline.refit import iterate_with_finetune
     from bmr_compress.variational import (

@@ -88,7 +88,7 @@ def unit_scores(rule: str, groups: list[Any], post: Any, gates: Any) -> dict[str
 
 
 def run(name: str, seed: int, steps: int, recover: int) -> dict[str, Any]:
-    from bmr_compress.surgery import PlanSettings, make_plan
+    from bmr_compress.planning import PlanSettings, make_plan
     from bmr_compress.scoring import gate_sites
     from bmr_compress.variational import PosteriorSpec, gate_tensors, posterior_tensors
 

@@ -139,7 +139,7 @@ def owned_params(groups: list[Any], keep: Mapping[str, list[int]]) -> int:
 def _masks(groups: list[Any], plan: Any, shapes: Mapping[str, torch.Size],
            weight_masks: Mapping[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
     """Keep-masks over every tensor in `shapes` (all True where the plan prunes nothing)."""
-    from bmr_compress.surgery import plan_masks
+    from bmr_compress.planning import plan_masks
 
     s = plan_masks(groups, plan, shapes, weight_masks)
     return {k: s.get(k, torch.ones(shape, dtype=torch.bool)) for k, shape in shapes.items()}
@@ -147,7 +147,7 @@ def _masks(groups: list[Any], plan: Any, shapes: Mapping[str, torch.Size],
 
 def bmr_plan(groups: list[Any], unit_scores: Scores, weight_scores: Scores,
              shapes: Mapping[str, torch.Size], **plan_kw: Any) -> MethodPlan:
-    from bmr_compress.surgery import PlanSettings, make_plan, unstructured_masks
+    from bmr_compress.planning import PlanSettings, make_plan, unstructured_masks
 
     plan = make_plan(groups, unit_scores, weight_scores, PlanSettings(round_to=1, **plan_kw))
     masks = _masks(groups, plan, shapes, unstructured_masks(plan, weight_scores))
@@ -158,7 +158,7 @@ def equal_plan(groups: list[Any], unit_scores: Scores, weight_scores: Scores,
                shapes: Mapping[str, torch.Size], ref: MethodPlan) -> MethodPlan:
     """A baseline's plan at `ref`'s sparsity: structure by a parameter budget equal to ref's
     group-owned count, then a global weight threshold down to ref's nonzero count exactly."""
-    from bmr_compress.surgery import PlanSettings, make_plan
+    from bmr_compress.planning import PlanSettings, make_plan
 
     shifted = {k: v.double() - (float(v.max()) + 1.0) for k, v in unit_scores.items()}
     structured = any(len(ref.keep[g.name]) < g.num_units for g in groups)

@@ -37,7 +37,7 @@ PAPER = {
 
 def run(name: str, seed: int, steps: int, refit: int, rounds: int) -> dict[str, Any]:
     from bmr_compress.errors import BmrError
-    from bmr_compress.surgery import PlanSettings, iterate_bmr
+    from bmr_compress.planning import PlanSettings, iterate_bmr
     from bmr_compress.scoring import score_groups, score_weights
     from bmr_compress.variational import (
         FinetuneSettings, PosteriorSpec, finetune, heldout_elbo, posterior_tensors, set_masks_,

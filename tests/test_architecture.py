@@ -12,6 +12,7 @@ Layers, top to bottom. A module may import its own subpackage and any subpackage
     pipeline
     zoo            (registers its source kinds in io and its adapters in surgery)
     surgery
+    planning       (which units go: one-shot plan, sequential reduction, iterative rounds)
     scoring        (ΔlnZ per weight and unit, the Laplace row posteriors, tolerance, unit costs)
     coupling       (which slices each unit owns: family adapters, traced graph)
     export
@@ -38,6 +39,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("pipeline",),
     ("zoo",),
     ("surgery",),
+    ("planning",),
     ("scoring",),
     ("coupling",),
     ("export",),

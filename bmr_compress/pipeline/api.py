@@ -3,7 +3,7 @@
     import bmr_compress as bc
     record = bc.compress_(model, batches, bc.CompressConfig(), task="classification")
     record.model is model            # True: reduced in place
-    record.coupling.groups            # kept indices per unit group (the manifest's content)
+    record.surgery.groups            # kept indices per unit group (the manifest's content)
 
 The default path: Laplace unit posteriors → ν calibrated to the tolerance → sequential
 BMR reduction and cut → recovery, in rounds (pipeline/laplace.py). `pipeline.compress` runs
@@ -106,7 +106,7 @@ def _finish(model: Any, outcome: Any, example: Mapping[str, Any], config: Compre
             timer: StageTimer) -> CompressRecord:
     """The record, then `model` and the reduced copy swap contents (no tensor is copied)."""
     from bmr_compress.pipeline.laplace import final_record
-    from bmr_compress.surgery.plan import Plan, PlanSettings
+    from bmr_compress.planning.plan import Plan, PlanSettings
 
     record = final_record(model, outcome, example)
     summary = {name: {"kind": g["kind"], "num_units": g["num_units"], "kept": len(g["kept"]),

@@ -17,7 +17,7 @@ def plan_settings(plan: PlanConfig, original: Any,
     MACs; both are turned into budgets on what the unit groups own, counted exactly (costs.CostLedger):
     what no group owns stays whatever BMR decides."""
     from bmr_compress.io.checks import count_params
-    from bmr_compress.surgery import PlanSettings
+    from bmr_compress.planning import PlanSettings
     from bmr_compress.scoring.costs import CostLedger
 
     shapes = {k: v.shape for k, v in original.state_dict().items()}

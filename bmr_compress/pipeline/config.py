@@ -27,7 +27,7 @@ from typing import Any
 
 from bmr_compress.errors import InputError
 from bmr_compress.export.validation import ValidationSettings
-from bmr_compress.surgery.plan import PlanSettings
+from bmr_compress.planning.plan import PlanSettings
 from bmr_compress.variational.settings import FinetuneSettings
 
 POSTERIORS = ("laplace", "variational")

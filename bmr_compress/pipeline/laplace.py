@@ -61,7 +61,7 @@ def _one_shot(model: nn.Module, sites: Mapping[str, Any], factors: Mapping[str, 
               round_to: int, prior: str) -> tuple[nn.Module, int]:
     """A copy of `model` with every site reduced at ν from the same statistics."""
     from bmr_compress.bmr.structured import column_reduced_means
-    from bmr_compress.surgery.sequential import decide_site, write_rows_
+    from bmr_compress.planning.sequential import decide_site, write_rows_
 
     tmp = copy.deepcopy(model)
     removed = 0
@@ -254,8 +254,8 @@ class _Run:
         model being the state before this round when it overshot; None: nothing to do."""
         from bmr_compress.pipeline.recovery import distortion, recover_
         from bmr_compress.surgery import apply_plan_
-        from bmr_compress.surgery.plan import Plan, PlanSettings
-        from bmr_compress.surgery.sequential import reduce_sequential_
+        from bmr_compress.planning.plan import Plan, PlanSettings
+        from bmr_compress.planning.sequential import reduce_sequential_
 
         o, cal, task, scale = self.original, self.cal, self.task, self.scale
         with self.timer("posterior"):
@@ -307,7 +307,7 @@ def final_record(original: nn.Module, outcome: LaplaceOutcome, example: Mapping[
     """One SurgeryRecord from the original to the reduced model across all rounds."""
     from bmr_compress.surgery import apply_plan_
     from bmr_compress.coupling import discover_groups
-    from bmr_compress.surgery.plan import Plan, PlanSettings
+    from bmr_compress.planning.plan import Plan, PlanSettings
 
     model = outcome.model
     groups = discover_groups(model, example)

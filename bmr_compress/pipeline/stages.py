@@ -158,9 +158,10 @@ def _iterate(f: Fitted, ft: Any, timer: StageTimer) -> Any:
 
 def cut_stage(f: Fitted, timer: StageTimer) -> Cut:
     """Score every weight and unit from the posterior, plan, unwrap and cut for real."""
-    from bmr_compress.surgery import apply_plan_, make_plan, unstructured_masks
+    from bmr_compress.surgery import apply_plan_
+    from bmr_compress.planning import make_plan, unstructured_masks
     from bmr_compress.scoring import score_groups, score_weights
-    from bmr_compress.surgery.iterate import pin_scores
+    from bmr_compress.planning.iterate import pin_scores
     from bmr_compress.variational import gate_tensors, posterior_tensors, unwrap_
 
     with timer("score+plan"):
@@ -199,7 +200,7 @@ def _reduced_means(f: Fitted, plan: Any, posterior: Mapping[str, Any],
     training batches. Returns the summary, or None when nothing was pruned."""
     import torch
 
-    from bmr_compress.surgery import plan_masks
+    from bmr_compress.planning import plan_masks
     from bmr_compress.surgery.compensate import compensate_
 
     shapes = {k: p.mu.shape for k, p in posterior.items()}

@@ -5,12 +5,8 @@ Submodules import torch; `import bmr_compress` does not import this package.
 """
 
 from bmr_compress.surgery.apply import SurgeryRecord, apply_plan_
-from bmr_compress.surgery.iterate import IterationResult, Round, iterate_bmr, pin_scores
 from bmr_compress.surgery.manifest import (
     load_compressed, read_manifest, register_architecture, save_compressed, write_manifest,
-)
-from bmr_compress.surgery.plan import (
-    Plan, PlanSettings, make_plan, plan_masks, structured_masks, unstructured_masks,
 )
 
 
@@ -20,10 +16,9 @@ def coverage_report(record: SurgeryRecord) -> dict[str, str]:
 
 
 __all__ = [
-    "IterationResult", "Plan", "PlanSettings", "Round", "SurgeryRecord",
+    "SurgeryRecord",
     "apply_plan_", "coverage_report",
-    "iterate_bmr", "load_compressed",
-    "make_plan", "pin_scores", "read_manifest", "register_architecture", "save_compressed",
-    "plan_masks", "structured_masks",
-    "unstructured_masks", "write_manifest",
+    "load_compressed",
+    "read_manifest", "register_architecture", "save_compressed",
+    "write_manifest",
 ]

@@ -23,7 +23,7 @@ from bmr_compress.layers import layer_type
 from bmr_compress.coupling.adapters import adapter_for
 from bmr_compress.surgery.cut import cut_, removed_indices
 from bmr_compress.coupling.groups import UnitGroup
-from bmr_compress.surgery.plan import Plan
+from bmr_compress.planning.plan import Plan
 
 log = logging.getLogger(__name__)
 

@@ -50,7 +50,7 @@ def test_equal_plan_matches_bmr_nonzero_count(fitted, method):
 
 
 def test_structured_reference_is_matched_exactly(fitted):
-    from bmr_compress.surgery import PlanSettings, make_plan
+    from bmr_compress.planning import PlanSettings, make_plan
 
     model, groups, post, x = fitted
     shapes = C.shapes_of(post)

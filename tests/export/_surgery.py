@@ -12,7 +12,8 @@ import math
 import torch
 from torch import nn
 
-from bmr_compress.surgery import PlanSettings, apply_plan_, make_plan, unstructured_masks
+from bmr_compress.surgery import apply_plan_
+from bmr_compress.planning import PlanSettings, make_plan, unstructured_masks
 from bmr_compress.scoring import score_groups, score_weights
 from bmr_compress.coupling import discover_groups
 from bmr_compress.variational.state import PosteriorTensor

@@ -41,7 +41,7 @@ def test_compress_reduces_in_place_and_keeps_the_original(tmp_path: Path) -> Non
     n1 = sum(p.numel() for p in model.parameters())
     assert n1 < n0 == sum(p.numel() for p in rec.original.parameters())
     assert rec.surgery.params_after == n1 and rec.surgery.params_before == n0
-    kept = {name: g["kept"] for name, g in rec.coupling.groups.items()}
+    kept = {name: g["kept"] for name, g in rec.surgery.groups.items()}
     assert kept == rec.plan.keep and any(len(k) < 37 for k in kept.values())
     with torch.no_grad():
         assert torch.equal(rec.original(pixel_values=x), y0)  # the original, untouched
@@ -89,7 +89,7 @@ def test_in_memory_and_cli_paths_give_the_same_model(tmp_path: Path) -> None:
     assert report["parameters"]["compressed"] < report["parameters"]["original"]
     groups = manifest["groups"]
     assert {k: g["kept"] for k, g in groups.items()} == {
-        k: g["kept"] for k, g in rec.coupling.groups.items()}
+        k: g["kept"] for k, g in rec.surgery.groups.items()}
     on_disk = load_compressed(out).state_dict()
     mine = rec.model.state_dict()
     assert on_disk.keys() == mine.keys()

@@ -273,7 +273,7 @@ def compressed_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
     from bmr_compress.surgery import apply_plan_, save_compressed
     from bmr_compress.coupling import discover_groups
-    from bmr_compress.surgery.plan import Plan
+    from bmr_compress.planning.plan import Plan
     from bmr_compress.zoo.adapters import register_with_surgery
     from bmr_compress.zoo.architectures import build_model
 

@@ -9,9 +9,8 @@ import math
 import pytest
 import torch
 
-from bmr_compress.surgery import (
-    PlanSettings, apply_plan_, make_plan, pin_scores, unstructured_masks,
-)
+from bmr_compress.surgery import apply_plan_
+from bmr_compress.planning import PlanSettings, make_plan, pin_scores, unstructured_masks
 from bmr_compress.scoring import score_groups, score_weights
 from bmr_compress.coupling import discover_groups
 from bmr_compress.pipeline.refit import iterate_with_finetune

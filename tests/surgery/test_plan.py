@@ -11,10 +11,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from bmr_compress.errors import InputError
-from bmr_compress.surgery import Plan, PlanSettings, make_plan
+from bmr_compress.planning import Plan, PlanSettings, make_plan
 from bmr_compress.coupling import Slice, UnitGroup
 from bmr_compress.coupling.groups import column
-from bmr_compress.surgery.plan import rounded_count, unstructured_masks
+from bmr_compress.planning.plan import rounded_count, unstructured_masks
 
 
 def _group(name: str, n: int, width: int = 1, kind: str = "neuron") -> UnitGroup:

@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from bmr_compress.surgery import (
-    PlanSettings, apply_plan_, coverage_report, load_compressed, make_plan, read_manifest,
-    save_compressed, unstructured_masks,
+    apply_plan_, coverage_report, load_compressed, read_manifest, save_compressed,
 )
+from bmr_compress.planning import PlanSettings, make_plan, unstructured_masks
 from bmr_compress.scoring import score_groups, score_weights
 from bmr_compress.coupling import discover_groups
 from tests.surgery.conftest import out_tensor

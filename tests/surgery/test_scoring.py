@@ -7,10 +7,10 @@ import math
 import torch
 
 from bmr_compress.bmr import bmrs_n_delta_lnz, spike_delta_lnz
-from bmr_compress.surgery import structured_masks
+from bmr_compress.planning import structured_masks
 from bmr_compress.scoring import score_groups, score_weights
 from bmr_compress.coupling import discover_groups
-from bmr_compress.surgery.plan import Plan, PlanSettings
+from bmr_compress.planning.plan import Plan, PlanSettings
 from bmr_compress.variational.state import GateTensor, PosteriorTensor
 from tests.tiny_models import ResConcatNet, tiny_llama
 

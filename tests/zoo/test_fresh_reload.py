@@ -14,7 +14,8 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from bmr_compress.surgery import PlanSettings, apply_plan_, make_plan, save_compressed
+from bmr_compress.surgery import apply_plan_, save_compressed
+from bmr_compress.planning import PlanSettings, make_plan
 from bmr_compress.coupling import discover_groups
 from bmr_compress.zoo.adapters import BUILDER
 from bmr_compress.zoo.architectures import build_model
