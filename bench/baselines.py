@@ -1,5 +1,5 @@
 """Baseline scorers for the benchmarks (split from bench/common.py, which re-exports them):
-per-weight / per-unit scores in the format of surgery.score_weights / score_groups (higher =
+per-weight / per-unit scores in the format of scoring.score_weights / score_groups (higher =
 prune first) for magnitude, SNR, Wanda and random, and Torch-Pruning's magnitude pruner.
 """
 

@@ -1,5 +1,5 @@
 """Shared benchmark code: load a model + data, fit the posterior, BMR's plan, baseline scorers
-that produce per-weight / per-unit scores in the same format as surgery.score_weights /
+that produce per-weight / per-unit scores in the same format as scoring.score_weights /
 score_groups (higher = prune first), equal-sparsity plans, the shared recovery fine-tune,
 and evaluation (metric, parameters, ONNX bytes, ORT CPU latency).
 
@@ -196,9 +196,9 @@ def apply_method(plain: nn.Module, groups: list[Any], mp: MethodPlan, *,
     """Copy of `plain` with mp's weights zeroed and its units physically removed.
 
     reduced_means=(posterior, calibration batches): first move the survivors to BMR's reduced
-    posterior mean (surgery/compensate.py, what `compress` does by default)."""
-    from bmr_compress.surgery import apply_plan_
-    from bmr_compress.surgery.compensate import compensate_
+    posterior mean (cutting/compensate.py, what `compress` does by default)."""
+    from bmr_compress.cutting import apply_plan_
+    from bmr_compress.cutting.compensate import compensate_
 
     m = copy.deepcopy(plain)
     if reduced_means is not None:

@@ -3,7 +3,7 @@
 Per model: wrap with the Gamma hyperprior on each tensor's prior precision (PosteriorSpec
 prior="gamma", one scale per tensor), variational fine-tune, then rounds of
 score → prune (per-weight spike ΔlnZ > Beta–Bernoulli ζ, the Marković threshold) → pin at
-zero → refit → rescore (surgery.iterate_bmr with the library's refit). Accuracy of the
+zero → refit → rescore (planning.iterate_bmr with the library's refit). Accuracy of the
 posterior-mean network and the pruned fraction are reported per round next to the paper's
 FashionMNIST figures. Writes the "markovic" section of BENCHMARKS.md.
 

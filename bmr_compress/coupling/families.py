@@ -1,7 +1,7 @@
 """Registered family adapters: BERT, RoBERTa, DistilBERT, ViT, GPT-2, LLaMA-style.
 
 Each adapter is a module-level class, registered by `register_adapter` when this module is
-imported (surgery.apply imports it), so it can be imported and subclassed. Each reads the
+imported (cutting.apply imports it), so it can be imported and subclassed. Each reads the
 module layout and attribute names of the transformers 5 modeling code, and of transformers 4
 (4.45+) where that differs (ViT's BERT-like blocks; DistilBERT's `dim`).
 """

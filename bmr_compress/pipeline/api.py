@@ -34,9 +34,9 @@ class CompressRecord:
     model: the caller's model object, now reduced (the same object that was passed in).
     original: a module of the same class holding what `model` held before (the very same
         tensors, not a copy): the teacher the run distilled towards.
-    surgery: surgery.SurgeryRecord from the original to the reduced model (kept indices of
+    surgery: cutting.SurgeryRecord from the original to the reduced model (kept indices of
         the original units per group, final shapes, config updates, coverage).
-    plan: surgery.Plan with the kept units per group and a per-group summary.
+    plan: planning.Plan with the kept units per group and a per-group summary.
     """
 
     model: Any

@@ -87,7 +87,7 @@ class LaplaceSettings:
 
 @dataclass(frozen=True)
 class PlanConfig:
-    """What may be removed and how the plan is turned into surgery.PlanSettings
+    """What may be removed and how the plan is turned into planning.PlanSettings
     (pipeline/budgets.py). The pipeline's default differs from PlanSettings' in one place:
     single weights are not zeroed (that only shrinks files)."""
 

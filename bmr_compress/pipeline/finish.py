@@ -87,7 +87,7 @@ def _export(f: Fitted, cut: Cut, stage: Path, baseline: Path, example: Mapping[s
     (+ int8) into `stage`, and the original's ONNX and weights into `baseline`."""
     from bmr_compress.export import export_onnx, export_safetensors, quantize_int8
     from bmr_compress.export.st_layout import place_st_onnx_
-    from bmr_compress.surgery import save_compressed
+    from bmr_compress.cutting import save_compressed
 
     compact = f.config.export.compact_zeros
     hf_model, layout = _transformers_layout(f.model, example)
@@ -195,11 +195,11 @@ def finish_stage(f: Fitted, cut: Cut, timer: StageTimer, work: Path, out: Path, 
 
 def _transformers_layout(model: Any, example: Mapping[str, Any]) -> tuple[Any, dict[str, Any]]:
     """The model written as config.json + model.safetensors: the cut model when its config
-    states its widths, else a zero-padded equivalent (surgery.hf_layout); when neither works,
+    states its widths, else a zero-padded equivalent (cutting.hf_layout); when neither works,
     the cut model and a warning (plain transformers then refuses the shapes; never loads
     random weights)."""
     from bmr_compress.errors import UnsupportedModelError
-    from bmr_compress.surgery.hf_layout import transformers_layout
+    from bmr_compress.cutting.hf_layout import transformers_layout
 
     if not hasattr(model, "config"):
         return model, {"layout": "bmr"}
@@ -207,7 +207,7 @@ def _transformers_layout(model: Any, example: Mapping[str, Any]) -> tuple[Any, d
         return transformers_layout(model, example)
     except UnsupportedModelError as e:
         log.warning("config.json cannot state the cut widths (%s): load the output with "
-                    "bmr_compress.surgery.load_compressed or use model.onnx", e)
+                    "bmr_compress.cutting.load_compressed or use model.onnx", e)
         return model, {"layout": "refused", "reason": str(e)}
 
 

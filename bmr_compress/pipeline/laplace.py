@@ -2,7 +2,7 @@
 
 Round r (Beckers et al.'s prune → refit → re-score, with a tolerance instead of a ratio):
 
-1. posterior: A and b of every consumer site on the current model (surgery/unit_posterior);
+1. posterior: A and b of every consumer site on the current model (scoring/unit_posterior);
 2. ν: the likelihood precision at which the one-shot BMR reduction's *measured* distortion on
    calibration-check batches equals what is left of the tolerance (bisection in ln ν,
    bracketed around the predicted-distortion ν of scoring/tolerance.py; from round 2 first
@@ -253,7 +253,7 @@ class _Run:
         in place. Returns (the model to go on with, units removed, distortion after), the
         model being the state before this round when it overshot; None: nothing to do."""
         from bmr_compress.pipeline.recovery import distortion, recover_
-        from bmr_compress.surgery import apply_plan_
+        from bmr_compress.cutting import apply_plan_
         from bmr_compress.planning.plan import Plan, PlanSettings
         from bmr_compress.planning.sequential import reduce_sequential_
 
@@ -305,7 +305,7 @@ class _Run:
 
 def final_record(original: nn.Module, outcome: LaplaceOutcome, example: Mapping[str, Any]) -> Any:
     """One SurgeryRecord from the original to the reduced model across all rounds."""
-    from bmr_compress.surgery import apply_plan_
+    from bmr_compress.cutting import apply_plan_
     from bmr_compress.coupling import discover_groups
     from bmr_compress.planning.plan import Plan, PlanSettings
 

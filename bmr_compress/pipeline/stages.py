@@ -158,7 +158,7 @@ def _iterate(f: Fitted, ft: Any, timer: StageTimer) -> Any:
 
 def cut_stage(f: Fitted, timer: StageTimer) -> Cut:
     """Score every weight and unit from the posterior, plan, unwrap and cut for real."""
-    from bmr_compress.surgery import apply_plan_
+    from bmr_compress.cutting import apply_plan_
     from bmr_compress.planning import make_plan, unstructured_masks
     from bmr_compress.scoring import score_groups, score_weights
     from bmr_compress.planning.iterate import pin_scores
@@ -196,12 +196,12 @@ def cut_stage(f: Fitted, timer: StageTimer) -> Cut:
 def _reduced_means(f: Fitted, plan: Any, posterior: Mapping[str, Any],
                    wmasks: Mapping[str, Any] | None) -> dict[str, float] | None:
     """Move the survivors of every pruned layer to their BMR reduced posterior mean under a
-    row-correlated posterior (surgery/compensate.py), using up to CALIBRATION_BATCHES
+    row-correlated posterior (cutting/compensate.py), using up to CALIBRATION_BATCHES
     training batches. Returns the summary, or None when nothing was pruned."""
     import torch
 
     from bmr_compress.planning import plan_masks
-    from bmr_compress.surgery.compensate import compensate_
+    from bmr_compress.cutting.compensate import compensate_
 
     shapes = {k: p.mu.shape for k, p in posterior.items()}
     masks = plan_masks(f.groups, plan, shapes, wmasks)

@@ -8,7 +8,7 @@ Linear/Conv chains that the traced graph handles.
 
 Importing this module registers both adapters (coupling.adapters' registry) and makes
 ``rebuild`` importable: a compressed zoo model's manifest names ``BUILDER``
-(``"bmr_compress.zoo.adapters:rebuild"``), so ``surgery.load_compressed`` rebuilds it in a
+(``"bmr_compress.zoo.adapters:rebuild"``), so ``cutting.load_compressed`` rebuilds it in a
 fresh interpreter with nothing registered beforehand.
 """
 

@@ -20,7 +20,7 @@ def test_default_path_removes_dead_units_and_reloads(tmp_path: Path) -> None:
     from sentence_transformers import SentenceTransformer
 
     from bmr_compress.cli.main import cli
-    from bmr_compress.surgery import load_compressed
+    from bmr_compress.cutting import load_compressed
 
     src = st_snapshot(tmp_path / "snap", dead_units=True)
     out = tmp_path / "out"
@@ -68,7 +68,7 @@ def test_default_path_on_a_causal_lm(kind: str, tmp_path: Path) -> None:
     import torch
 
     from bmr_compress.cli.main import cli
-    from bmr_compress.surgery import load_compressed
+    from bmr_compress.cutting import load_compressed
     from tests.snapshots import causal_lm_snapshot
 
     src = causal_lm_snapshot(tmp_path / "snap", kind)

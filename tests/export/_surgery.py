@@ -12,7 +12,7 @@ import math
 import torch
 from torch import nn
 
-from bmr_compress.surgery import apply_plan_
+from bmr_compress.cutting import apply_plan_
 from bmr_compress.planning import PlanSettings, make_plan, unstructured_masks
 from bmr_compress.scoring import score_groups, score_weights
 from bmr_compress.coupling import discover_groups

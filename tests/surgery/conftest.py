@@ -11,7 +11,7 @@ from torch import nn
 
 from bmr_compress.planning import Plan, PlanSettings, structured_masks
 from bmr_compress.coupling import UnitGroup
-from bmr_compress.surgery.manifest import ARCHITECTURES, register_architecture
+from bmr_compress.cutting.saved import ARCHITECTURES, register_architecture
 from tests.tiny_models import ResConcatNet, TinyMLP
 
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from bmr_compress.surgery import apply_plan_, load_compressed, save_compressed
+from bmr_compress.cutting import apply_plan_, load_compressed, save_compressed
 from bmr_compress.coupling import discover_groups
 from bmr_compress.coupling.adapters import ADAPTERS
 from tests.surgery.conftest import (

@@ -9,7 +9,7 @@ import math
 import pytest
 import torch
 
-from bmr_compress.surgery import apply_plan_
+from bmr_compress.cutting import apply_plan_
 from bmr_compress.planning import PlanSettings, make_plan, pin_scores, unstructured_masks
 from bmr_compress.scoring import score_groups, score_weights
 from bmr_compress.coupling import discover_groups

@@ -132,7 +132,7 @@ def test_budget_with_rounding_rounds_down():
 
 
 def test_latency_budget_in_macs():
-    from bmr_compress.surgery import apply_plan_
+    from bmr_compress.cutting import apply_plan_
     from bmr_compress.scoring import unit_macs
     from bmr_compress.coupling import discover_groups
     from tests.tiny_models import ResConcatNet, TinyMLP

@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from bmr_compress.surgery import (
+from bmr_compress.cutting import (
     apply_plan_, coverage_report, load_compressed, read_manifest, save_compressed,
 )
 from bmr_compress.planning import PlanSettings, make_plan, unstructured_masks

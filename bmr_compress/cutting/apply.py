@@ -21,7 +21,7 @@ from bmr_compress.errors import UnsupportedModelError
 from bmr_compress.io.checks import count_params
 from bmr_compress.layers import layer_type
 from bmr_compress.coupling.adapters import adapter_for
-from bmr_compress.surgery.cut import cut_, removed_indices
+from bmr_compress.cutting.cut import cut_, removed_indices
 from bmr_compress.coupling.groups import UnitGroup
 from bmr_compress.planning.plan import Plan
 
@@ -132,3 +132,8 @@ def plain_loadable(model: nn.Module) -> bool:
     # constructor flags (e.g. add_pooling_layer=False) are not in the config: extra modules
     # in the fresh build are fine, every tensor of the cut model must match
     return all(a.get(k) == shape for k, shape in b.items())
+
+
+def coverage_report(record: SurgeryRecord) -> dict[str, str]:
+    """Every parameter tensor -> pruned structurally / pruned unstructured / kept / skipped: why."""
+    return dict(record.coverage)
