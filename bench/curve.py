@@ -93,8 +93,8 @@ def _tolerance_rows(cached: _Cache, original, data, task: str, tol: float, defau
     import torch
 
     from bmr_compress import compress_
-    from bmr_compress.pipeline.laplace import laplace_reduce
-    from bmr_compress.pipeline.recovery import recover_
+    from bmr_compress.algorithms.laplace_reduce import laplace_reduce
+    from bmr_compress.algorithms.recovery import recover_
     from bmr_compress.tasks import strip_labels
 
     lap = defaults.laplace
@@ -140,7 +140,7 @@ def _layer_drop_rows(cached: _Cache, original, data, task: str, defaults) -> Non
 
     import torch
 
-    from bmr_compress.pipeline.recovery import distortion, recover_
+    from bmr_compress.algorithms.recovery import distortion, recover_
     from bmr_compress.tasks import strip_labels
 
     lap = defaults.laplace

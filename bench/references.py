@@ -73,7 +73,7 @@ def main() -> None:
     from bmr_compress.io.data import make_dataset
     from bmr_compress.io.recipes import load_recipe
     from bmr_compress.pipeline.sources import resolve_source
-    from bmr_compress.pipeline.recovery import distortion, recover_
+    from bmr_compress.algorithms.recovery import distortion, recover_
     from bmr_compress.tasks import strip_labels
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])

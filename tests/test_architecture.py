@@ -11,6 +11,7 @@ Layers, top to bottom. A module may import its own subpackage and any subpackage
     cli
     pipeline
     zoo            (registers its source kinds in io and its adapters in coupling)
+    algorithms     (Laplace reduction, recovery, variational refit rounds, operating points)
     cutting        (compensate, cut for real, the transformers layout, save and reload)
     planning       (which units go: one-shot plan, sequential reduction, iterative rounds)
     scoring        (ΔlnZ per weight and unit, the Laplace row posteriors, tolerance, unit costs)
@@ -38,6 +39,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("cli",),
     ("pipeline",),
     ("zoo",),
+    ("algorithms",),
     ("cutting",),
     ("planning",),
     ("scoring",),

@@ -1,4 +1,4 @@
-"""The report's view of a run's operating points (pipeline.curve measures them): the
+"""The report's view of a run's operating points (algorithms.curve measures them): the
 report.md table and the plot."""
 
 from __future__ import annotations

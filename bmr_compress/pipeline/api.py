@@ -6,7 +6,7 @@
     record.surgery.groups            # kept indices per unit group (the manifest's content)
 
 The default path: Laplace unit posteriors → ν calibrated to the tolerance → sequential
-BMR reduction and cut → recovery, in rounds (pipeline/laplace.py). `pipeline.compress` runs
+BMR reduction and cut → recovery, in rounds (algorithms/laplace_reduce.py). `pipeline.compress` runs
 exactly this between loading (`load_stage`) and export/validation (`finish_stage`).
 """
 
@@ -79,7 +79,7 @@ def compress_(model: Any, batches: Sequence[Mapping[str, Any]],
     trains in eval mode: no dropout). Seeds nothing: seed torch first for a reproducible recovery.
     """
     from bmr_compress.errors import InputError
-    from bmr_compress.pipeline.laplace import laplace_reduce
+    from bmr_compress.algorithms.laplace_reduce import laplace_reduce
 
     config = config if config is not None else CompressConfig()
     if config.posterior != "laplace":
@@ -105,7 +105,7 @@ def compress_(model: Any, batches: Sequence[Mapping[str, Any]],
 def _finish(model: Any, outcome: Any, example: Mapping[str, Any], config: CompressConfig,
             timer: StageTimer) -> CompressRecord:
     """The record, then `model` and the reduced copy swap contents (no tensor is copied)."""
-    from bmr_compress.pipeline.laplace import final_record
+    from bmr_compress.algorithms.laplace_reduce import final_record
     from bmr_compress.planning.plan import Plan, PlanSettings
 
     record = final_record(model, outcome, example)

@@ -65,7 +65,7 @@ class DataConfig:
 
 @dataclass(frozen=True)
 class LaplaceSettings:
-    """The default path (pipeline/laplace.py): BMR on Laplace unit posteriors at the
+    """The default path (algorithms/laplace_reduce.py): BMR on Laplace unit posteriors at the
     likelihood precision where the measured distortion meets `tolerance`, in rounds of
     reduce → recovery."""
 

@@ -166,7 +166,7 @@ def finish_stage(f: Fitted, cut: Cut, timer: StageTimer, work: Path, out: Path, 
     from bmr_compress.export import write_report
     from bmr_compress.io.atomic import atomic_output_dir, keep_rejected
     from bmr_compress.io.integrity import INTEGRITY_KEY, file_hashes
-    from bmr_compress.pipeline.curve import run_curve
+    from bmr_compress.algorithms.curve import run_curve
 
     example = strip_labels(f.data.heldout_batches[0])
     prov = provenance(f)

@@ -142,7 +142,7 @@ def _rule(config: CompressConfig) -> str:
 
 def _iterate(f: Fitted, ft: Any, timer: StageTimer) -> Any:
     """Beckers et al.: prune → pin at zero → refit → rescore, until nothing more goes."""
-    from bmr_compress.pipeline.refit import iterate_with_finetune
+    from bmr_compress.algorithms.refit import iterate_with_finetune
 
     with timer("iterate"):
         result = iterate_with_finetune(

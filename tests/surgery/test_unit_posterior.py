@@ -316,7 +316,7 @@ def test_laplace_rounds_followed_by_a_baseline_end_at_the_same_widths():
     import contextlib
     from types import SimpleNamespace
 
-    from bmr_compress.pipeline.laplace import laplace_reduce
+    from bmr_compress.algorithms.laplace_reduce import laplace_reduce
 
     torch.manual_seed(4)
     model = TinyMLP().eval()

@@ -1,7 +1,7 @@
 """Iterative BMR wired to the variational fine-tune (variational.finetune / set_masks_).
 
-Orchestration, so it lives in pipeline: planning.iterate decides the rounds (pure), the
-variational trainer refits, and this module runs one against the other.
+planning.iterate decides the rounds (pure), the variational trainer refits, and this module
+runs one against the other.
 """
 
 from __future__ import annotations

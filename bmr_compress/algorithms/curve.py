@@ -82,7 +82,7 @@ def operating_points(
 
 def run_curve(f: Any, original_onnx: Path, onnx: Path, int8: Path | None, work: Path,
               result: Any, example: Mapping[str, Any]) -> dict[str, Any] | None:
-    """operating_points for a run (f: pipeline.stages.Fitted, result: its ValidationResult);
+    """operating_points for a run (f: the pipeline's Fitted record, result: its ValidationResult);
     None when there are no rounds to show or the measurement fails (the run does not depend
     on it)."""
     snaps = getattr(getattr(f.iteration, "outcome", None), "snapshots", None)

@@ -85,7 +85,7 @@ def _calibrate(model: nn.Module, original: nn.Module, sites: Mapping[str, Any],
     `near`: the previous round's ν. The search then starts within a factor 10 of it (rounds
     move ν little on a transformer) and falls back to the full search when the answer is not
     inside that bracket."""
-    from bmr_compress.pipeline.recovery import distortion
+    from bmr_compress.algorithms.recovery import distortion
     from bmr_compress.scoring.tolerance import calibrate_nu, distortion_at
 
     def measured(nu: float) -> tuple[float, int]:
@@ -189,8 +189,8 @@ def laplace_reduce(original: nn.Module, data: Any, task: str, *, tolerance: floa
     are not moved). `unit_prior`: "ard" (each unit its own prior scale, bmr/ard.py) or "layer"
     (one empirical-Bayes scale per layer, bmr/structured.py).
     """
-    from bmr_compress.pipeline.curve import SNAPSHOT_MAX_PARAMS
-    from bmr_compress.pipeline.recovery import distortion
+    from bmr_compress.algorithms.curve import SNAPSHOT_MAX_PARAMS
+    from bmr_compress.algorithms.recovery import distortion
     from bmr_compress.tasks import strip_labels
     from bmr_compress.coupling import discover_groups
     from bmr_compress.scoring.unit_posterior import output_scale
@@ -252,7 +252,7 @@ class _Run:
         """Score, calibrate ν (or take the followed round's), reduce, cut and recover `model`
         in place. Returns (the model to go on with, units removed, distortion after), the
         model being the state before this round when it overshot; None: nothing to do."""
-        from bmr_compress.pipeline.recovery import distortion, recover_
+        from bmr_compress.algorithms.recovery import distortion, recover_
         from bmr_compress.cutting import apply_plan_
         from bmr_compress.planning.plan import Plan, PlanSettings
         from bmr_compress.planning.sequential import reduce_sequential_
