@@ -1,17 +1,20 @@
-"""Operating points of one run: the model after each Laplace round, beside the dense int8.
+"""Operating points of one run, and the artefact to recommend on this machine.
 
-Each round of the default path spends more of the tolerance, so the rounds are points on the
-latency–quality curve of one fit. For each, the held-out task metric (the report's gate
-metric, on the held-out batches that decided nothing) and the ORT CPU latency at the
-report's latency shape, every model timed interleaved with the original and with the
-original quantised to int8 (what a user would do instead without pruning). Layer dropping,
-the other reference, needs its own recovery and is measured in bench/curve.py.
+From one fit, the candidates a user could ship: the dense original and every kept round of
+the reduction, each in fp32 and under each int8 scheme (export/quantize.py). Every
+candidate is exported to ONNX, timed on *this* CPU interleaved with all the others
+(export/latency.py) and scored by task retention on selection and held-out examples
+(export/retention.py). The recommended artefact is the fastest whose *selection*
+retention stays within the quality budget, an int8 file qualifying only when it is faster
+here than the fp32 model it was quantised from (export/choice.py); the held-out figure is
+what the report quotes, and decided nothing.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -22,79 +25,127 @@ log = logging.getLogger(__name__)
 
 SNAPSHOT_MAX_PARAMS = 300_000_000  # above this, rounds are not kept in memory for the curve
 CURVE_RUNS = 20
+AUTO_SCHEMES = ("dynamic", "dynamic-per-tensor", "blockwise")
+SCHEME_WORDS = {"dynamic": "dynamic per-channel", "dynamic-per-tensor": "dynamic per-tensor",
+                "blockwise": "blockwise"}
 
 
-def operating_points(
-    original: nn.Module, rounds: Sequence[tuple[str, nn.Module]], *, final: str,
-    original_onnx: Path, final_onnx: Path, final_int8: Path | None, work: Path,
-    heldout: Sequence[Mapping[str, torch.Tensor]], task: str, example: Mapping[str, torch.Tensor],
-    latency: Mapping[str, Any], int8_scheme: str = "blockwise",
-) -> dict[str, Any]:
-    """{"metric", "latency_shape", "points": [{label, params, median_ms, speedup, value,
-    bmr_choice, reference}]}: the original, its int8, every round's model and BMR's int8.
+@dataclass
+class Point:
+    label: str
+    base: str  # "original" or a round's label
+    precision: str  # "fp32" | "int8"
+    scheme: str | None
+    source: str | None  # int8: the fp32 point it was quantised from
+    path: Path  # the ONNX file measured (in the work directory)
+    params: int | None
+    size_bytes: int
+    median_ms: float = 0.0
+    speedup: float = 0.0
+    retention: dict[str, float] = field(default_factory=dict)  # split -> retention
+    metrics: dict[str, dict[str, float]] = field(default_factory=dict)
+    qualifies: bool = False
+    reason: str = ""
+    recommended: bool = False
+    file: str | None = None  # where it lies in the output directory, when shipped
 
-    `rounds`: (label, model) per kept round, the last one being the final model `final`
-    (exported as final_onnx). `latency`: the report's latency entry (threads, batch, seq,
-    input_shapes) whose shape the points are timed at.
-    """
+    def to_json(self) -> dict[str, Any]:
+        out = asdict(self)
+        out.pop("path")
+        return out
+
+
+@dataclass
+class OperatingPoints:
+    points: list[Point]
+    metric: str
+    max_quality_loss: float
+    latency_shape: dict[str, Any]
+    runs: int
+    cpu: dict[str, Any]
+    evaluation: dict[str, Any]
+    recommended: str
+    best_int8: dict[str, str | None]  # base -> its fastest qualifying int8 point's label
+
+    def point(self, label: str) -> Point:
+        return next(p for p in self.points if p.label == label)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"metric": self.metric, "max_quality_loss": self.max_quality_loss,
+                "latency_shape": self.latency_shape, "runs": self.runs, "cpu": self.cpu,
+                "evaluation": self.evaluation, "recommended": self.recommended,
+                "reference_file": "candidates/original.onnx",
+                "points": [p.to_json() for p in self.points]}
+
+
+def _candidates(original_onnx: Path, rounds: Sequence[tuple[str, nn.Module]], work: Path,
+                example: Mapping[str, torch.Tensor], schemes: Sequence[str],
+                original_params: int) -> list[Point]:
+    """Every candidate's ONNX file: the original and each round, fp32 and per int8 scheme."""
     from bmr_compress.export import export_onnx, quantize_int8
-    from bmr_compress.export.checks import OrtModule
-    from bmr_compress.export.latency import cpu_session, measure_latency
-    from bmr_compress.export.metrics import task_metric
-    from bmr_compress.export.validation import make_inputs_like, to_numpy
     from bmr_compress.io.checks import count_params
 
     work.mkdir(parents=True, exist_ok=True)
-    paths: dict[str, Path] = {"original": original_onnx}
-    paths["original int8"] = quantize_int8(original_onnx, work / "original.int8.onnx",
-                                           scheme=int8_scheme).path
-    models: dict[str, nn.Module | None] = {"original": original, "original int8": None}
+    bases: list[tuple[str, Path, int]] = [("original", original_onnx, original_params)]
     for i, (label, m) in enumerate(rounds):
-        paths[label] = (final_onnx if label == final
-                        else export_onnx(m, work / f"round{i}.onnx", dict(example)).path)
-        models[label] = m
-    if final_int8 is not None:
-        paths[f"{final} + int8"] = final_int8
-        models[f"{final} + int8"] = None
-    values: dict[str, float] = {}
-    name = None
-    batches = list(heldout)
-    for label, path in paths.items():
-        m = models[label] if models[label] is not None else OrtModule(cpu_session(path))
-        metric = task_metric(original, m.eval() if isinstance(m, nn.Module) else m, batches, task)
-        values[label], name = float(metric["gate"]), metric["name"]
-    batch, seq = int(latency.get("batch", 1)), latency.get("seq")
+        path = export_onnx(m, work / f"round{i + 1}.onnx", dict(example)).path
+        bases.append((label, path, count_params(m)))
+    points = []
+    for label, path, params in bases:
+        points.append(Point(label, label, "fp32", None, None, path, params, _size(path)))
+        for s in schemes:
+            stem = label.replace(" ", "")
+            try:
+                q = quantize_int8(path, work / f"{stem}.int8-{s}.onnx", scheme=s).path
+            except Exception as e:  # noqa: BLE001  (one scheme failing leaves the others)
+                log.warning("int8 %s of %s not measured: %s", s, label, e)
+                continue
+            points.append(Point(f"{label} + int8 ({SCHEME_WORDS.get(s, s)})", label, "int8", s,
+                                label, q, None, _size(q)))
+    return points
+
+
+def _size(path: Path) -> int:
+    data = path.with_name(path.name + ".data")
+    return path.stat().st_size + (data.stat().st_size if data.is_file() else 0)
+
+
+def measure_points(original_onnx: Path, rounds: Sequence[tuple[str, nn.Module]], *, work: Path,
+                   example: Mapping[str, torch.Tensor], latency_shape: Mapping[str, Any],
+                   evaluator: Any, schemes: Sequence[str], max_quality_loss: float,
+                   original_params: int, runs: int = CURVE_RUNS) -> OperatingPoints:
+    """Time and score every candidate, then choose. `rounds`: (label, model) of each kept
+    round, the last being the run's final model. `evaluator`: export/retention.py's
+    RetrievalRetention or BatchRetention, built with the original as its reference."""
+    from bmr_compress.export.choice import Candidate, choose
+    from bmr_compress.export.cpu import cpu_info
+    from bmr_compress.export.latency import measure_latency
+    from bmr_compress.export.validation import make_inputs_like, to_numpy
+
+    points = _candidates(original_onnx, rounds, work, example, schemes, original_params)
+    batch, seq = int(latency_shape.get("batch", 1)), latency_shape.get("seq")
+    threads = int(latency_shape.get("threads", 1))
     feed = to_numpy(make_inputs_like(dict(example), batch, seq, seed=99))
-    lat = measure_latency({k: str(v) for k, v in paths.items()}, feed,
-                          threads=int(latency.get("threads", 1)), runs=CURVE_RUNS)
-    base = lat["original"]["median_ms"]
-    params = {k: count_params(m) for k, m in models.items()
-              if isinstance(m, nn.Module)}
-    points = [{"label": k, "params": params.get(k), "median_ms": lat[k]["median_ms"],
-               "speedup": base / lat[k]["median_ms"], "value": values[k],
-               "bmr_choice": k in (final, f"{final} + int8"), "reference": k.startswith("original")}
-              for k in paths]
-    return {"metric": name, "latency_shape": {"threads": latency.get("threads", 1),
-                                              "batch": batch, "seq": seq},
-            "runs": CURVE_RUNS, "points": points,
-            "note": "Layer dropping with the same recovery is measured in bench/curve.py"}
-
-
-def run_curve(f: Any, original_onnx: Path, onnx: Path, int8: Path | None, work: Path,
-              result: Any, example: Mapping[str, Any]) -> dict[str, Any] | None:
-    """operating_points for a run (f: the pipeline's Fitted record, result: its ValidationResult);
-    None when there are no rounds to show or the measurement fails (the run does not depend
-    on it)."""
-    snaps = getattr(getattr(f.iteration, "outcome", None), "snapshots", None)
-    if not snaps or not result.latency.get("original"):
-        return None
-    final = snaps[-1][0]
-    try:
-        return operating_points(
-            f.original, [*snaps[:-1], (final, f.model)], final=final, original_onnx=original_onnx,
-            final_onnx=onnx, final_int8=int8, work=work / "curve", heldout=f.data.heldout_batches,
-            task=str(f.source.task), example=example, latency=result.latency,
-            int8_scheme=f.config.export.int8_scheme)
-    except Exception as e:  # noqa: BLE001
-        log.warning("operating points not measured: %s", e)
-        return None
+    log.info("operating points: timing %d candidates on this CPU (%d thread(s), interleaved)",
+             len(points), threads)
+    lat = measure_latency({p.label: str(p.path) for p in points}, feed, threads=threads,
+                          runs=runs)
+    base_ms = lat["original"]["median_ms"]
+    for i, p in enumerate(points):
+        p.median_ms = float(lat[p.label]["median_ms"])
+        p.speedup = base_ms / p.median_ms
+        log.info("operating points: scoring %s (%d/%d)", p.label, i + 1, len(points))
+        p.metrics = evaluator.measure(p.path)
+        p.retention = {k: float(v["retention"]) for k, v in p.metrics.items()}
+    choice = choose([Candidate(p.label, p.base, p.precision, p.scheme,
+                               p.retention["selection"], p.median_ms, p.source)
+                     for p in points], max_quality_loss)
+    for p in points:
+        p.qualifies = bool(choice.qualifies[p.label])
+        p.reason = choice.reasons.get(p.label, "")
+        p.recommended = p.label == choice.recommended
+    bases = dict.fromkeys(p.base for p in points)
+    return OperatingPoints(
+        points, evaluator.metric, max_quality_loss,
+        {"threads": threads, "batch": batch, "seq": seq}, runs, cpu_info(),
+        evaluator.describe(), choice.recommended, {b: choice.best_int8(b) for b in bases})

@@ -50,6 +50,14 @@ class LaplaceOutcome:
     tolerance: float = 0.0
     final_distortion: float = 0.0
     snapshots: list[tuple[str, nn.Module]] = field(default_factory=list)  # kept rounds' models
+    snapshot_keeps: dict[str, dict[str, list[int]]] = field(default_factory=dict)  # their keep
+
+    def at(self, label: str) -> LaplaceOutcome:
+        """This outcome as if the reduction had stopped at the kept round `label`."""
+        model = dict(self.snapshots)[label]
+        return LaplaceOutcome(model, {k: list(v) for k, v in self.snapshot_keeps[label].items()},
+                              dict(self.num_units), self.delta_lnz, self.rounds, self.tolerance,
+                              self.final_distortion, [], {})
 
 
 # unit kinds scored at a consumer site (hidden dimensions are read by every layer: kept)
@@ -222,6 +230,7 @@ def laplace_reduce(original: nn.Module, data: Any, task: str, *, tolerance: floa
             continue
         if snapshots and removed:
             out.snapshots.append((f"round {r + 1}", copy.deepcopy(model)))
+            out.snapshot_keeps[f"round {r + 1}"] = {k: list(v) for k, v in out.keep.items()}
         if removed == 0:
             break
     out.model = model

@@ -50,6 +50,7 @@ class CompressRecord:
     delta_lnz: dict[str, Any]  # the last scored round's ΔlnZ per unit and group
     snapshots: list[tuple[str, Any]] = field(default_factory=list)  # kept rounds' models
     stage_seconds: dict[str, float] = field(default_factory=dict)
+    reduction: Any = None  # the LaplaceOutcome (re-plans the record at an earlier round)
 
     def to_json(self) -> dict[str, Any]:
         """What report.json's `iterative` entry says about the rounds."""
@@ -120,7 +121,8 @@ def _finish(model: Any, outcome: Any, example: Mapping[str, Any], config: Compre
     return CompressRecord(model=model, original=reduced, surgery=record, plan=plan, config=config,
                           tolerance=outcome.tolerance, final_distortion=outcome.final_distortion,
                           rounds=outcome.rounds, delta_lnz=outcome.delta_lnz,
-                          snapshots=outcome.snapshots, stage_seconds=timer.total())
+                          snapshots=outcome.snapshots, stage_seconds=timer.total(),
+                          reduction=outcome)
 
 
 def _swap_(a: Any, b: Any) -> None:
