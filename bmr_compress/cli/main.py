@@ -22,6 +22,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "push": ("bmr_compress.cli.push", "Upload a validated output directory to the Hugging Face hub."),
     "inspect": ("bmr_compress.cli.inspect", "Show what the tool sees in a checkpoint: family, units, coverage."),
     "zoo": ("bmr_compress.cli.zoo", "List, show and train the model-zoo recipes."),
+    "bench": ("bmr_compress.cli.bench", "Time an output's artefacts on this CPU; name the one to deploy here."),
 }
 
 
