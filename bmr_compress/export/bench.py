@@ -193,67 +193,82 @@ def _timed_files(out: Path, ops: Mapping[str, Any]) -> tuple[Path, dict[str, Pat
     return ref, files, skipped
 
 
+def _measure(d: Path, ops: Mapping[str, Any], paths: list[Path], threads: int | None,
+             runs: int | None) -> dict[str, Any]:
+    """measure_latency of `paths` (keyed by their path inside OUT) at the recorded shape."""
+    from bmr_compress.export.latency import measure_latency
+
+    shape = ops["latency_shape"] if isinstance(ops["latency_shape"], Mapping) else {}
+    sample = _json_or_empty(d / "bmr_manifest.json").get("export_sample")
+    vocab = _json_or_empty(d / "config.json").get("vocab_size")
+    feeds = build_feeds(paths, shape, sample if isinstance(sample, dict) else {},
+                        vocab=vocab if isinstance(vocab, int) and vocab > 0 else None)
+    runs = int(runs or ops.get("runs") or 20)
+    log.info("timing %d files, %d runs each, interleaved", len(paths), runs)
+    lat = measure_latency({rel_name(d, p): p for p in paths}, feeds,
+                          threads=int(threads or shape.get("threads") or 1), runs=runs, warmup=WARMUP)
+    return {**lat, "batch": shape.get("batch"), "seq": shape.get("seq")}
+
+
+def rel_name(d: Path, p: Path) -> str:
+    return p.relative_to(d.resolve()).as_posix()
+
+
+def _joined(d: Path, ops: Mapping[str, Any], files: dict[str, Path], ref: Path,
+            lat: Mapping[str, Any]) -> tuple[list[dict[str, Any]], list[Candidate]]:
+    """The timed points (new timings, recorded retention) and their candidates for `choose`."""
+    ref_ms = lat[rel_name(d, ref)]["median_ms"]
+    points, cands = [], []
+    for p in ops["points"]:
+        if p["label"] not in files:
+            continue
+        f = rel_name(d, files[p["label"]])
+        ms, sel = lat[f]["median_ms"], _retention(p, "selection")
+        cands.append(Candidate(p["label"], str(p.get("base")), str(p.get("precision")), p.get("scheme"),
+                               sel, ms, p.get("source")))  # type: ignore[arg-type]
+        points.append({"label": p["label"], "base": p.get("base"), "precision": p.get("precision"),
+                       "scheme": p.get("scheme"), "source": p.get("source"), "file": f,
+                       "median_ms": ms, "p90_ms": lat[f]["p90_ms"], "speedup": ref_ms / ms,
+                       "retention": {"selection": sel, "heldout": _retention(p, "heldout")},
+                       "recorded_median_ms": p.get("median_ms"), "recorded_speedup": p.get("speedup")})
+    if not any(c.is_reference for c in cands):  # the report lists no original fp32 point
+        f = rel_name(d, ref)
+        cands.append(Candidate("original", "original", "fp32", None, 1.0, ref_ms))
+        points.insert(0, {"label": "original", "base": "original", "precision": "fp32", "scheme": None,
+                          "source": None, "file": f, "median_ms": ref_ms, "p90_ms": lat[f]["p90_ms"],
+                          "speedup": 1.0, "retention": {"selection": 1.0, "heldout": 1.0}})
+    return points, cands
+
+
 def bench_directory(out: str | Path, *, threads: int | None = None, runs: int | None = None,
                     max_quality_loss: float | None = None) -> dict[str, Any]:
     """Time OUT's artefacts here, join the recorded retention, choose; the result dict (also
     what `write_bench` stores)."""
     from bmr_compress import __version__
     from bmr_compress.export.cpu import cpu_info
-    from bmr_compress.export.latency import measure_latency
 
     d = Path(out)
     ops = read_operating_points(d)
-    budget = float(ops["max_quality_loss"]) if max_quality_loss is None else float(max_quality_loss)
+    budget = ops["max_quality_loss"] if max_quality_loss is None else max_quality_loss
+    if not isinstance(budget, (int, float)) or isinstance(budget, bool):
+        raise InputError(f"{d / 'report.json'}: operating_points.max_quality_loss is not a number")
     ref, files, skipped = _timed_files(d, ops)
     for s in skipped:
         log.warning("skipping %r: %s", s["label"], s["why"])
-    shape = dict(ops["latency_shape"])
-    threads = int(threads or shape.get("threads") or 1)
-    runs = int(runs or ops.get("runs") or 20)
-    unique = sorted({ref, *files.values()})
-    rel = {p: str(p.relative_to(d.resolve())) for p in unique}
-    sample = _json_or_empty(d / "bmr_manifest.json").get("export_sample") or {}
-    vocab = _json_or_empty(d / "config.json").get("vocab_size")
-    feeds = build_feeds(unique, shape, sample if isinstance(sample, dict) else {},
-                        vocab=vocab if isinstance(vocab, int) and vocab > 0 else None)
-    log.info("timing %d files, %d runs each, interleaved", len(unique), runs)
-    lat = measure_latency({rel[p]: p for p in unique}, feeds, threads=threads, runs=runs, warmup=WARMUP)
-    ref_ms = lat[rel[ref]]["median_ms"]
-    points, cands = [], []
-    for p in ops["points"]:
-        if p["label"] not in files:
-            continue
-        f = rel[files[p["label"]]]
-        ms = lat[f]["median_ms"]
-        cands.append(Candidate(p["label"], str(p.get("base")), str(p.get("precision")), p.get("scheme"),
-                               _retention(p, "selection"), ms, p.get("source")))  # type: ignore[arg-type]
-        points.append({"label": p["label"], "base": p.get("base"), "precision": p.get("precision"),
-                       "scheme": p.get("scheme"), "source": p.get("source"), "file": f,
-                       "median_ms": ms, "p90_ms": lat[f]["p90_ms"], "speedup": ref_ms / ms,
-                       "retention": {"selection": _retention(p, "selection"),
-                                     "heldout": _retention(p, "heldout")},
-                       "recorded_median_ms": p.get("median_ms"), "recorded_speedup": p.get("speedup")})
-    if not any(c.is_reference for c in cands):  # the report lists no original fp32 point
-        cands.append(Candidate("original", "original", "fp32", None, 1.0, ref_ms))
-        points.insert(0, {"label": "original", "base": "original", "precision": "fp32", "scheme": None,
-                          "source": None, "file": rel[ref], "median_ms": ref_ms,
-                          "p90_ms": lat[rel[ref]]["p90_ms"], "speedup": 1.0,
-                          "retention": {"selection": 1.0, "heldout": 1.0}})
-    choice = choose(cands, budget)
+    lat = _measure(d, ops, sorted({ref, *files.values()}), threads, runs)
+    points, cands = _joined(d, ops, files, ref, lat)
+    choice = choose(cands, float(budget))
     for q in points:
         q.update(qualifies=choice.qualifies[q["label"]], reason=choice.reasons[q["label"]],
                  recommended=q["label"] == choice.recommended)
-    best = next(q for q in points if q["recommended"])
+    keys = ("threads", "runs", "warmup", "input_shapes", "provider", "interleaved", "batch", "seq")
     result = {"directory": str(d), "cpu": cpu_info(), "metric": ops["metric"],
-              "max_quality_loss": budget, "recorded_max_quality_loss": ops["max_quality_loss"],
-              "latency": {k: lat[k] for k in ("threads", "runs", "warmup", "input_shapes",
-                                               "provider", "interleaved")}
-              | {"batch": shape.get("batch"), "seq": shape.get("seq")},
-              "reference": {"file": rel[ref], "median_ms": ref_ms},
-              "points": points, "skipped": skipped,
-              "recommended": choice.recommended, "recommended_file": best["file"],
-              "recorded_recommended": ops.get("recommended"),
-              "tool_version": __version__,
+              "max_quality_loss": float(budget), "recorded_max_quality_loss": ops["max_quality_loss"],
+              "latency": {k: lat[k] for k in keys},
+              "reference": {"file": rel_name(d, ref), "median_ms": lat[rel_name(d, ref)]["median_ms"]},
+              "points": points, "skipped": skipped, "recommended": choice.recommended,
+              "recommended_file": next(q["file"] for q in points if q["recommended"]),
+              "recorded_recommended": ops.get("recommended"), "tool_version": __version__,
               "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     result["deploy"] = deploy_line(result)
     return result
