@@ -31,6 +31,8 @@ class PushResult:
     url: str | None = None
 
 
+CANDIDATES = "candidates"  # not uploaded: the artefacts `bench` chooses among, the original's ONNX
+
 def load_validated_report(directory: str | Path) -> dict[str, Any]:
     """report.json of `directory`; ValidationFailed unless it exists and validation passed."""
     path = Path(directory) / "report.json"
@@ -88,11 +90,13 @@ def push_to_hub(
     card = build_model_card(report, repo_id, d, with_posterior=with_posterior)
     from bmr_compress.io.integrity import LOCAL_DIRS
 
-    # bench/ holds timings of the deploy machines this copy ran on: theirs, not the model's
-    ignore = ([] if with_posterior else [POSTERIOR]) + [f"{x}/*" for x in sorted(LOCAL_DIRS)]
+    # bench/ holds timings of the deploy machines this copy ran on: theirs, not the model's;
+    # candidates/ (the original's ONNX and the other artefacts `bench` may choose) stays local
+    skip = LOCAL_DIRS | {CANDIDATES}
+    ignore = ([] if with_posterior else [POSTERIOR]) + [f"{x}/*" for x in sorted(skip)]
     files = sorted({str(p.relative_to(d)) for p in d.rglob("*") if p.is_file() and not p.name.startswith(".")
                     and str(p.relative_to(d)) not in ignore
-                    and p.relative_to(d).parts[0] not in LOCAL_DIRS} | {CARD_NAME})
+                    and p.relative_to(d).parts[0] not in skip} | {CARD_NAME})
     if dry_run:
         log.info("dry run: would upload %d files to %s:\n%s", len(files), repo_id, "\n".join(files))
         return PushResult(repo_id, revision, tuple(files), card, dry_run=True)
