@@ -76,4 +76,41 @@ def write_section(name: str, body: str) -> None:
         text = pattern.sub(lambda _m: block, text)
     else:
         text = text.rstrip() + "\n\n" + block + "\n"
-    BENCHMARKS.write_text(text)
+    BENCHMARKS.write_text(with_summary(text))
+
+
+_SECTION = re.compile(r"<!-- bench:(?P<name>[\w-]+) -->\n(?P<body>.*?)<!-- /bench:(?P=name) -->", re.S)
+_SUMMARY = re.compile(r"<!-- summary -->.*?<!-- /summary -->\n*", re.S)
+
+
+def _anchor(title: str) -> str:
+    """GitHub's heading anchor: lower case, punctuation dropped, spaces to dashes."""
+    return re.sub(r"[^\w\- ]", "", title.lower()).strip().replace(" ", "-")
+
+
+def summary_table(text: str) -> str:
+    """The table BENCHMARKS.md opens with: one row per section (linked), its headline (the
+    section's `Headline:` line, else its first sentence) and when / at which commit it ran."""
+    rows = ["| section | headline | run |", "|---|---|---|"]
+    for m in _SECTION.finditer(text):
+        body = m.group("body")
+        title = next((ln[3:].strip() for ln in body.splitlines() if ln.startswith("## ")), m.group("name"))
+        head = re.search(r"^\*?\*?Headline:?\*?\*?:?\s*(.+)$", body, re.M)
+        if head is None:
+            prose = next((ln for ln in body.splitlines()[1:] if ln.strip() and not ln.startswith(("|", "#", "*", "<"))), "")
+            line = re.split(r"(?<=[.;])\s", prose.strip(), maxsplit=1)[0]
+        else:
+            line = head.group(1).strip()
+        run = re.search(r"\*Run:\* ([^,]+), commit (\w+)", body)
+        when = f"{run.group(1)}, {run.group(2)}" if run else "-"
+        rows.append(f"| [{m.group('name')}](#{_anchor(title)}) | {line.replace('|', '/')} | {when} |")
+    return "\n".join(rows)
+
+
+def with_summary(text: str) -> str:
+    """`text` with its summary block (after the header) regenerated from its sections."""
+    block = ("<!-- summary -->\n## Summary (generated from the sections below)\n\n"
+             + summary_table(text) + "\n<!-- /summary -->\n\n")
+    text = _SUMMARY.sub("", text)
+    first = text.find("<!-- bench:")
+    return text[:first] + block + text[first:] if first >= 0 else text.rstrip() + "\n\n" + block
