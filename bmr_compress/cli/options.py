@@ -139,6 +139,13 @@ reload_options = _stack(
                       "the directory)."),
 )
 
+# compress and reduce (pipeline.config.ExportConfig.int8_scheme: the default lives there)
+int8_scheme_option = click.option(
+    "--int8-scheme", type=click.Choice(["blockwise", "dynamic"]), default=None,
+    help="int8 weights: blockwise (8-bit per block of 128 inputs, keeps quality) or "
+         "dynamic (onnxruntime's dynamic int8: faster on CPU, less accurate) "
+         "[default: blockwise].")
+
 out_options = _stack(
     click.option("--out", "out", required=True, type=click.Path(file_okay=False, path_type=Path),
                  help="Output directory (assembled aside, moved into place on success)."),

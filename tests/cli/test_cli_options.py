@@ -1,0 +1,24 @@
+"""Options shared by several commands are declared once and say what the code does."""
+
+from __future__ import annotations
+
+import click
+
+from bmr_compress.cli.compress import command as compress_command
+from bmr_compress.cli.reduce import command as reduce_command
+
+
+def _option(command: click.Command, name: str) -> click.Option:
+    found = [p for p in command.params if isinstance(p, click.Option) and name in p.opts]
+    assert len(found) == 1, (command.name, name, found)
+    return found[0]
+
+
+def test_int8_scheme_is_one_option_shared_by_compress_and_reduce() -> None:
+    from bmr_compress.export.quantize import SCHEMES
+    from bmr_compress.pipeline.config import ExportConfig
+
+    a, b = (_option(c, "--int8-scheme") for c in (compress_command, reduce_command))
+    assert a.help == b.help and a.default is None and b.default is None
+    assert list(a.type.choices) == list(b.type.choices) == list(SCHEMES)
+    assert f"[default: {ExportConfig().int8_scheme}]" in a.help
