@@ -22,3 +22,18 @@ def test_int8_scheme_is_one_option_shared_by_compress_and_reduce() -> None:
     assert a.help == b.help and a.default is None and b.default is None
     assert list(a.type.choices) == list(b.type.choices) == list(SCHEMES)
     assert f"[default: {ExportConfig().int8_scheme}]" in a.help
+
+
+def test_tolerance_help_states_the_default_of_every_task() -> None:
+    import re
+
+    from bmr_compress.pipeline.config import DEFAULT_TOLERANCE
+
+    words = {"embedding": "embeddings", "classification": "classification",
+             "causal_lm": "causal LM", "regression": "regression"}
+    assert set(DEFAULT_TOLERANCE) == set(words)
+    text = " ".join(_option(compress_command, "--tolerance").help.split())
+    stated = re.search(r"\[default: ([^\]]*)\]", text).group(1)
+    for task, value in DEFAULT_TOLERANCE.items():
+        # "<value> for <task>" or "<value> for <other task> and <task>"
+        assert re.search(rf"{value:g} for (?:[\w ]+ and )?{words[task]}\b", stated), (task, stated)
