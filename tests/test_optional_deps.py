@@ -97,11 +97,19 @@ def test_cli_and_compress_path_import_no_optional_package(tmp_path: Path) -> Non
     assert "OK" in res.stdout
 
 
+def _uninstall(monkeypatch: pytest.MonkeyPatch, package: str) -> None:
+    """Make `package` and every submodule already imported look uninstalled (a submodule left
+    in sys.modules would still import without its parent), restored after the test."""
+    for name in [m for m in sys.modules if m == package or m.startswith(package + ".")]:
+        monkeypatch.setitem(sys.modules, name, None)
+    monkeypatch.setitem(sys.modules, package, None)
+
+
 def test_missing_scikit_learn_names_the_digits_extra(monkeypatch: pytest.MonkeyPatch) -> None:
     from bmr_compress.errors import InputError
     from bmr_compress.io.digits import digits_split
 
-    monkeypatch.setitem(sys.modules, "sklearn", None)  # `import sklearn` raises ImportError
+    _uninstall(monkeypatch, "sklearn")
     with pytest.raises(InputError, match=r"pip install 'bmr-compress\[digits\]'"):
         digits_split(seed=1234567)  # a seed no other test caches
 
@@ -113,7 +121,7 @@ def test_missing_torch_pruning_names_the_graph_extra(monkeypatch: pytest.MonkeyP
     from bmr_compress.surgery import discover_groups
     from tests.tiny_models import TinyMLP
 
-    monkeypatch.setitem(sys.modules, "torch_pruning", None)
+    _uninstall(monkeypatch, "torch_pruning")
     with pytest.raises(InputError, match=r"TinyMLP.*pip install 'bmr-compress\[graph\]'"):
         discover_groups(TinyMLP(), torch.randn(2, 64))
 
@@ -129,7 +137,7 @@ def test_missing_matplotlib_skips_the_plots_with_a_log_line(
     report = build_report(source={"id": "tiny"}, settings={}, original=nn.Linear(6, 5),
                           compressed=nn.Linear(6, 3), validation={"passed": True, "checks": []},
                           files_before={}, stage_seconds={"load": 0.1})
-    monkeypatch.setitem(sys.modules, "matplotlib", None)  # `import matplotlib` raises
+    _uninstall(monkeypatch, "matplotlib")
     with caplog.at_level(logging.WARNING, logger="bmr_compress.export.report"):
         jpath, mpath = write_report(tmp_path, report, delta_lnz={"g": [0.1, -2.0]})
     assert json.loads(jpath.read_text())["plots"] == []
