@@ -26,7 +26,8 @@ from bench._report import write_section  # noqa: E402
 
 MODELS = ("mlp-digits", "lenet5-digits", "vit-digits", "mixer-digits")
 # FashionMNIST, Config B (50 epochs), BMR-S&S: accuracy and pruned fraction at epochs
-# 10 / 20 / 30 / 50 (research/papers_bmr.md §1.5, read from the notebook figures).
+# 10 / 20 / 30 / 50 (Marković et al., arXiv 2309.12095, read from
+# the figures of the notebooks released with the paper).
 PAPER = {
     "mlp-digits": ("MLP 4x500, 1.15 M params", 0.869, "<0.2 / 0.42 / 0.97 / ≈0.99"),
     "lenet5-digits": ("LeNet-5 61.7 k params", 0.902, "<0.2 / 0.53 / 0.71 / 0.81"),

@@ -1,6 +1,6 @@
 """Typed errors. Every user-facing failure is one of these; the CLI maps them to exit codes.
 
-Exit codes (DESIGN.md): 0 success, 1 validation failed (nothing published), 2 bad input/usage.
+Exit codes: 0 success, 1 validation failed (nothing published), 2 bad input/usage.
 """
 
 from __future__ import annotations

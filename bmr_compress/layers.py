@@ -1,10 +1,11 @@
 """Layer types: everything the stages know about one kind of parameter holder, in one place.
 
 One small class per layer type, registered by decorator for one or more module classes and
-looked up through the module's MRO (STYLE.md rules 4 and 5); registering a class twice is
-an error. `nn.Module` itself maps to the generic holder (every direct parameter sampled in
-weight space, no channel axes), so every module has a type; a stage that needs channel axes
-(gates, rows, cuts) on a type that has none raises UnsupportedModelError naming the class.
+looked up through the module's MRO (never by class-name substrings, which would misroute
+e.g. transformers' Conv1D); registering a class twice is an error. `nn.Module` itself maps
+to the generic holder (every direct parameter sampled in weight space, no channel axes), so
+every module has a type; a stage that needs channel axes (gates, rows, cuts) on a type that
+has none raises UnsupportedModelError naming the class.
 
 A type states, as class attributes:
   mode         "local": local reparameterisation (output mean from the module's own forward

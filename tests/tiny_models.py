@@ -1,4 +1,4 @@
-"""Tiny models built in-process with odd sizes (STYLE.md rule 11), shared by all tests.
+"""Tiny models built in-process with odd sizes, shared by all tests.
 
 Transformers models: hidden 36, 3 heads (head_dim 12), intermediate 37, 2 layers, so that
 a bug that confuses hidden, head and FFN axes cannot pass by accident. The LLaMA-style

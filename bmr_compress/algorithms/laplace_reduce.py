@@ -22,7 +22,8 @@ from __future__ import annotations
 import copy
 import logging
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -248,7 +249,7 @@ class _Run:
     task: str
     scale: float
     round_to: int
-    timer: Any
+    timer: Callable[[str], AbstractContextManager[None]]  # stage name -> timing context
     progress: bool
     ranking: str
     compensate: bool

@@ -9,7 +9,8 @@ used anywhere in this package.
 Every function is element-wise over broadcastable tensors of any shape, takes log-variances
 or log-sigmas (never raw precisions), computes in the input dtype (float32-safe,
 float64-exact; checked against quadrature and Monte Carlo in tests/bmr) and raises
-ValueError for invalid inputs. No nn.Module, no I/O. Formulas: ../shared/MATH.md.
+ValueError for invalid inputs. No nn.Module, no I/O. Formulas, and the test that
+checks each: docs/theory.md.
 The exception is `correlated` (reduced means of whole weight rows, and the joint spike
 reduction of a coordinate set, under a correlated Gaussian posterior: float64, precisions as
 inputs); its docstring derives it.

@@ -1,6 +1,7 @@
 """Unit evidence with a per-unit prior scale (ARD), survivors compensating: the default score.
 
-Sign convention (MATH.md §1): ΔlnZ = ln p̃(D) − ln p(D); ΔlnZ ≥ 0 ⇒ prune.
+Sign convention (docs/theory.md §1): ΔlnZ = ln p̃(D) − ln p(D); ΔlnZ ≥ 0 ⇒ prune.
+The derivation and its tests: docs/theory.md §7b.
 
 Model of consumer row i (weights w_i ∈ R^d; a unit owns the columns P, the rest are K):
 

@@ -1,9 +1,9 @@
 """Reduced posterior means, and joint spike evidence, under a correlated Gaussian posterior.
 
-Mean-field ΔlnZ (MATH.md §2) decides *which* weights go. Bayesian model reduction also gives
-the reduced posterior of the weights that stay: under the mean-field posterior it is the
-posterior itself, so zeroing is all there is to do. Under a posterior that couples the
-weights of one output row i of a layer,
+Mean-field ΔlnZ (docs/theory.md §2) decides *which* weights go. Bayesian model reduction
+also gives the reduced posterior of the weights that stay: under the mean-field posterior it
+is the posterior itself, so zeroing is all there is to do. Under a posterior that couples
+the weights of one output row i of a layer,
 
     q(w_i) = N(μ_i, Σ_i),   Σ_i⁻¹ = Λ_i = a_i H + D,
 
@@ -93,7 +93,9 @@ def reduced_row_means(mu: Tensor, keep: Tensor, h: Tensor, row_scale: Tensor,
 
 def joint_spike_delta_lnz(mu: Tensor, precision: Tensor, pruned: Tensor,
                           prior_log_var: Tensor | float) -> Tensor:
-    """ΔlnZ of reducing the coordinates P (pruned True) jointly to a spike at zero (MATH.md §6).
+    """ΔlnZ of reducing the coordinates P (pruned True) jointly to a spike at zero.
+
+    docs/theory.md §7a.
 
     Posterior N(μ, Λ⁻¹) with dense precision Λ (d×d, symmetric positive definite), prior
     N(0, s_i²) per coordinate; with K the rest and S = Λ_PP − Λ_PK Λ_KK⁻¹ Λ_KP (= (Σ_PP)⁻¹):

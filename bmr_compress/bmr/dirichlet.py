@@ -1,4 +1,6 @@
-"""Dirichlet parameters (Friston et al.; MATH.md §4). Sign: ΔlnZ ≥ 0 ⇒ prefer the reduction.
+"""Dirichlet parameters (Friston et al.; docs/theory.md §4).
+
+Sign: ΔlnZ ≥ 0 ⇒ prefer the reduction.
 
 Prior Dir(a0), posterior Dir(a), reduced prior Dir(ã0), concentrations along the last dim;
 reduced posterior ã = a + ã0 − a0 and, with ln B(α) = Σ lnΓ(α_i) − lnΓ(Σ α_i),

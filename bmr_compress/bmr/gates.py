@@ -1,4 +1,4 @@
-"""Truncated log-normal gates (BMRS, MATH.md §3), in x = ln θ space.
+"""Truncated log-normal gates (BMRS, docs/theory.md §3), in x = ln θ space.
 
 Prior: log-uniform on [a, b] (uniform 1/(ln b − ln a) in x). Posterior: N(μ, σ²) in x
 truncated to [ln a, ln b]; α = (ln a − μ)/σ, β = (ln b − μ)/σ, Z = Φ(β) − Φ(α).

@@ -1,4 +1,4 @@
-"""Gaussian weights: reduced Gaussian prior, spike limit, group sums (MATH.md §2).
+"""Gaussian weights: reduced Gaussian prior, spike limit, group sums (docs/theory.md §2).
 
 Full prior N(0, s²), mean-field posterior N(μ, σ²), reduced prior N(0, γ²); every variance
 enters as a log-variance (v = ln σ², v0 = ln s², g = ln γ²). Sign: ΔlnZ ≥ 0 ⇒ prune.

@@ -1,6 +1,7 @@
 """Evidence for removing whole units under a row-correlated (Kronecker-factored) posterior.
 
-Sign convention (MATH.md §1): ΔlnZ = ln p̃(D) − ln p(D); ΔlnZ ≥ 0 ⇒ prune.
+Sign convention (docs/theory.md §1): ΔlnZ = ln p̃(D) − ln p(D); ΔlnZ ≥ 0 ⇒ prune.
+This posterior: docs/theory.md §6; the score: §7a.
 
 A unit (an FFN neuron, an attention head, a conv filter) is removed by zeroing the columns
 P of the layer that *consumes* it (its producer rows then no longer reach the output, so
@@ -18,7 +19,7 @@ data barely constrain (ν b_i e ≲ 1) shrink towards 0, which is what lets a re
 ν is the likelihood's precision: ν·δ/2 nats for a relative output distortion δ
 (scoring/tolerance.py turns the user's stated tolerance into ν).
 
-Removing P (MATH.md §6; the Savage–Dickey ratio of the Gaussian marginal of w_iP):
+Removing P (docs/theory.md §7a; the Savage–Dickey ratio of the Gaussian marginal of w_iP):
 
     ΔlnZ_i = ½ ln det(s² S_i) − ½ μ_iPᵀ S_i μ_iP,     S_i = (Σ_i[P, P])⁻¹
 

@@ -1,4 +1,4 @@
-"""Per-layer Beta–Bernoulli threshold of Marković et al. (MATH.md §2, an option).
+"""Per-layer Beta–Bernoulli threshold of Marković et al. (docs/theory.md §2, an option).
 
 Inclusion probability of a layer's weights ~ Beta(α0, β0); mean-field fixed point:
 ζ ← ψ(α) − ψ(β); q_i = σ(ζ − ΔlnZ_i); α ← α0 + Σ q_i; β ← β0 + Σ (1 − q_i).

@@ -64,7 +64,8 @@ fit_options = _stack(
                  help="How far the output may move, as relative distortion E|f-f0|^2/E|f0|^2 "
                       "on calibration data (embeddings: 2(1-cosine), so 0.1 ~ cosine 0.95; "
                       "logits: centred). Sets the likelihood's precision; BMR then removes "
-                      "every unit with dlnZ >= 0 [default: 0.1 for embeddings, 0.03 for logits]."),
+                      "every unit with dlnZ >= 0 [default: 0.1 for embeddings, 0.01 for "
+                      "classification, 0.03 for causal LM and regression]."),
     click.option("--rounds", type=click.IntRange(1),
                  help="Laplace: prune -> recover -> re-score rounds at most [default: 3]."),
     click.option("--recovery-steps", type=click.IntRange(0),
@@ -164,6 +165,7 @@ reload_options = _stack(
                       "the directory)."),
 )
 
+# compress and reduce (pipeline.config.ExportConfig.int8_scheme: the default lives there)
 out_options = _stack(
     click.option("--out", "out", required=True, type=click.Path(file_okay=False, path_type=Path),
                  help="Output directory (assembled aside, moved into place on success)."),

@@ -1,10 +1,10 @@
 """Family adapters: explicit head / KV-group / FFN / hidden groups for transformer families,
 plus the attribute and config updates the family's modeling code needs after a cut.
 
-Registry keyed by transformers model classes, looked up through the MRO of the model's
-class (STYLE.md rule 4). Each adapter describes a model as `Parts` (which modules are the
-embeddings, the q/k/v/o projections, FFN and norms of each layer); group construction and
-attribute syncing are shared.
+Registry keyed by transformers model classes, looked up through the MRO of the model's class
+(never by class-name substrings). Each adapter describes a model as `Parts` (which modules
+are the embeddings, the q/k/v/o projections, FFN and norms of each layer); group
+construction and attribute syncing are shared.
 """
 
 from __future__ import annotations

@@ -14,7 +14,7 @@ from collections.abc import Mapping
 import torch
 from torch import nn
 
-from bmr_compress.errors import UnsupportedModelError
+from bmr_compress.errors import InputError, UnsupportedModelError
 from bmr_compress.layers import channel_type, layer_type
 from bmr_compress.coupling.groups import Slice, UnitGroup, count_numel
 
@@ -56,7 +56,13 @@ def graph_groups(
     ignored: list[nn.Module] | None = None,
 ) -> list[UnitGroup]:
     """Trace `model` with Torch-Pruning and return one UnitGroup per coupled channel group."""
-    import torch_pruning as tp
+    try:
+        import torch_pruning as tp
+    except ImportError as e:
+        raise InputError(
+            f"{type(model).__name__} has no family adapter, and tracing its coupled channels "
+            "needs torch-pruning, which is not installed: pip install 'bmr-compress[graph]'"
+        ) from e
 
     # Torch-Pruning traces through autograd: parameters that do not require grad (a frozen
     # copy of a pretrained model) leave the graph empty, so enable grad while tracing.

@@ -1,6 +1,7 @@
 """apply_plan_: the model-facing half of the cut.
 
-apply_plan_ updates tensors, module attributes and the config in one call (STYLE.md 7) and
+apply_plan_ updates tensors, module attributes and the config in one call (so the result
+reloads from its own files) and
 returns a SurgeryRecord: what was kept per group, final shapes, config edits, and a
 coverage report listing every parameter as pruned structurally / unstructured / kept /
 skipped with a reason.

@@ -115,7 +115,8 @@ def write_report(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     report = dict(report)
-    report["plots"] = _write_plots(out / PLOTS_DIR, report, delta_lnz) if plots else []
+    report["plots"] = (_write_plots(out / PLOTS_DIR, report, delta_lnz)
+                       if plots and _can_plot() else [])
     report.setdefault("files", {})["after"] = {
         str(p.relative_to(out)): p.stat().st_size
         for p in sorted(out.rglob("*")) if p.is_file() and p.name not in _OWN
@@ -213,6 +214,17 @@ def _latency_grid_md(lat: Mapping[str, Any]) -> list[str]:
     out += [f"| {g['batch']} | {g['threads']} | " + " | ".join(f"{g[n]['median_ms']:.3f}" for n in names)
             + " |" for g in grid]
     return out + [""]
+
+
+def _can_plot() -> bool:
+    """Whether matplotlib is installed (the `plots` extra); says so in the log when not."""
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        log.warning("report plots skipped: matplotlib is not installed "
+                 "(pip install 'bmr-compress[plots]')")
+        return False
+    return True
 
 
 def _write_plots(d: Path, report: Mapping[str, Any], delta_lnz: Mapping[str, Any] | None) -> list[str]:

@@ -6,6 +6,8 @@ import functools
 
 import numpy as np
 
+from bmr_compress.errors import InputError
+
 DIGITS_HELDOUT_FRACTION = 0.2
 DIGITS_SPLIT_SEED = 0
 
@@ -19,8 +21,12 @@ def digits_split(
     The split is stratified by class and depends only on ``seed`` (default 0 everywhere, so
     the zoo models' held-out set is the one every later stage evaluates on).
     """
-    from sklearn.datasets import load_digits
-    from sklearn.model_selection import train_test_split
+    try:
+        from sklearn.datasets import load_digits
+        from sklearn.model_selection import train_test_split
+    except ImportError as e:
+        raise InputError("the digits data set comes with scikit-learn, which is not installed: "
+                         "pip install 'bmr-compress[digits]'") from e
 
     data = load_digits()
     x = (data.images.astype(np.float32) / 16.0)[:, None, :, :]  # (1797, 1, 8, 8)

@@ -1,6 +1,6 @@
 """The whole job: load → wrap → fine-tune → score → plan → cut → export → validate → report.
 
-This module and the CLI are the only places that decide file locations (DESIGN.md). Each
+This module and the CLI are the only places that decide file locations. Each
 stage is a call into its subpackage; this module wires them, times them and decides where
 their outputs go. Results are assembled in a staging directory beside `--out` and renamed
 into place only after validation passed (io.atomic). A failed validation leaves `--out`

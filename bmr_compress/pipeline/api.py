@@ -18,11 +18,17 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from bmr_compress.pipeline.config import CompressConfig
 from bmr_compress.pipeline.settings import StageTimer
 from bmr_compress.tasks import strip_labels
+
+if TYPE_CHECKING:
+    from torch import Tensor, nn
+
+    from bmr_compress.surgery.apply import SurgeryRecord
+    from bmr_compress.surgery.plan import Plan
 
 log = logging.getLogger(__name__)
 
@@ -39,16 +45,16 @@ class CompressRecord:
     plan: planning.Plan with the kept units per group and a per-group summary.
     """
 
-    model: Any
-    original: Any
-    surgery: Any
-    plan: Any
+    model: nn.Module
+    original: nn.Module
+    surgery: SurgeryRecord
+    plan: Plan
     config: CompressConfig  # the settings used, the tolerance resolved for the task
     tolerance: float
     final_distortion: float  # on the calibration check batches
     rounds: list[dict[str, Any]]
-    delta_lnz: dict[str, Any]  # the last scored round's ΔlnZ per unit and group
-    snapshots: list[tuple[str, Any]] = field(default_factory=list)  # kept rounds' models
+    delta_lnz: dict[str, Tensor]  # the last scored round's ΔlnZ per unit and group
+    snapshots: list[tuple[str, nn.Module]] = field(default_factory=list)  # kept rounds' models
     stage_seconds: dict[str, float] = field(default_factory=dict)
     reduction: Any = None  # the LaplaceOutcome (re-plans the record at an earlier round)
 
@@ -144,12 +150,12 @@ def laplace_stage(config: CompressConfig, timer: StageTimer, work: Path) -> tupl
                     example=data.heldout_batches[0], timer=timer)
     fitted = Fitted(source, data, rec.config, rec.original, rec.model, [],
                     work / "posterior.safetensors")
-    fitted.iteration = _Rounds(rec)
+    fitted.iteration = LaplaceRounds(rec)
     return fitted, Cut(rec.plan, rec.surgery, rec.delta_lnz, None)
 
 
 @dataclass
-class _Rounds:
+class LaplaceRounds:
     """report.json's `iterative` entry; `outcome.snapshots` feed the operating points."""
 
     outcome: CompressRecord

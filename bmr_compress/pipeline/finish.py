@@ -8,7 +8,7 @@ import shutil
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from bmr_compress.io.jsonsafe import to_jsonable
 from bmr_compress.pipeline.config import flat_record
@@ -18,6 +18,9 @@ from bmr_compress.pipeline.settings import (
 from bmr_compress.tasks import strip_labels
 from bmr_compress.pipeline.stages import Cut, Fitted
 from bmr_compress.pipeline.summary import recommended_of, summary_of
+
+if TYPE_CHECKING:
+    from bmr_compress.export.onnx_export import OnnxArtifact
 
 log = logging.getLogger(__name__)
 
@@ -74,8 +77,8 @@ def provenance(f: Fitted) -> dict[str, Any]:
 class _Files:
     """What the export wrote: the compressed and the baseline ONNX, the baseline weights."""
 
-    onnx: Any  # OnnxArtifact of model.onnx
-    base_onnx: Any  # OnnxArtifact of the original, for the side-by-side checks
+    onnx: OnnxArtifact  # model.onnx
+    base_onnx: OnnxArtifact  # the original's, for the side-by-side checks
     base_weights: Path
     int8: Path | None
     sentence_transformers: bool

@@ -9,7 +9,7 @@ import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 log = logging.getLogger(__name__)
 
@@ -21,27 +21,41 @@ from bmr_compress.pipeline.settings import (
 )
 from bmr_compress.tasks import strip_labels
 
+if TYPE_CHECKING:
+    from torch import Tensor, nn
+
+    from bmr_compress.io.data import DataBundle
+    from bmr_compress.io.sources import LoadedSource
+    from bmr_compress.pipeline.api import LaplaceRounds
+    from bmr_compress.surgery.apply import SurgeryRecord
+    from bmr_compress.surgery.groups import UnitGroup
+    from bmr_compress.surgery.iterate import IterationResult
+    from bmr_compress.surgery.plan import Plan
+    from bmr_compress.variational.trainer import FitResult
+
 
 @dataclass
 class Fitted:
     """What the fit stage hands on: the source, data, the wrapped & fitted model and groups."""
 
-    source: Any
-    data: Any
+    source: LoadedSource
+    data: DataBundle
     config: CompressConfig
-    original: Any
-    model: Any  # wrapped (variational) or, after cut(), the compressed plain model
-    groups: list[Any]
+    original: nn.Module
+    model: nn.Module  # wrapped (variational) or, after cut(), the compressed plain model
+    groups: list[UnitGroup]
     posterior_path: Path
-    fit: Any = None
-    iteration: Any = None
+    fit: FitResult | None = None  # the variational fine-tune (None on the Laplace path)
+    iteration: IterationResult | LaplaceRounds | None = None  # the rounds, when there were any
 
 
 @dataclass
 class Cut:
-    plan: Any
-    record: Any
-    unit_scores: dict[str, Any]
+    """What the cut hands on to finish_stage: the plan, what the surgery did, ΔlnZ per unit."""
+
+    plan: Plan
+    record: SurgeryRecord
+    unit_scores: dict[str, Tensor]  # group -> ΔlnZ per unit (num_units,)
     compensation: dict[str, float] | None = None  # reduced-means summary (None: not run)
 
 

@@ -1,9 +1,10 @@
 """Scoring: ΔlnZ per weight (unstructured) and per unit (structured) from a fitted posterior.
 
-Sign convention (MATH.md): ΔlnZ = ln p̃(D) − ln p(D); ΔlnZ ≥ 0 ⇒ the reduced (pruned)
-model has at least as much evidence ⇒ prune. Under a mean-field posterior and factorised
-prior, a unit's ΔlnZ is the sum of its weights' ΔlnZ over every coupled slice (producing
-rows and biases, norm parameters, consuming columns). Pure functions: no nn.Module.
+Sign convention (docs/theory.md §1): ΔlnZ = ln p̃(D) − ln p(D); ΔlnZ ≥ 0 ⇒ the reduced
+(pruned) model has at least as much evidence ⇒ prune. Under a mean-field posterior and
+factorised prior, a unit's ΔlnZ is the sum of its weights' ΔlnZ over every coupled slice
+(producing rows and biases, norm parameters, consuming columns). Pure functions: no
+nn.Module.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Structured multiplicative gates: BMRS truncated log-normal and Gaussian (MATH.md section 3).
+"""Structured multiplicative gates: BMRS truncated log-normal and Gaussian (docs/theory.md §3).
 
 Truncated log-normal: x = ln(theta) ~ N(mu, sigma^2) truncated to [log_a, log_b];
 prior log-uniform on [a, b] (uniform density 1/(log_b - log_a) in x). Its KL and E[theta]

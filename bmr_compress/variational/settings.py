@@ -68,25 +68,17 @@ class PosteriorSpec:
 
 @dataclass(frozen=True)
 class FinetuneSettings:
-    """How the short variational fine-tune runs.
+    """How the short variational fine-tune runs (the maths: docs/theory.md §5).
 
     The loss minimised per step is the negative tempered ELBO divided by N:
 
         loss = mean_b[ -ln p(y_b | x_b, w) ] + temperature * KL(q || p) / n_data
 
-    i.e. -ELBO/N with ELBO = N * E_q[ln p(y|x,w)] - temperature * KL.
-
     n_data (N, effective data-set size): how many independent examples the data term
-        stands for. Larger N = the likelihood dominates = narrower posterior (less pruning);
-        smaller N = the prior dominates = wider posterior (more pruning). None means "the
-        number of examples in `batches`, but at least `min_n_data`".
-    min_n_data: floor of the default N, chosen from a measurement (digits, 1200 training
-        images, label-free distillation, 500 steps, log_var_lr 0.1, init_std_ratio 1e-2):
-        MLP 64-64-32-10: true N = 100 collapsed the posterior (data term 5.1 nats/example,
-        mean-network test accuracy 92.6 % vs 96.8 %); N = 1200 and 12000 kept accuracy
-        (48 % / 41 % of weights with spike dLnZ >= 0). LeNet5: the proper ELBO with its true
-        N = 1200 collapsed (data 1.0 nats/example, accuracy 82.2 % vs 93.8 %), N = 12000 kept
-        it exactly (43 % prunable). Hence the floor of 10000 examples.
+        stands for. Larger N = narrower posterior (less pruning), smaller N = wider (more).
+        None: the number of examples in `batches`, but at least `min_n_data`.
+    min_n_data: floor of the default N (a smaller proper-ELBO N collapsed the posterior
+        onto the prior on the digits models; docs/theory.md §5 has the measurements).
     temperature (lambda): weight of the KL term. 1 is the proper ELBO; < 1 a cold posterior.
     objective: "auto" (supervised when batches carry `labels`, else distillation),
         "distill", "supervised" or "both" (sum of the two data terms).
@@ -96,17 +88,10 @@ class FinetuneSettings:
     distill_temperature: softmax temperature of the logits KL.
     hidden_noise_std: std (relative to the teacher output's RMS) of the Gaussian likelihood
         on hidden states/embeddings.
-    lr / log_var_lr: Adam learning rates of the means and of log-variances and gates (the
-        variance parameters get a larger rate: they move slowly under a shared one; with
-        log_var_lr 1e-2 sigma barely left its initial value in 300 steps on digits).
+    lr / log_var_lr: Adam learning rates of the means and of log-variances and gates.
     laplace_batches: batches used to start the posterior at its diagonal Gauss-Newton
-        Laplace approximation (precision N*F/lambda + 1/s^2, mean shrunk accordingly; see
-        variational/laplace.py) before the first step; 0 (default) starts at the pretrained
-        weights with sigma = init_std_ratio * RMS. Measured on the digits MLP (300 steps,
-        structured BMR): without it N = 1e4 kept 0.978 top-1 agreement at 1.35x fewer
-        parameters; with it N = 1e4 over-pruned (3x, 0.46), N = 1e6 kept 0.994 at 1.27x.
-        It converges in a few steps where the plain start cannot (a 22 M-parameter encoder
-        moved its KL by 4 % in 150 steps), so use it with a larger N on big models.
+        Laplace approximation (variational/laplace.py) before the first step; 0 starts at
+        the pretrained weights with sigma = init_std_ratio * RMS.
     prior_update_every: steps between closed-form prior (empirical-Bayes) updates.
     grad_clip: max global gradient norm (0 disables).
     """
