@@ -55,6 +55,20 @@ def tiny_distilbert() -> nn.Module:
     return _seeded(lambda: DistilBertModel(cfg))
 
 
+def tiny_mpnet() -> nn.Module:
+    from transformers import MPNetConfig, MPNetModel
+
+    cfg = MPNetConfig(
+        vocab_size=VOCAB, hidden_size=HIDDEN, num_hidden_layers=LAYERS,
+        num_attention_heads=HEADS, intermediate_size=INTER, max_position_embeddings=66,
+        relative_attention_num_buckets=32,
+    )
+    model = _seeded(lambda: MPNetModel(cfg, add_pooling_layer=False))
+    with torch.no_grad():  # a bias table that tells the heads apart (it starts near zero)
+        model.encoder.relative_attention_bias.weight.normal_(0.0, 1.0)
+    return model
+
+
 def tiny_vit() -> nn.Module:
     from transformers import ViTConfig, ViTForImageClassification
 
@@ -90,6 +104,7 @@ TRANSFORMER_BUILDERS: dict[str, Callable[[], nn.Module]] = {
     "bert": tiny_bert,
     "roberta": tiny_roberta,
     "distilbert": tiny_distilbert,
+    "mpnet": tiny_mpnet,
     "vit": tiny_vit,
     "gpt2": tiny_gpt2,
     "llama": tiny_llama,

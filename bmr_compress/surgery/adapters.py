@@ -37,6 +37,11 @@ class Layer:
     num_heads: int
     num_kv: int
     head_dim: int
+    # head h's column in a table shared across layers (MPNet's relative-position bias):
+    # a padded twin puts head h back at slot slots[h]; None: heads are appended in order
+    slots: torch.Tensor | None = None
+    head_tensors: list[str] = field(default_factory=list)  # state-dict keys, one entry per
+    # KV unit along dim 0, cut with the heads (MPNet's per-layer head ids)
 
 
 @dataclass
@@ -139,7 +144,8 @@ def _head_groups(names, layer: Layer, i: int, family: str) -> UnitGroup:
     qi = blocks(layer.num_kv, rep * hd, qo)
     slices = (_slices(names, q, qi, "out") + _slices(names, k, blocks(layer.num_kv, hd, ko), "out")
               + _slices(names, v, blocks(layer.num_kv, hd, vo), "out")
-              + _slices(names, layer.o, blocks(layer.num_kv, rep * hd), "in"))
+              + _slices(names, layer.o, blocks(layer.num_kv, rep * hd), "in")
+              + [Slice(t, 0, blocks(layer.num_kv, 1), "out") for t in layer.head_tensors])
     kind = "head" if rep == 1 else "kv_group"
     # a gate on v's output scales the unit's attention output linearly (not so for a fused qkv)
     gate = names[id(v)] if v is not q else None

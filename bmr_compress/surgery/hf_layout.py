@@ -11,7 +11,10 @@ written for transformers is the cut model **zero-padded** to widths the config c
   projection columns: its attention weights are uniform over zero values, its output 0.
 
 Padding is appended at the end of each axis, so the cut model is the leading slice of every
-padded tensor (`unpad_state_dict`). The result is checked: its config rebuilds exactly its
+padded tensor (`unpad_state_dict`). Heads that read a table shared across layers (MPNet's
+relative-position bias; `Layer.slots`) go back to their own slot instead; the layout info's
+`scattered` says which rows to gather back, and `buffers` holds the per-layer head ids that
+the twin does not carry. The result is checked: its config rebuilds exactly its
 shapes, and its outputs equal the cut model's. Families or layouts where neither the real
 nor a padded width can be stated (fused q/k/v) raise UnsupportedModelError naming why.
 """
@@ -47,7 +50,10 @@ def transformers_layout(model: nn.Module, example: Mapping[str, torch.Tensor] | 
         raise UnsupportedModelError(f"{type(model).__name__}: no family adapter, so no padded "
                                     "layout; config.json cannot state the cut widths")
     padded = copy.deepcopy(model)
-    widths = pad_(padded)
+    scattered: dict[str, dict[str, Any]] = {}
+    buffers = {name: t.tolist() for layer in adapter.parts(padded).layers
+               for name, t in _head_buffers(padded, layer)}
+    widths = pad_(padded, scattered)
     adapter.sync_(padded)
     if not plain_loadable(padded):
         raise UnsupportedModelError(f"{type(model).__name__}: even zero-padded to {widths}, the "
@@ -58,12 +64,21 @@ def transformers_layout(model: nn.Module, example: Mapping[str, torch.Tensor] | 
                                     f"model by {err:.3g}")
     info = {"layout": "padded", "widths": widths, "max_abs_diff": err,
             "config": {k: getattr(padded.config, k) for k in adapter.config_updates(padded, adapter.parts(padded))}}
+    if scattered:
+        info.update(scattered=scattered, buffers=buffers)
     log.info("config.json states padded widths %s (max |diff| %.3g)", widths, err)
     return padded, info
 
 
-def pad_(model: nn.Module) -> dict[str, int]:
-    """Zero-pad every layer's FFN and heads in place to uniform, config-expressible widths."""
+def _head_buffers(model: nn.Module, layer: Layer) -> list[tuple[str, torch.Tensor]]:
+    state = model.state_dict()
+    return [(name, state[name]) for name in layer.head_tensors]
+
+
+def pad_(model: nn.Module, scattered: dict[str, dict[str, Any]] | None = None) -> dict[str, int]:
+    """Zero-pad every layer's FFN and heads in place to uniform, config-expressible widths.
+    `scattered` collects, per tensor whose heads went back to their slots, how to gather
+    the cut tensor back (dim, rows per head, slots)."""
     adapter = adapter_for(model)
     assert adapter is not None
     parts = adapter.parts(model)
@@ -78,9 +93,13 @@ def pad_(model: nn.Module) -> dict[str, int]:
     else:
         heads_t = max(layer.num_heads for layer in parts.layers)
         kv_t = max(layer.num_kv for layer in parts.layers)
+    names = {id(m): n for n, m in model.named_modules()}
     for layer in parts.layers:
         _pad_ffn(layer, ffn_target)
-        _pad_heads(layer, heads_t, kv_t)
+        if layer.slots is not None:
+            _scatter_heads(layer, heads_t, names, scattered if scattered is not None else {})
+        else:
+            _pad_heads(layer, heads_t, kv_t)
     return {"ffn": ffn_target, "heads": heads_t, "kv_heads": kv_t}
 
 
@@ -111,6 +130,35 @@ def _pad_heads(layer: Layer, heads: int, kv: int) -> None:
     layer.num_heads, layer.num_kv = heads, kv
 
 
+def _scatter_heads(layer: Layer, heads: int, names: dict[int, str],
+                   scattered: dict[str, dict[str, Any]]) -> None:
+    """Put head h of `layer` at slot slots[h] of `heads` zero heads (q, k, v rows, o columns)."""
+    slots = [int(s) for s in layer.slots] if layer.slots is not None else []
+    if len({id(layer.q[0]), id(layer.k[0]), id(layer.v[0])}) != 3 or layer.num_kv != layer.num_heads:
+        raise UnsupportedModelError("slotted heads need separate q/k/v projections, one KV head each")
+    if slots and max(slots) >= heads:
+        raise UnsupportedModelError(f"head slot {max(slots)} does not fit {heads} heads "
+                                    "(the hidden width was cut below the table's heads)")
+    hd = layer.head_dim
+    rows = torch.tensor([s * hd + r for s in slots for r in range(hd)], dtype=torch.long)
+    for module, side in ((layer.q[0], "out"), (layer.k[0], "out"), (layer.v[0], "out"),
+                         (layer.o, "in")):
+        lt = channel_type(module)
+        assert lt is not None
+        for name, dim in lt.out_tensors if side == "out" else lt.in_tensors:
+            t = getattr(module, name, None)
+            if t is None:
+                continue
+            shape = list(t.shape)
+            shape[dim] = heads * hd
+            new = torch.zeros(shape, dtype=t.dtype, device=t.device)
+            new.index_copy_(dim, rows.to(t.device), t.detach())
+            setattr(module, name, nn.Parameter(new, requires_grad=t.requires_grad))
+            scattered[f"{names[id(module)]}.{name}"] = {"dim": dim, "unit": hd, "slots": slots}
+        lt.sync_(module)
+    layer.num_heads = layer.num_kv = heads
+
+
 def _pad_(module: nn.Module, side: str, extra: int) -> None:
     """Append `extra` zero channels to `module`'s output ("out") or input ("in") axis."""
     if extra <= 0:
@@ -133,11 +181,20 @@ def _pad_(module: nn.Module, side: str, extra: int) -> None:
     lt.sync_(module)
 
 
-def unpad_state_dict(state: Mapping[str, torch.Tensor], shapes: Mapping[str, list[int]]
-                     ) -> dict[str, torch.Tensor]:
-    """The cut model's tensors from a padded state dict: the leading slice of each padded axis."""
-    out = {}
+def unpad_state_dict(state: Mapping[str, torch.Tensor], shapes: Mapping[str, list[int]],
+                     layout: Mapping[str, Any] | None = None) -> dict[str, torch.Tensor]:
+    """The cut model's tensors from a padded state dict: the leading slice of each padded
+    axis; slotted heads gathered back and their ids restored (`layout`: the manifest's
+    transformers_layout)."""
+    out: dict[str, torch.Tensor] = {}
+    scattered = (layout or {}).get("scattered") or {}
+    for k, ids in ((layout or {}).get("buffers") or {}).items():
+        out[k] = torch.tensor(ids, dtype=torch.long)
     for k, t in state.items():
+        if k in scattered:
+            g = scattered[k]
+            rows = [s * g["unit"] + r for s in g["slots"] for r in range(g["unit"])]
+            t = t.index_select(int(g["dim"]), torch.tensor(rows, dtype=torch.long))
         want = shapes.get(k)
         if want is not None and list(t.shape) != list(want):
             if len(want) != t.dim() or any(w > s for w, s in zip(want, t.shape)):

@@ -40,7 +40,7 @@ def _cut(name: str):
     return model, record, sample
 
 
-@pytest.mark.parametrize("name", ["bert", "roberta", "distilbert", "vit", "llama"])
+@pytest.mark.parametrize("name", ["bert", "roberta", "distilbert", "mpnet", "vit", "llama"])
 def test_padded_config_loads_in_plain_transformers(name, tmp_path):
     model, record, sample = _cut(name)
     assert not record.plain_transformers  # uneven widths: the config alone cannot state them
