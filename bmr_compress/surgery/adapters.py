@@ -59,6 +59,9 @@ class FamilyAdapter:
     """Base adapter. Subclasses implement `parts`, `sync_layer_` and `config_updates`."""
 
     family = "generic"
+    # for the README's family table (surgery.family_table)
+    units = "attention heads, FFN neurons, hidden width"
+    plain_transformers = "exact when widths are uniform, else zero-padded to them"
 
     def parts(self, model: nn.Module) -> Parts:
         raise NotImplementedError

@@ -1,4 +1,5 @@
-"""Registered family adapters: BERT, RoBERTa, DistilBERT, ViT, GPT-2, LLaMA-style.
+"""Registered family adapters: BERT, RoBERTa, XLM-R, DistilBERT, ViT, GPT-2, LLaMA-style
+(MPNet: family_mpnet).
 
 Each adapter is a module-level class, registered by `register_adapter` when this module is
 imported (surgery.apply imports it), so it can be imported and subclassed. Each reads the
@@ -17,6 +18,7 @@ from transformers.models.mistral.modeling_mistral import MistralPreTrainedModel
 from transformers.models.qwen2.modeling_qwen2 import Qwen2PreTrainedModel
 from transformers.models.roberta.modeling_roberta import RobertaPreTrainedModel
 from transformers.models.vit.modeling_vit import ViTPreTrainedModel
+from transformers.models.xlm_roberta.modeling_xlm_roberta import XLMRobertaPreTrainedModel
 
 from bmr_compress.surgery.adapters import (
     FamilyAdapter, Layer, Parts, out_size, register_adapter, uniform,
@@ -114,6 +116,11 @@ class RobertaAdapter(_BertLike):
     family = "roberta"
 
 
+@register_adapter(XLMRobertaPreTrainedModel)  # RoBERTa's layout in its own classes
+class XLMRobertaAdapter(_BertLike):
+    family = "xlm-roberta"
+
+
 @register_adapter(DistilBertPreTrainedModel)
 class DistilBertAdapter(FamilyAdapter):
     family = "distilbert"
@@ -206,6 +213,8 @@ class ViTAdapter(FamilyAdapter):
 @register_adapter(GPT2PreTrainedModel)
 class GPT2Adapter(FamilyAdapter):
     family = "gpt2"
+    plain_transformers = ("exact when every layer keeps the same heads; FFN zero-padded; "
+                          "uneven heads refused (fused q/k/v): our loader or ONNX")
 
     def parts(self, model: nn.Module) -> Parts:
         base = model.base_model
@@ -239,6 +248,7 @@ class GPT2Adapter(FamilyAdapter):
 @register_adapter(LlamaPreTrainedModel, Qwen2PreTrainedModel, MistralPreTrainedModel)
 class LlamaAdapter(FamilyAdapter):
     family = "llama"
+    units = "KV groups (query heads sharing a key/value head), gated FFN neurons, hidden width"
 
     def parts(self, model: nn.Module) -> Parts:
         base = model.base_model

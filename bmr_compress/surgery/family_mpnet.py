@@ -90,6 +90,9 @@ def _set_heads_(attn: nn.Module, index: torch.Tensor | None) -> None:
 @register_adapter(MPNetPreTrainedModel)
 class MPNetAdapter(FamilyAdapter):
     family = "mpnet"
+    units = "attention heads (with their relative-position bias columns), FFN neurons, hidden width"
+    plain_transformers = ("exact when widths are uniform, else zero-padded, heads back at "
+                          "their bias slots")
 
     def parts(self, model: nn.Module) -> Parts:
         base = model.base_model
