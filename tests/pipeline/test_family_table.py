@@ -180,3 +180,23 @@ def _out(o) -> torch.Tensor:
 
 def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a - b).abs().max() / b.abs().max().clamp_min(1e-12))
+
+
+def test_a_family_without_adapter_gets_a_plain_inspect_line() -> None:
+    """A transformers family no adapter reads (ELECTRA here): inspect says heads are not
+    prunable and where its groups come from, instead of listing odd groups silently."""
+    from transformers import ElectraConfig, ElectraModel
+
+    from bmr_compress.io.sources import LoadedSource
+    from bmr_compress.pipeline.inspect import inspect_source
+
+    torch.manual_seed(0)
+    cfg = ElectraConfig(vocab_size=97, embedding_size=36, hidden_size=36, num_hidden_layers=2,
+                        num_attention_heads=3, intermediate_size=37, max_position_embeddings=64)
+    model = ElectraModel(cfg).eval()
+    info = inspect_source(LoadedSource(model, "electra", "embedding", model.config, None, "tiny",
+                                       None, {}, None))
+    note = info["family_note"]
+    assert note.startswith("family electra is not supported (no adapter yet")
+    assert "attention heads are NOT prunable" in note and "dependency graph" in note
+    assert not any(g["kind"] == "head" for g in info["unit_groups"])
