@@ -80,6 +80,18 @@ def tiny_mpnet() -> nn.Module:
     return model
 
 
+def tiny_modernbert() -> nn.Module:
+    from transformers import ModernBertConfig, ModernBertModel
+
+    cfg = ModernBertConfig(
+        vocab_size=VOCAB, hidden_size=HIDDEN, num_hidden_layers=3, num_attention_heads=HEADS,
+        intermediate_size=INTER, max_position_embeddings=64, pad_token_id=0, bos_token_id=2,
+        eos_token_id=3, cls_token_id=2, sep_token_id=3, local_attention=8,
+        attn_implementation="eager",
+    )
+    return _seeded(lambda: ModernBertModel(cfg))
+
+
 def tiny_vit() -> nn.Module:
     from transformers import ViTConfig, ViTForImageClassification
 
@@ -145,7 +157,7 @@ TRANSFORMER_BUILDERS: dict[str, Callable[[], nn.Module]] = {
 # (tests/pipeline/test_family_table.py runs each through inspect -> compress -> reload)
 FAMILY_MODELS: dict[str, Callable[[], nn.Module]] = {
     **TRANSFORMER_BUILDERS, "xlm-roberta": tiny_xlm_roberta, "qwen2": tiny_qwen2,
-    "mistral": tiny_mistral,
+    "mistral": tiny_mistral, "modernbert": tiny_modernbert,
 }
 
 

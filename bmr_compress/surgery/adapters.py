@@ -42,6 +42,8 @@ class Layer:
     slots: torch.Tensor | None = None
     head_tensors: list[str] = field(default_factory=list)  # state-dict keys, one entry per
     # KV unit along dim 0, cut with the heads (MPNet's per-layer head ids)
+    ffn_chunks: int = 1  # ffn_in outputs `chunks` stacked halves (ModernBERT's GLU Wi: input
+    # then gate rows); neuron j owns row j of every chunk
 
 
 @dataclass
@@ -157,12 +159,18 @@ def _head_groups(names, layer: Layer, i: int, family: str) -> UnitGroup:
                                                  "gate_module": gate, "gate_unit": hd})
 
 
+def ffn_width(layer: Layer) -> int:
+    """FFN neurons of `layer` (its producing layer's outputs over the chunks they stack)."""
+    return out_size(layer.ffn_in[0]) // layer.ffn_chunks
+
+
 def _ffn_group(names, layer: Layer, i: int, family: str) -> UnitGroup:
-    n = out_size(layer.ffn_in[0])
-    idx = column(n)
+    n = ffn_width(layer)
+    idx = torch.cat([column(n) + c * n for c in range(layer.ffn_chunks)], 1)  # (n, chunks)
     slices = [s for m in layer.ffn_in for s in _slices(names, m, idx, "out")]
-    slices += _slices(names, layer.ffn_out, idx, "in")
-    gate = names[id(layer.ffn_in[-1])]  # up_proj for gated FFNs: the gate enters linearly
+    slices += _slices(names, layer.ffn_out, column(n), "in")
+    # up_proj for gated FFNs: the gate enters linearly; none on a chunked (fused GLU) output
+    gate = names[id(layer.ffn_in[-1])] if layer.ffn_chunks == 1 else None
     return UnitGroup(f"layers.{i}.ffn", "neuron", n, tuple(slices), family,
                      extra={"gate_module": gate, "gate_unit": 1})
 

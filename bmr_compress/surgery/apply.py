@@ -20,7 +20,9 @@ from torch import nn
 from bmr_compress.errors import UnsupportedModelError
 from bmr_compress.io.checks import count_params
 from bmr_compress.layers import layer_type
-from bmr_compress.surgery import families, family_mpnet  # noqa: F401  (register adapters)
+from bmr_compress.surgery import (  # noqa: F401  (register the adapters)
+    families, family_modernbert, family_mpnet,
+)
 from bmr_compress.surgery.adapters import adapter_for
 from bmr_compress.surgery.cut import cut_, removed_indices
 from bmr_compress.surgery.graph import graph_groups

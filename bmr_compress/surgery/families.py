@@ -213,8 +213,6 @@ class ViTAdapter(FamilyAdapter):
 @register_adapter(GPT2PreTrainedModel)
 class GPT2Adapter(FamilyAdapter):
     family = "gpt2"
-    plain_transformers = ("exact when every layer keeps the same heads; FFN zero-padded; "
-                          "uneven heads refused (fused q/k/v): our loader or ONNX")
 
     def parts(self, model: nn.Module) -> Parts:
         base = model.base_model

@@ -10,7 +10,6 @@ through the CLI (`inspect`, `compress`, `validate`), about a minute each on 2 co
 from __future__ import annotations
 
 import json
-import re
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +20,7 @@ from click.testing import CliRunner
 from bmr_compress.surgery.adapters import adapter_for
 from bmr_compress.surgery.family_table import BEGIN, END, markdown, supported
 from tests.snapshots import family_snapshot
-from tests.tiny_models import FAMILY_MODELS, LAYERS
+from tests.tiny_models import FAMILY_MODELS
 
 ROWS = supported()
 README = Path(__file__).resolve().parents[2] / "README.md"
@@ -40,8 +39,8 @@ def test_readme_table_is_the_registry():
     block = text[text.index(BEGIN): text.index(END) + len(END)]
     assert block == markdown(), "README family table is stale: paste surgery.family_table.markdown()"
     claimed = {r.model_type for r in ROWS}
-    assert {"bert", "roberta", "xlm-roberta", "distilbert", "mpnet", "vit", "gpt2", "llama",
-            "mistral", "qwen2"} <= claimed
+    assert {"bert", "roberta", "xlm-roberta", "distilbert", "mpnet", "modernbert", "vit", "gpt2",
+            "llama", "mistral", "qwen2"} <= claimed
 
 
 def _task(model_type: str) -> str:
@@ -74,7 +73,7 @@ def test_family_stages_in_process(row, tmp_path: Path) -> None:
                                        None, {}, None))
     assert adapter_for(model).family == row.family and info["family_note"] is None
     names = {g["name"] for g in info["unit_groups"]}
-    for i in range(LAYERS):  # heads (or KV groups) and neurons in every layer
+    for i in range(model.config.num_hidden_layers):  # heads (or KV groups), neurons: every layer
         assert {f"layers.{i}.attention", f"layers.{i}.ffn"} <= names
 
     torch.manual_seed(0)
@@ -94,8 +93,7 @@ def test_family_stages_in_process(row, tmp_path: Path) -> None:
         mine = _out(model(**x))
     assert _rel(torch.from_numpy(np.asarray(sess.run(None, feed)[0])), mine) < 1e-4
 
-    hf_model, layout = transformers_layout(model, batches[0]) if row.family != "gpt2" else \
-        _gpt2_layout(model, batches[0])
+    hf_model, layout = transformers_layout(model, batches[0])
     out = save_compressed(model, rec.surgery, tmp_path / "out",
                           extra={"transformers_layout": layout})
     if hf_model is not model:
@@ -105,18 +103,6 @@ def test_family_stages_in_process(row, tmp_path: Path) -> None:
         if layout["layout"] in ("exact", "padded"):
             plain = type(model).from_pretrained(str(out)).eval()
             assert _rel(_out(plain(**x)), mine) < 1e-4
-
-
-def _gpt2_layout(model, example):
-    """GPT-2's fused q/k/v: uneven heads are refused (the tool's loader and ONNX only)."""
-    from bmr_compress.errors import UnsupportedModelError
-    from bmr_compress.surgery.hf_layout import transformers_layout
-
-    try:
-        return transformers_layout(model, example)
-    except UnsupportedModelError as e:
-        assert "fused q/k/v" in str(e)
-        return model, {"layout": "refused", "reason": str(e)}
 
 
 @pytest.mark.slow
@@ -135,7 +121,7 @@ def test_family_end_to_end_cli(row, tmp_path: Path) -> None:
     info = json.loads(_cli("inspect", str(snap), "--json"))
     assert info.get("family_note") is None
     names = {g["name"] for g in info["unit_groups"]}
-    for i in range(LAYERS):  # heads (or KV groups) and neurons in every layer
+    for i in range(model.config.num_hidden_layers):  # heads (or KV groups), neurons
         assert {f"layers.{i}.attention", f"layers.{i}.ffn"} <= names
 
     out = tmp_path / "out"
@@ -151,17 +137,18 @@ def test_family_end_to_end_cli(row, tmp_path: Path) -> None:
     import onnxruntime as ort
 
     sess = ort.InferenceSession(str(out / "model.onnx"), providers=["CPUExecutionProvider"])
-    feed = {i.name: x[i.name].numpy() for i in sess.get_inputs()}
+    wanted = [i.name for i in sess.get_inputs()]
+    if "token_type_ids" in wanted:  # the snapshot's tokenizer gives them
+        x["token_type_ids"] = torch.zeros_like(x["input_ids"])
+    feed = {name: x[name].numpy() for name in wanted}
     onnx_out = torch.from_numpy(np.asarray(sess.run(None, feed)[0]))
     with torch.no_grad():
         mine = _out(again(**x))
         assert _rel(mine, onnx_out) < 1e-4
         layout = json.loads((out / "bmr_manifest.json").read_text())["transformers_layout"]
-        if layout["layout"] in ("exact", "padded"):
-            plain = type(model).from_pretrained(str(out)).eval()
-            assert _rel(_out(plain(**x)), mine) < 1e-4
-        else:
-            assert re.search("fused q/k/v", layout.get("reason", "")), layout
+        assert layout["layout"] in ("exact", "padded")
+        plain = type(model).from_pretrained(str(out)).eval()
+        assert _rel(_out(plain(**x)), mine) < 1e-4
 
 
 def _inputs(model_type: str, seed: int = 3, seq: int = 13) -> dict[str, torch.Tensor]:
