@@ -146,3 +146,23 @@ def causal_lm_snapshot(d: Path, kind: str = "llama") -> Path:
                           architectures=["LlamaForCausalLM"])
         model = LlamaForCausalLM(cfg).eval()
     return _save_text_snapshot(d, model, dead_units=True)
+
+
+def family_snapshot(d: Path, model) -> Path:
+    """Any tiny transformers model (tests.tiny_models.FAMILY_MODELS) as a bare hub snapshot,
+    every second FFN neuron and head near-silent: the WordPiece tokenizer for text models,
+    an image processor for ViT."""
+    d.mkdir(parents=True, exist_ok=True)
+    model.config.architectures = [type(model).__name__]
+    if getattr(model.config, "model_type", "") == "vit":
+        import torch
+        from transformers import ViTImageProcessor
+
+        from tests.export._surgery import with_dead_units_
+
+        x = torch.randn(2, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+        with_dead_units_(model, {"pixel_values": x})
+        model.save_pretrained(str(d))
+        ViTImageProcessor(size={"height": 16, "width": 16}).save_pretrained(str(d))
+        return d
+    return _save_text_snapshot(d, model, dead_units=True)

@@ -58,12 +58,13 @@ def test_cli_and_compress_path_import_no_optional_package(tmp_path: Path) -> Non
         import importlib
         import bmr_compress
         from bmr_compress.cli.main import main
-        for name in ("compress", "reduce", "export", "validate", "inspect", "push", "zoo"):
+        for name in ("compress", "reduce", "export", "validate", "inspect", "push", "zoo", "bench"):
             importlib.import_module(f"bmr_compress.cli.{name}")
         for name in ("bmr_compress.pipeline", "bmr_compress.pipeline.api",
-                     "bmr_compress.pipeline.laplace", "bmr_compress.pipeline.finish",
+                     "bmr_compress.algorithms.laplace_reduce", "bmr_compress.pipeline.finish",
                      "bmr_compress.pipeline.stages", "bmr_compress.pipeline.sources",
-                     "bmr_compress.surgery", "bmr_compress.export", "bmr_compress.io",
+                     "bmr_compress.coupling", "bmr_compress.scoring", "bmr_compress.planning",
+                     "bmr_compress.cutting", "bmr_compress.export", "bmr_compress.io",
                      "bmr_compress.zoo", "bmr_compress.export.report"):
             importlib.import_module(name)
         assert_none_imported()
@@ -118,7 +119,7 @@ def test_missing_torch_pruning_names_the_graph_extra(monkeypatch: pytest.MonkeyP
     import torch
 
     from bmr_compress.errors import InputError
-    from bmr_compress.surgery import discover_groups
+    from bmr_compress.coupling import discover_groups
     from tests.tiny_models import TinyMLP
 
     _uninstall(monkeypatch, "torch_pruning")

@@ -45,6 +45,17 @@ def tiny_roberta() -> nn.Module:
     return _seeded(lambda: RobertaModel(cfg, add_pooling_layer=False))
 
 
+def tiny_xlm_roberta() -> nn.Module:
+    from transformers import XLMRobertaConfig, XLMRobertaModel
+
+    cfg = XLMRobertaConfig(
+        vocab_size=VOCAB, hidden_size=HIDDEN, num_hidden_layers=LAYERS,
+        num_attention_heads=HEADS, intermediate_size=INTER, max_position_embeddings=66,
+        pad_token_id=1,
+    )
+    return _seeded(lambda: XLMRobertaModel(cfg, add_pooling_layer=False))
+
+
 def tiny_distilbert() -> nn.Module:
     from transformers import DistilBertConfig, DistilBertModel
 
@@ -53,6 +64,32 @@ def tiny_distilbert() -> nn.Module:
         max_position_embeddings=64,
     )
     return _seeded(lambda: DistilBertModel(cfg))
+
+
+def tiny_mpnet() -> nn.Module:
+    from transformers import MPNetConfig, MPNetModel
+
+    cfg = MPNetConfig(
+        vocab_size=VOCAB, hidden_size=HIDDEN, num_hidden_layers=LAYERS,
+        num_attention_heads=HEADS, intermediate_size=INTER, max_position_embeddings=66,
+        relative_attention_num_buckets=32,
+    )
+    model = _seeded(lambda: MPNetModel(cfg, add_pooling_layer=False))
+    with torch.no_grad():  # a bias table that tells the heads apart (it starts near zero)
+        model.encoder.relative_attention_bias.weight.normal_(0.0, 1.0)
+    return model
+
+
+def tiny_modernbert() -> nn.Module:
+    from transformers import ModernBertConfig, ModernBertModel
+
+    cfg = ModernBertConfig(
+        vocab_size=VOCAB, hidden_size=HIDDEN, num_hidden_layers=3, num_attention_heads=HEADS,
+        intermediate_size=INTER, max_position_embeddings=64, pad_token_id=0, bos_token_id=2,
+        eos_token_id=3, cls_token_id=2, sep_token_id=3, local_attention=8,
+        attn_implementation="eager",
+    )
+    return _seeded(lambda: ModernBertModel(cfg))
 
 
 def tiny_vit() -> nn.Module:
@@ -86,13 +123,41 @@ def tiny_llama() -> nn.Module:
     return _seeded(lambda: LlamaForCausalLM(cfg))
 
 
+def _tiny_llama_like(kind: str) -> nn.Module:
+    import transformers
+
+    cfg_cls, model_cls = {"qwen2": (transformers.Qwen2Config, transformers.Qwen2ForCausalLM),
+                          "mistral": (transformers.MistralConfig, transformers.MistralForCausalLM),
+                          }[kind]
+    cfg = cfg_cls(vocab_size=VOCAB, hidden_size=48, num_hidden_layers=LAYERS,
+                  num_attention_heads=6, num_key_value_heads=3, intermediate_size=37,
+                  max_position_embeddings=64)
+    return _seeded(lambda: model_cls(cfg))
+
+
+def tiny_qwen2() -> nn.Module:
+    return _tiny_llama_like("qwen2")
+
+
+def tiny_mistral() -> nn.Module:
+    return _tiny_llama_like("mistral")
+
+
 TRANSFORMER_BUILDERS: dict[str, Callable[[], nn.Module]] = {
     "bert": tiny_bert,
     "roberta": tiny_roberta,
     "distilbert": tiny_distilbert,
+    "mpnet": tiny_mpnet,
     "vit": tiny_vit,
     "gpt2": tiny_gpt2,
     "llama": tiny_llama,
+}
+
+# one tiny model per transformers model_type the family registry claims
+# (tests/pipeline/test_family_table.py runs each through inspect -> compress -> reload)
+FAMILY_MODELS: dict[str, Callable[[], nn.Module]] = {
+    **TRANSFORMER_BUILDERS, "xlm-roberta": tiny_xlm_roberta, "qwen2": tiny_qwen2,
+    "mistral": tiny_mistral, "modernbert": tiny_modernbert,
 }
 
 

@@ -18,6 +18,7 @@ Examples:
 
 def _human(info: dict[str, Any]) -> str:
     lines = [f"{info['source']}: {info['model_class']} (family {info['family']}, task {info['task']})",
+             *([f"  {info['family_note']}"] if info.get("family_note") else []),
              f"  parameters: {info['parameters']:,}",
              f"  unit groups: {len(info['unit_groups'])} ({info['prunable_units']:,} prunable units: "
              + ", ".join(f"{k} x{v}" for k, v in info["unit_kinds"].items()) + ")"]

@@ -29,6 +29,8 @@ def _source_str(r: object) -> str:
         return f"zoo architecture {s.zoo}"
     if s.package:
         return f"package {s.package} ({s.hub}@{s.revision})" if s.hub else f"package {s.package}"
+    if s.split_zip:
+        return f"split zip in {len(s.split_zip)} packages (bmr-compress[{s.extra}])"
     return f"{s.hub}@{s.revision}"
 
 

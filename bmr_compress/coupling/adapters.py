@@ -37,6 +37,13 @@ class Layer:
     num_heads: int
     num_kv: int
     head_dim: int
+    # head h's column in a table shared across layers (MPNet's relative-position bias):
+    # a padded twin puts head h back at slot slots[h]; None: heads are appended in order
+    slots: torch.Tensor | None = None
+    head_tensors: list[str] = field(default_factory=list)  # state-dict keys, one entry per
+    # KV unit along dim 0, cut with the heads (MPNet's per-layer head ids)
+    ffn_chunks: int = 1  # ffn_in outputs `chunks` stacked halves (ModernBERT's GLU Wi: input
+    # then gate rows); neuron j owns row j of every chunk
 
 
 @dataclass
@@ -54,6 +61,9 @@ class FamilyAdapter:
     """Base adapter. Subclasses implement `parts`, `sync_layer_` and `config_updates`."""
 
     family = "generic"
+    # for the README's family table (coupling.family_table)
+    units = "attention heads, FFN neurons, hidden width"
+    plain_transformers = "exact when widths are uniform, else zero-padded to them"
 
     def parts(self, model: nn.Module) -> Parts:
         raise NotImplementedError
@@ -139,7 +149,8 @@ def _head_groups(names, layer: Layer, i: int, family: str) -> UnitGroup:
     qi = blocks(layer.num_kv, rep * hd, qo)
     slices = (_slices(names, q, qi, "out") + _slices(names, k, blocks(layer.num_kv, hd, ko), "out")
               + _slices(names, v, blocks(layer.num_kv, hd, vo), "out")
-              + _slices(names, layer.o, blocks(layer.num_kv, rep * hd), "in"))
+              + _slices(names, layer.o, blocks(layer.num_kv, rep * hd), "in")
+              + [Slice(t, 0, blocks(layer.num_kv, 1), "out") for t in layer.head_tensors])
     kind = "head" if rep == 1 else "kv_group"
     # a gate on v's output scales the unit's attention output linearly (not so for a fused qkv)
     gate = names[id(v)] if v is not q else None
@@ -148,12 +159,18 @@ def _head_groups(names, layer: Layer, i: int, family: str) -> UnitGroup:
                                                  "gate_module": gate, "gate_unit": hd})
 
 
+def ffn_width(layer: Layer) -> int:
+    """FFN neurons of `layer` (its producing layer's outputs over the chunks they stack)."""
+    return out_size(layer.ffn_in[0]) // layer.ffn_chunks
+
+
 def _ffn_group(names, layer: Layer, i: int, family: str) -> UnitGroup:
-    n = out_size(layer.ffn_in[0])
-    idx = column(n)
+    n = ffn_width(layer)
+    idx = torch.cat([column(n) + c * n for c in range(layer.ffn_chunks)], 1)  # (n, chunks)
     slices = [s for m in layer.ffn_in for s in _slices(names, m, idx, "out")]
-    slices += _slices(names, layer.ffn_out, idx, "in")
-    gate = names[id(layer.ffn_in[-1])]  # up_proj for gated FFNs: the gate enters linearly
+    slices += _slices(names, layer.ffn_out, column(n), "in")
+    # up_proj for gated FFNs: the gate enters linearly; none on a chunked (fused GLU) output
+    gate = names[id(layer.ffn_in[-1])] if layer.ffn_chunks == 1 else None
     return UnitGroup(f"layers.{i}.ffn", "neuron", n, tuple(slices), family,
                      extra={"gate_module": gate, "gate_unit": 1})
 

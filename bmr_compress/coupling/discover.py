@@ -7,7 +7,9 @@ from collections.abc import Mapping
 import torch
 from torch import nn
 
-from bmr_compress.coupling import families  # noqa: F401  (registers the family adapters)
+from bmr_compress.coupling import (  # noqa: F401  (register the family adapters)
+    families, family_modernbert, family_mpnet,
+)
 from bmr_compress.coupling.adapters import adapter_for
 from bmr_compress.coupling.graph import graph_groups
 from bmr_compress.coupling.groups import UnitGroup

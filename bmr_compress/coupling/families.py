@@ -1,4 +1,5 @@
-"""Registered family adapters: BERT, RoBERTa, DistilBERT, ViT, GPT-2, LLaMA-style.
+"""Registered family adapters: BERT, RoBERTa, XLM-R, DistilBERT, ViT, GPT-2, LLaMA-style
+(MPNet: family_mpnet).
 
 Each adapter is a module-level class, registered by `register_adapter` when this module is
 imported (cutting.apply imports it), so it can be imported and subclassed. Each reads the
@@ -17,6 +18,7 @@ from transformers.models.mistral.modeling_mistral import MistralPreTrainedModel
 from transformers.models.qwen2.modeling_qwen2 import Qwen2PreTrainedModel
 from transformers.models.roberta.modeling_roberta import RobertaPreTrainedModel
 from transformers.models.vit.modeling_vit import ViTPreTrainedModel
+from transformers.models.xlm_roberta.modeling_xlm_roberta import XLMRobertaPreTrainedModel
 
 from bmr_compress.coupling.adapters import (
     FamilyAdapter, Layer, Parts, out_size, register_adapter, uniform,
@@ -112,6 +114,11 @@ class BertAdapter(_BertLike):
 @register_adapter(RobertaPreTrainedModel)
 class RobertaAdapter(_BertLike):
     family = "roberta"
+
+
+@register_adapter(XLMRobertaPreTrainedModel)  # RoBERTa's layout in its own classes
+class XLMRobertaAdapter(_BertLike):
+    family = "xlm-roberta"
 
 
 @register_adapter(DistilBertPreTrainedModel)
@@ -239,6 +246,7 @@ class GPT2Adapter(FamilyAdapter):
 @register_adapter(LlamaPreTrainedModel, Qwen2PreTrainedModel, MistralPreTrainedModel)
 class LlamaAdapter(FamilyAdapter):
     family = "llama"
+    units = "KV groups (query heads sharing a key/value head), gated FFN neurons, hidden width"
 
     def parts(self, model: nn.Module) -> Parts:
         base = model.base_model

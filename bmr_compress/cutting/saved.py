@@ -250,7 +250,8 @@ def _load_compressed(directory: Path, manifest: dict[str, Any]) -> nn.Module:
         from bmr_compress.export.safetensors_export import load_state_dict
         from bmr_compress.cutting.hf_layout import unpad_state_dict
 
-        state = unpad_state_dict(load_state_dict(directory / "model.safetensors"), manifest["shapes"])
+        state = unpad_state_dict(load_state_dict(directory / "model.safetensors"),
+                                 manifest["shapes"], manifest["transformers_layout"])
         result = model.load_state_dict(state, strict=False)
         missing, unexpected = result.missing_keys, result.unexpected_keys
     else:

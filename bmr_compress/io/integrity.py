@@ -111,6 +111,9 @@ def check_manifest_consistent(directory: str | Path) -> None:
         # leading slice, so each manifest shape must fit inside the stored one
         stored = {k: (shapes[k] if k in shapes and len(v) == len(shapes[k]) and all(
             a >= b for a, b in zip(v, shapes[k])) else v) for k, v in stored.items()}
+        # per-layer head ids of slotted heads (MPNet) live in the manifest, not in the twin
+        buffers = (m.get("transformers_layout") or {}).get("buffers") or {}
+        stored.update({k: [len(v)] for k, v in buffers.items() if isinstance(v, list)})
     if stored != {k: list(v) if isinstance(v, list) else v for k, v in shapes.items()}:
         diff = sorted(set(stored) ^ set(shapes)) or sorted(
             k for k in shapes if list(stored.get(k, ())) != shapes[k])

@@ -8,6 +8,7 @@ as package data in ``bmr_compress.model_zoo`` (the top-level ``model_zoo/`` fold
     description = "..."
     task = "classification"
     [source]   zoo = "mlp"  |  hub = "org/name" + revision = "<sha>"  |  package = "dist-name"
+               |  split_zip = ["dist-part-001", ...] + sha256 = "<zip hash>" + extra = "name"
     [source.arch]  widths = [128, 64]    # zoo architecture kwargs
     [train]    epochs = 40 ...           # zoo recipes only: how `zoo train` fits the seed model
     [data]     kind = "digits" | "docstrings" | "file" | "hf" ...
@@ -18,6 +19,7 @@ as package data in ``bmr_compress.model_zoo`` (the top-level ``model_zoo/`` fold
 from __future__ import annotations
 
 import dataclasses
+import re
 import sys
 import types
 import typing
@@ -46,9 +48,14 @@ class SourceSpec:
     package: str | None = None  # installed distribution that bundles a hub snapshot
     zoo: str | None = None  # zoo architecture name (bmr_compress.zoo)
     arch: dict[str, Any] = field(default_factory=dict)  # zoo architecture kwargs
+    # installed distributions carrying, in order, the parts of a zipped snapshot (io.split_zip)
+    split_zip: tuple[str, ...] = ()
+    sha256: str | None = None  # of the reassembled zip
+    extra: str | None = None  # the bmr-compress extra that installs the parts
 
     def kind(self) -> str:
-        return "zoo" if self.zoo else "package" if self.package else "hub"
+        return ("zoo" if self.zoo else "package" if self.package
+                else "split-zip" if self.split_zip else "hub")
 
 
 @dataclass(frozen=True)
@@ -176,11 +183,15 @@ def _validate(recipe: Recipe, where: str) -> None:
     if recipe.task not in TASKS:
         raise InputError(f"{where}: task {recipe.task!r} is not one of {', '.join(TASKS)}")
     src = recipe.source
-    if sum(x is not None for x in (src.hub, src.package, src.zoo)) == 0:
-        raise InputError(f"{where}: [source] needs one of 'hub', 'package' or 'zoo'")
+    if sum(x is not None for x in (src.hub, src.package, src.zoo)) == 0 and not src.split_zip:
+        raise InputError(f"{where}: [source] needs one of 'hub', 'package', 'split_zip' or 'zoo'")
     if src.zoo and src.hub:
         raise InputError(f"{where}: [source] cannot name both 'zoo' and 'hub'")
-    if src.hub and not src.revision:
+    if src.split_zip and (src.zoo or src.package):
+        raise InputError(f"{where}: [source] split_zip cannot go with 'zoo' or 'package'")
+    if src.split_zip and not (src.sha256 and re.fullmatch(r"[0-9a-f]{64}", src.sha256)):
+        raise InputError(f"{where}: [source] split_zip needs the zip's sha256 (64 hex digits)")
+    if src.hub and not src.revision and not src.split_zip:  # (with split_zip: provenance)
         raise InputError(f"{where}: [source] hub {src.hub!r} must pin a 'revision'")
     if src.arch and not src.zoo:
         raise InputError(f"{where}: [source.arch] is only valid with a zoo architecture")

@@ -188,6 +188,12 @@ def _from_recipe(recipe: Recipe, req: SourceRequest) -> LoadedSource:
                          f"not registered: {_IMPORT_HINT}")
     if src.package:  # record the installed distribution, not a hub commit it may not match
         directory, rev = package_snapshot_dir(src.package), f"{src.package}=={metadata.version(src.package)}"
+    elif src.split_zip:  # reassembled once into the cache, its hash checked
+        from bmr_compress.io.split_zip import split_zip_snapshot
+
+        assert src.sha256 is not None
+        directory = split_zip_snapshot(recipe.name, src.split_zip, src.sha256, extra=src.extra)
+        rev = f"sha256:{src.sha256}"
     else:
         assert src.hub is not None
         directory = hub_snapshot(src.hub, src.revision, trust_remote_code=req.trust_remote_code,

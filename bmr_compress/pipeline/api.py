@@ -27,8 +27,8 @@ from bmr_compress.tasks import strip_labels
 if TYPE_CHECKING:
     from torch import Tensor, nn
 
-    from bmr_compress.surgery.apply import SurgeryRecord
-    from bmr_compress.surgery.plan import Plan
+    from bmr_compress.cutting.apply import SurgeryRecord
+    from bmr_compress.planning.plan import Plan
 
 log = logging.getLogger(__name__)
 

@@ -15,6 +15,8 @@ from bmr_compress.io.checks import count_params
 from bmr_compress.io.sources import LoadedSource
 from bmr_compress.io.st_pipeline import read_st_pipeline
 from bmr_compress.coupling import discover_groups
+from bmr_compress.coupling.adapters import adapter_for
+from bmr_compress.coupling.family_table import NOT_SUPPORTED
 from bmr_compress.scoring.costs import CostLedger, mac_weights, module_positions
 from bmr_compress.variational import wrap_
 
@@ -48,6 +50,7 @@ def inspect_source(source: LoadedSource) -> dict[str, Any]:
     status = Counter(v.split(":")[0] for v in report.coverage.values())
     skipped = {k: v for k, v in report.coverage.items() if v.startswith("skipped")}
     return {
+        "family_note": family_note(model, source.family, units),
         "source": source.source_id, "revision": source.revision, "family": source.family,
         "task": source.task, "model_class": type(model).__name__, "parameters": params,
         "unit_groups": units, "prunable_units": sum(u["units"] for u in units),
@@ -56,6 +59,18 @@ def inspect_source(source: LoadedSource) -> dict[str, Any]:
         "preprocessor": type(source.tokenizer_or_processor).__name__ if source.tokenizer_or_processor else None,
         "output": output_pipeline(source), **cost_shares(model, groups, example, str(source.task)),
     }
+
+
+def family_note(model: nn.Module, family: str, units: list[dict[str, Any]]) -> str | None:
+    """For a transformers model of a family no adapter reads: what is and is not prunable."""
+    if adapter_for(model) is not None or not hasattr(model, "config"):
+        return None
+    kinds = ", ".join(f"{k} x{v}" for k, v in Counter(u["kind"] for u in units).items()) or "none"
+    why = f" ({NOT_SUPPORTED[family]})" if family in NOT_SUPPORTED else ""
+    return (f"family {family} is not supported{why}: attention heads are NOT prunable units; "
+            f"only the {len(units)} groups the traced dependency graph couples are ({kinds}: "
+            "FFN neurons and other channels, named by their producing layer); see the README's "
+            "'Supported model families'")
 
 
 def output_pipeline(source: LoadedSource) -> dict[str, Any]:

@@ -27,10 +27,10 @@ if TYPE_CHECKING:
     from bmr_compress.io.data import DataBundle
     from bmr_compress.io.sources import LoadedSource
     from bmr_compress.pipeline.api import LaplaceRounds
-    from bmr_compress.surgery.apply import SurgeryRecord
-    from bmr_compress.surgery.groups import UnitGroup
-    from bmr_compress.surgery.iterate import IterationResult
-    from bmr_compress.surgery.plan import Plan
+    from bmr_compress.cutting.apply import SurgeryRecord
+    from bmr_compress.coupling.groups import UnitGroup
+    from bmr_compress.planning.iterate import IterationResult
+    from bmr_compress.planning.plan import Plan
     from bmr_compress.variational.trainer import FitResult
 
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import time
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
@@ -24,18 +23,16 @@ from bmr_compress.io.atomic import atomic_output_dir
 from bmr_compress.io.checks import check_json_file
 from bmr_compress.io.digits import digits_split
 from bmr_compress.io.recipes import TrainSpec
+from bmr_compress.io.split_zip import CACHE_ENV, cache_root  # noqa: F401 (CACHE_ENV re-exported)
 from bmr_compress.zoo.architectures import ARCH_KEY, ZooModel, build_from_config_dict, build_model
 
 log = logging.getLogger(__name__)
 
-CACHE_ENV = "BMR_COMPRESS_CACHE"
 
 
 def zoo_cache_dir() -> Path:
     """Where ``zoo train`` writes by default: ``$BMR_COMPRESS_CACHE/zoo`` or ~/.cache/bmr-compress/zoo."""
-    root = os.environ.get(CACHE_ENV)
-    base = Path(root).expanduser() if root else Path.home() / ".cache" / "bmr-compress"
-    return base / "zoo"
+    return cache_root() / "zoo"
 
 
 @dataclass(frozen=True)

@@ -57,9 +57,9 @@ def with_dead_units_(model: nn.Module, example: dict[str, torch.Tensor], every: 
                 continue
             units = torch.arange(1, g.num_units, every)
             for s in g.slices:
-                if s.role not in ("out", "in"):
-                    continue
                 t = state[s.param]
+                if s.role not in ("out", "in") or not t.is_floating_point():
+                    continue  # (MPNet's per-layer head ids are slices too)
                 idx = s.index.index_select(0, units).flatten()
                 t.index_copy_(s.dim, idx, t.index_select(s.dim, idx) * 1e-3)
     return model

@@ -7,13 +7,12 @@ from __future__ import annotations
 import pytest
 import torch
 
-from bmr_compress.errors import UnsupportedModelError
 from bmr_compress.export import export_safetensors
 from bmr_compress.cutting import apply_plan_, load_compressed, save_compressed
 from bmr_compress.coupling import discover_groups
 from bmr_compress.cutting.hf_layout import transformers_layout
 from tests.surgery.conftest import assert_close_rel, out_tensor, plan_for
-from tests.tiny_models import TRANSFORMER_BUILDERS, inputs_for
+from tests.tiny_models import FAMILY_MODELS, inputs_for
 
 
 def _uneven_keep(groups) -> dict[str, list[int]]:
@@ -34,14 +33,14 @@ def _uneven_keep(groups) -> dict[str, list[int]]:
 
 
 def _cut(name: str):
-    model = TRANSFORMER_BUILDERS[name]()
+    model = FAMILY_MODELS[name]()
     sample = inputs_for(name)
     groups = discover_groups(model, sample)
     record = apply_plan_(model, groups, plan_for(_uneven_keep(groups)))
     return model, record, sample
 
 
-@pytest.mark.parametrize("name", ["bert", "roberta", "distilbert", "vit", "llama"])
+@pytest.mark.parametrize("name", ["bert", "roberta", "distilbert", "mpnet", "modernbert", "vit", "gpt2", "llama"])
 def test_padded_config_loads_in_plain_transformers(name, tmp_path):
     model, record, sample = _cut(name)
     assert not record.plain_transformers  # uneven widths: the config alone cannot state them
@@ -72,7 +71,11 @@ def test_automodel_never_loads_random_weights(tmp_path):
         assert_close_rel(out_tensor(loaded.eval()(**sample)), out_tensor(model(**sample)))
 
 
-def test_fused_qkv_with_uneven_heads_is_refused():
-    model, _, sample = _cut("gpt2")
-    with pytest.raises(UnsupportedModelError, match="fused q/k/v"):
-        transformers_layout(model, sample)
+def test_fused_qkv_is_padded_per_third(tmp_path):
+    """GPT-2's c_attn stacks [q | k | v]: each third gets its zero heads, and the layout
+    says so, so the project's loader takes the cut rows back out of each third."""
+    model, record, sample = _cut("gpt2")
+    hf_model, info = transformers_layout(model, sample)
+    fused = {k: v for k, v in info["scattered"].items() if "c_attn" in k}
+    assert fused and all(v["blocks"] == 3 for v in fused.values())
+    assert hf_model.transformer.h[0].attn.c_attn.weight.shape[1] == 3 * 36
