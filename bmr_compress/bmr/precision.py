@@ -149,7 +149,8 @@ class RowPosterior:
         e, u = torch.linalg.eigh(0.5 * (a + a.T))
         return cls(w0, e.clamp_min(0.0), u, row_scale.double().clamp_min(0.0), float(prior_var))
 
-    def _project(self, w: Tensor) -> Tensor:
+    def project(self, w: Tensor) -> Tensor:
+        """Rows in A's eigenbasis: w U (w itself when A is diagonal)."""
         return w if self.u is None else w @ self.u
 
     def _x(self, nu: float) -> Tensor:
@@ -159,15 +160,19 @@ class RowPosterior:
 def grid_evidence(post: RowPosterior, w_q: Tensor, nu: float) -> GridEvidence:
     """ΔlnZ of storing the matrix as `w_q` (rows, d) instead of continuous weights (module
     docstring), summed over rows; float64."""
-    _check(nu > 0 and math.isfinite(nu), "nu must be finite and > 0")
     _check(w_q.shape == post.w0.shape, f"w_q must have shape {tuple(post.w0.shape)}")
+    return projected_evidence(post, post.project(post.w0), post.project(w_q.double() - post.w0), nu)
+
+
+def projected_evidence(post: RowPosterior, w_hat: Tensor, eps_hat: Tensor, nu: float) -> GridEvidence:
+    """`grid_evidence` from ŵ = Uᵀ w0 and ε̂ = Uᵀ (w̃ − w0) (`RowPosterior.project`), which do
+    not depend on ν: computed once when many ν are tried."""
+    _check(nu > 0 and math.isfinite(nu), "nu must be finite and > 0")
     s2 = post.prior_var
     x = post._x(nu)
-    w_hat = post._project(post.w0)
-    eps = post._project(w_q.double() - post.w0)
     occam = 0.5 * float(torch.log1p(x).sum())
     gain = 0.5 * float((w_hat ** 2 * x / (1.0 + x)).sum()) / s2
-    data = float((x * eps ** 2).sum()) / s2  # ν δ
+    data = float((x * eps_hat ** 2).sum()) / s2  # ν δ
     return GridEvidence(occam + gain - 0.5 * data, occam, gain, data / nu)
 
 

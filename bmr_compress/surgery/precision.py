@@ -30,7 +30,8 @@ import torch
 from torch import nn
 
 from bmr_compress.bmr.precision import (
-    GRIDS, KEEP, GridEvidence, RowPosterior, block_for, choose_grid, grid_evidence, round_to_grid,
+    GRIDS, KEEP, GridEvidence, RowPosterior, block_for, choose_grid, projected_evidence,
+    round_to_grid,
 )
 from bmr_compress.layers import layer_type
 from bmr_compress.surgery.tolerance import calibrate_nu
@@ -49,7 +50,14 @@ class MatrixPosterior:
     candidates: dict[str, torch.Tensor]  # grid name -> rounded weights in the rows view
 
     def evidence(self, nu: float) -> dict[str, GridEvidence]:
-        return {g: grid_evidence(self.posterior, w, nu) for g, w in self.candidates.items()}
+        cache = self.__dict__.setdefault("_projected", {})  # ν-free projections, made once
+        if not cache:
+            p = self.posterior
+            cache[""] = p.project(p.w0)
+            for g, w in self.candidates.items():
+                cache[g] = p.project(w - p.w0)
+        return {g: projected_evidence(self.posterior, cache[""], cache[g], nu)
+                for g in self.candidates}
 
 
 @dataclass(frozen=True)
@@ -188,7 +196,7 @@ def calibrate_precisions(posteriors: list[MatrixPosterior], tolerance: float) ->
         c = choose_precisions(posteriors, nu)
         return c.predicted_distortion, sum(g != KEEP for g in c.grids.values())
 
-    cal = calibrate_nu(evaluate, tolerance)
+    cal = calibrate_nu(evaluate, tolerance, steps=14)
     nu = cal.nu if math.isfinite(cal.nu) else 1e12
     choice = choose_precisions(posteriors, nu)
     log.info("precision: nu=%.3g, predicted distortion %.3g, %s", nu, choice.predicted_distortion,
