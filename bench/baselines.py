@@ -1,5 +1,5 @@
 """Baseline scorers for the benchmarks (split from bench/common.py, which re-exports them):
-per-weight / per-unit scores in the format of surgery.score_weights / score_groups (higher =
+per-weight / per-unit scores in the format of scoring.score_weights / score_groups (higher =
 prune first) for magnitude, SNR, Wanda and random, and Torch-Pruning's magnitude pruner.
 """
 
@@ -22,7 +22,7 @@ def strip(batch: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 def _unit_scores(groups: list[Any], weight_scores: Scores, values: Scores) -> Scores:
     """Per-unit score = −sqrt(mean over the unit's slices of value²): units with small
     values go first; mean (not sum) so units of different sizes compare globally."""
-    from bmr_compress.surgery import structured_from_weights
+    from bmr_compress.scoring import structured_from_weights
 
     sq = {k: v.double() ** 2 for k, v in values.items()}
     summed = structured_from_weights(groups, sq)

@@ -4,7 +4,7 @@ scikit-learn's diabetes regression data (bundled with scikit-learn, no download)
 A small MLP (10-50-1) is trained deterministically, wrapped, fitted with the proper ELBO
 (N = training-set size, Gaussian likelihood with the trained net's residual std), then
 (1) iterative BMR: prune ΔF ≥ 0 → pin → refit → rescore until nothing new is pruned or the
-held-out ELBO drops (pipeline.refit.iterate_with_finetune); pruned fraction per round;
+held-out ELBO drops (algorithms.refit.iterate_with_finetune); pruned fraction per round;
 (2) the ranking comparison: one-shot pruning of the same number of weights by BMR ΔF, SNR
 |μ|/σ and SPR |μ|+σ, held-out ELBO and R² of each. Writes the "beckers" section.
 
@@ -58,8 +58,9 @@ def r2(model: nn.Module, batches: list[dict]) -> float:
 
 
 def run(seed: int, train_steps: int, steps: int, refit: int) -> dict[str, Any]:
-    from bmr_compress.surgery import PlanSettings, score_weights
-    from bmr_compress.pipeline.refit import iterate_with_finetune
+    from bmr_compress.planning import PlanSettings
+    from bmr_compress.scoring import score_weights
+    from bmr_compress.algorithms.refit import iterate_with_finetune
     from bmr_compress.variational import (
         FinetuneSettings, PosteriorSpec, finetune, heldout_elbo, posterior_tensors, set_masks_,
         unwrap_, wrap_,

@@ -67,7 +67,7 @@ def gate_snr(mu: torch.Tensor, log_sigma: torch.Tensor, log_a: float, log_b: flo
 
 
 def unit_scores(rule: str, groups: list[Any], post: Any, gates: Any) -> dict[str, torch.Tensor]:
-    from bmr_compress.surgery import gate_site, score_groups
+    from bmr_compress.scoring import gate_site, score_groups
 
     if rule == "bmrs_n":
         return score_groups(groups, post, gates, "bmrs_n")
@@ -88,7 +88,8 @@ def unit_scores(rule: str, groups: list[Any], post: Any, gates: Any) -> dict[str
 
 
 def run(name: str, seed: int, steps: int, recover: int) -> dict[str, Any]:
-    from bmr_compress.surgery import PlanSettings, gate_sites, make_plan
+    from bmr_compress.planning import PlanSettings, make_plan
+    from bmr_compress.scoring import gate_sites
     from bmr_compress.variational import PosteriorSpec, gate_tensors, posterior_tensors
 
     case = C.load_case(name)

@@ -91,7 +91,7 @@ def _one_seed(original, data, config) -> dict:
     import torch
 
     from bmr_compress import compress_
-    from bmr_compress.pipeline.laplace import laplace_reduce
+    from bmr_compress.algorithms.laplace_reduce import laplace_reduce
 
     lap = config.laplace
     kw = dict(tolerance=lap.tolerance, rounds=lap.rounds, recovery_steps=lap.recovery_steps,

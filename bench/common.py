@@ -1,5 +1,5 @@
 """Shared benchmark code: load a model + data, fit the posterior, BMR's plan, baseline scorers
-that produce per-weight / per-unit scores in the same format as surgery.score_weights /
+that produce per-weight / per-unit scores in the same format as scoring.score_weights /
 score_groups (higher = prune first), equal-sparsity plans, the shared recovery fine-tune,
 and evaluation (metric, parameters, ONNX bytes, ORT CPU latency).
 
@@ -60,7 +60,7 @@ def load_case(recipe: str, *, max_samples: int | None = None, batch_size: int | 
     from bmr_compress.io.data import make_dataset
     from bmr_compress.io.recipes import load_recipe
     from bmr_compress.pipeline.sources import resolve_source
-    from bmr_compress.surgery import discover_groups
+    from bmr_compress.coupling import discover_groups
 
     r = load_recipe(recipe)
     src = resolve_source(f"zoo:{recipe}")
@@ -139,7 +139,7 @@ def owned_params(groups: list[Any], keep: Mapping[str, list[int]]) -> int:
 def _masks(groups: list[Any], plan: Any, shapes: Mapping[str, torch.Size],
            weight_masks: Mapping[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
     """Keep-masks over every tensor in `shapes` (all True where the plan prunes nothing)."""
-    from bmr_compress.surgery import plan_masks
+    from bmr_compress.planning import plan_masks
 
     s = plan_masks(groups, plan, shapes, weight_masks)
     return {k: s.get(k, torch.ones(shape, dtype=torch.bool)) for k, shape in shapes.items()}
@@ -147,7 +147,7 @@ def _masks(groups: list[Any], plan: Any, shapes: Mapping[str, torch.Size],
 
 def bmr_plan(groups: list[Any], unit_scores: Scores, weight_scores: Scores,
              shapes: Mapping[str, torch.Size], **plan_kw: Any) -> MethodPlan:
-    from bmr_compress.surgery import PlanSettings, make_plan, unstructured_masks
+    from bmr_compress.planning import PlanSettings, make_plan, unstructured_masks
 
     plan = make_plan(groups, unit_scores, weight_scores, PlanSettings(round_to=1, **plan_kw))
     masks = _masks(groups, plan, shapes, unstructured_masks(plan, weight_scores))
@@ -158,7 +158,7 @@ def equal_plan(groups: list[Any], unit_scores: Scores, weight_scores: Scores,
                shapes: Mapping[str, torch.Size], ref: MethodPlan) -> MethodPlan:
     """A baseline's plan at `ref`'s sparsity: structure by a parameter budget equal to ref's
     group-owned count, then a global weight threshold down to ref's nonzero count exactly."""
-    from bmr_compress.surgery import PlanSettings, make_plan
+    from bmr_compress.planning import PlanSettings, make_plan
 
     shifted = {k: v.double() - (float(v.max()) + 1.0) for k, v in unit_scores.items()}
     structured = any(len(ref.keep[g.name]) < g.num_units for g in groups)
@@ -196,9 +196,9 @@ def apply_method(plain: nn.Module, groups: list[Any], mp: MethodPlan, *,
     """Copy of `plain` with mp's weights zeroed and its units physically removed.
 
     reduced_means=(posterior, calibration batches): first move the survivors to BMR's reduced
-    posterior mean (surgery/compensate.py, what `compress` does by default)."""
-    from bmr_compress.surgery import apply_plan_
-    from bmr_compress.surgery.compensate import compensate_
+    posterior mean (cutting/compensate.py, what `compress` does by default)."""
+    from bmr_compress.cutting import apply_plan_
+    from bmr_compress.cutting.compensate import compensate_
 
     m = copy.deepcopy(plain)
     if reduced_means is not None:

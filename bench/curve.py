@@ -93,9 +93,9 @@ def _tolerance_rows(cached: _Cache, original, data, task: str, tol: float, defau
     import torch
 
     from bmr_compress import compress_
-    from bmr_compress.pipeline.laplace import laplace_reduce
-    from bmr_compress.pipeline.recovery import recover_
-    from bmr_compress.pipeline.settings import strip_labels
+    from bmr_compress.algorithms.laplace_reduce import laplace_reduce
+    from bmr_compress.algorithms.recovery import recover_
+    from bmr_compress.tasks import strip_labels
 
     lap = defaults.laplace
     kw = dict(rounds=lap.rounds, recovery_steps=lap.recovery_steps, lr=lap.recovery_lr,
@@ -140,8 +140,8 @@ def _layer_drop_rows(cached: _Cache, original, data, task: str, defaults) -> Non
 
     import torch
 
-    from bmr_compress.pipeline.recovery import distortion, recover_
-    from bmr_compress.pipeline.settings import strip_labels
+    from bmr_compress.algorithms.recovery import distortion, recover_
+    from bmr_compress.tasks import strip_labels
 
     lap = defaults.laplace
     total_steps = lap.rounds * lap.recovery_steps
@@ -239,7 +239,7 @@ def main() -> None:
     from bmr_compress.io.data import make_dataset
     from bmr_compress.io.recipes import load_recipe
     from bmr_compress.pipeline.sources import resolve_source
-    from bmr_compress.pipeline.settings import strip_labels
+    from bmr_compress.tasks import strip_labels
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--tolerances", default="0.1,0.2")

@@ -3,7 +3,7 @@
 Per model: wrap with the Gamma hyperprior on each tensor's prior precision (PosteriorSpec
 prior="gamma", one scale per tensor), variational fine-tune, then rounds of
 score → prune (per-weight spike ΔlnZ > Beta–Bernoulli ζ, the Marković threshold) → pin at
-zero → refit → rescore (surgery.iterate_bmr with the library's refit). Accuracy of the
+zero → refit → rescore (planning.iterate_bmr with the library's refit). Accuracy of the
 posterior-mean network and the pruned fraction are reported per round next to the paper's
 FashionMNIST figures. Writes the "markovic" section of BENCHMARKS.md.
 
@@ -37,7 +37,8 @@ PAPER = {
 
 def run(name: str, seed: int, steps: int, refit: int, rounds: int) -> dict[str, Any]:
     from bmr_compress.errors import BmrError
-    from bmr_compress.surgery import PlanSettings, iterate_bmr, score_groups, score_weights
+    from bmr_compress.planning import PlanSettings, iterate_bmr
+    from bmr_compress.scoring import score_groups, score_weights
     from bmr_compress.variational import (
         FinetuneSettings, PosteriorSpec, finetune, heldout_elbo, posterior_tensors, set_masks_,
     )

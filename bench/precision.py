@@ -72,10 +72,10 @@ def main() -> None:
     from bmr_compress.export.validation import make_inputs_like
     from bmr_compress.io.corpus import docstring_corpus
     from bmr_compress.pipeline.sources import resolve_source
-    from bmr_compress.surgery.precision import (
+    from bmr_compress.scoring.precision import (
         calibrate_precisions, matrix_posteriors, round_weights_,
     )
-    from bmr_compress.surgery.unit_posterior import output_scale
+    from bmr_compress.scoring.unit_posterior import output_scale
 
     torch.set_num_threads(1)
     src = resolve_source("zoo:all-minilm-l6-v2")
@@ -136,7 +136,7 @@ def main() -> None:
                 r.update(info[name])
                 tmp = copy.deepcopy(model)
                 round_weights_(tmp, info[name]["grids"])
-                from bmr_compress.pipeline.recovery import distortion
+                from bmr_compress.algorithms.recovery import distortion
                 r["torch_distortion"] = distortion(tmp, model, _batches(tok, check_texts, 16),
                                                    "embedding", scale)
             rows[name] = r

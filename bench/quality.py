@@ -98,7 +98,7 @@ def choose_recovery(case: C.Case, model: Any, prof: dict[str, Any], seed: int) -
 
 def run_model(name: str, seeds: list[int], prof: dict[str, Any], fit_kw: dict[str, Any],
               log: logging.Logger) -> dict[str, Any]:
-    from bmr_compress.surgery import score_groups, score_weights
+    from bmr_compress.scoring import score_groups, score_weights
     from bmr_compress.variational import posterior_tensors
 
     case0 = C.load_case(name, **prof["data"])

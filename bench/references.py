@@ -73,8 +73,8 @@ def main() -> None:
     from bmr_compress.io.data import make_dataset
     from bmr_compress.io.recipes import load_recipe
     from bmr_compress.pipeline.sources import resolve_source
-    from bmr_compress.pipeline.recovery import distortion, recover_
-    from bmr_compress.pipeline.settings import strip_labels
+    from bmr_compress.algorithms.recovery import distortion, recover_
+    from bmr_compress.tasks import strip_labels
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--from", dest="src", type=Path,

@@ -7,6 +7,7 @@ Shared by the fine-tune (distillation loss), validation (task metric) and export
 from __future__ import annotations
 
 import enum
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -53,6 +54,11 @@ def mean_pool(hidden: torch.Tensor, attention_mask: torch.Tensor | None) -> torc
         return hidden.mean(dim=1)
     m = attention_mask.to(hidden.dtype).unsqueeze(-1)  # (B, T, 1)
     return (hidden * m).sum(dim=1) / m.sum(dim=1).clamp_min(1e-9)
+
+
+def strip_labels(batch: Mapping[str, Any]) -> dict[str, Any]:
+    """The model's inputs of a batch (its "labels" entry dropped)."""
+    return {k: v for k, v in batch.items() if k != "labels"}
 
 
 def probe_output(model: Any, batch: dict[str, Any], task: str) -> torch.Tensor:

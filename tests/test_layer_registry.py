@@ -22,14 +22,14 @@ from transformers.pytorch_utils import Conv1D
 
 from bmr_compress.errors import UnsupportedModelError
 from bmr_compress.layers import LAYER_TYPES, LayerType, channel_type, layer_type, register_layer
-from bmr_compress.surgery import (
-    Plan, PlanSettings, Slice, UnitGroup, apply_plan_, gate_sites, load_compressed,
-    save_compressed, score_groups, structured_masks,
-)
-from bmr_compress.surgery.adapters import out_size
-from bmr_compress.surgery.compensate import compensate_
-from bmr_compress.surgery.groups import column
-from bmr_compress.surgery.manifest import ARCHITECTURES, register_architecture
+from bmr_compress.cutting import apply_plan_, load_compressed, save_compressed
+from bmr_compress.planning import Plan, PlanSettings, structured_masks
+from bmr_compress.scoring import gate_sites, score_groups
+from bmr_compress.coupling import Slice, UnitGroup
+from bmr_compress.coupling.adapters import out_size
+from bmr_compress.cutting.compensate import compensate_
+from bmr_compress.coupling.groups import column
+from bmr_compress.cutting.saved import ARCHITECTURES, register_architecture
 from bmr_compress.variational import (
     PosteriorSpec, fit_mode_, posterior_tensors, unwrap_, wrap_,
 )

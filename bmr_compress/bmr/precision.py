@@ -22,7 +22,7 @@ With s² A = U diag(e) Uᵀ, x_ik = ν b_i e_k, ŵ = Uᵀ w0_i and ε̂ = Uᵀ (
            − ½ Σ_k x_ik ε̂_k² / s²                 = ½ ν δ_i, δ_i = b_i εᵀ A ε
 
 δ = Σ_i δ_i is the relative output distortion the rounding causes (the currency of the
-stated tolerance, surgery/tolerance.py), so the data term is ν δ / 2 nats, exactly as for a
+stated tolerance, scoring/tolerance.py), so the data term is ν δ / 2 nats, exactly as for a
 removed unit. Rows are independent given the factors: the matrix's ΔlnZ is the sum over
 rows. The first two terms do not depend on the grid, so a finer grid always has the larger
 ΔlnZ; the evidence is the acceptance test (ΔlnZ ≥ 0: the grid explains the data at least as

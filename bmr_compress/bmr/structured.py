@@ -16,7 +16,7 @@ the original fits itself exactly) with K-FAC's input factor A and output factor
 b_i = E‖∂f/∂y_i‖², times the prior N(0, s² I). The mean is the posterior mode: directions the
 data barely constrain (ν b_i e ≲ 1) shrink towards 0, which is what lets a redundant unit go.
 ν is the likelihood's precision: ν·δ/2 nats for a relative output distortion δ
-(surgery/tolerance.py turns the user's stated tolerance into ν).
+(scoring/tolerance.py turns the user's stated tolerance into ν).
 
 Removing P (MATH.md §6; the Savage–Dickey ratio of the Gaussian marginal of w_iP):
 

@@ -7,8 +7,8 @@ from typing import Any
 import click
 
 from bmr_compress.cli.options import (
-    common_options, data_options, emit, fit_options, out_options, plan_options, run_command,
-    source_options, compress_config,
+    common_options, compress_config, data_options, emit, export_options, fit_options, out_options,
+    plan_options, run_command, source_options,
 )
 
 EPILOG = """\b
@@ -23,7 +23,8 @@ Examples:
 def human_summary(result: Any) -> str:
     from bmr_compress.pipeline import format_summary
 
-    return f"wrote {result.out} (validation passed)\n" + format_summary(result.summary)
+    return (f"wrote {result.out} (validation passed)\n"
+            + format_summary({**result.summary, "out": str(result.out)}))
 
 
 @click.command("compress", epilog=EPILOG)
@@ -32,12 +33,7 @@ def human_summary(result: Any) -> str:
 @data_options
 @fit_options
 @plan_options
-@click.option("--int8", is_flag=True, default=None,
-              help="Also write an int8-quantised ONNX model (validated on its own).")
-@click.option("--int8-scheme", type=click.Choice(["blockwise", "dynamic"]), default=None,
-              help="int8 weights: blockwise (8-bit per block of 128 inputs, keeps quality) or "
-                   "dynamic (onnxruntime's dynamic int8: faster on CPU, less accurate) "
-                   "[default: blockwise].")
+@export_options
 @click.option("--compact-zeros", is_flag=True,
               help="Store mostly-zero tensors sparsely in model.safetensors (restored on load).")
 @common_options

@@ -22,6 +22,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "push": ("bmr_compress.cli.push", "Upload a validated output directory to the Hugging Face hub."),
     "inspect": ("bmr_compress.cli.inspect", "Show what the tool sees in a checkpoint: family, units, coverage."),
     "zoo": ("bmr_compress.cli.zoo", "List, show and train the model-zoo recipes."),
+    "bench": ("bmr_compress.cli.bench", "Time an output's artefacts on this CPU; name the one to deploy here."),
 }
 
 
@@ -92,6 +93,7 @@ Examples:
   bmr-compress compress zoo:mlp-digits --out out/mlp
   bmr-compress compress sentence-transformers/all-MiniLM-L6-v2@main --out out/minilm --data docstrings
   bmr-compress push out/mlp --repo-id me/mlp-digits-bmr --dry-run
+  bmr-compress bench out/minilm      (on the deploy machine: the artefact to ship there)
 
 Exit codes: 0 ok, 1 validation failed (nothing published), 2 bad input or usage,
 130 Ctrl-C / 143 SIGTERM (temporary files removed).""",

@@ -124,6 +124,31 @@ plan_options = _stack(
 )
 
 # validate / reduce re-load the original: from where the user says, trusted as far as the user says
+# the artefacts a run ships (compress and reduce): which int8 schemes are measured, and the
+# task-quality budget the recommended artefact is chosen by
+export_options = _stack(
+    click.option("--int8/--no-int8", "int8", default=None,
+                 help="Measure int8 artefacts (of the original and of every round) on this CPU and "
+                      "ship the fastest that keeps the quality budget, if it beats fp32 here "
+                      "[default: on for models of 1M parameters or more]."),
+    click.option("--int8-scheme",
+                 type=click.Choice(["auto", "dynamic", "dynamic-per-tensor", "blockwise"]),
+                 default=None,
+                 help="auto: time every scheme here and keep the fastest that qualifies; or force "
+                      "one: dynamic (onnxruntime int8, one scale per channel), dynamic-per-tensor, "
+                      "blockwise (8-bit MatMulNBits, blocks of 128 inputs) [default: auto]."),
+    click.option("--max-quality-loss", type=click.FloatRange(0, 1, max_open=True), default=None,
+                 help="Quality budget: the recommended artefact keeps at least 1 - this of the "
+                      "original's task metric (retrieval MRR@10 for sentence embeddings, accuracy "
+                      "or top-1 agreement for classifiers, perplexity for LMs) on selection "
+                      "examples that never train; held-out retention is reported "
+                      "[default: 0.01, i.e. keep 99 %]."),
+    click.option("--candidates/--no-candidates", "candidates", default=None,
+                 help="Also ship the other qualifying artefacts and the original's ONNX under "
+                      "candidates/, so `bmr-compress bench OUT` can choose on the deploy CPU "
+                      "[default: on]."),
+)
+
 reload_options = _stack(
     click.option("--original", metavar="SOURCE",
                  help="The checkpoint the directory was compressed from (hub id[@rev], local path "

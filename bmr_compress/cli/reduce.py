@@ -8,8 +8,8 @@ from typing import Any
 import click
 
 from bmr_compress.cli.options import (
-    common_options, emit, out_options, pipeline_function, plan_options, reload_options,
-    run_command,
+    common_options, emit, export_options, out_options, pipeline_function, plan_options,
+    reload_options, run_command,
 )
 
 EPILOG = """\b
@@ -26,11 +26,7 @@ A local source path recorded in POSTERIOR_DIR is used only with --original or
 @click.argument("posterior_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @out_options
 @plan_options
-@click.option("--int8", is_flag=True, help="Also write an int8-quantised ONNX model.")
-@click.option("--int8-scheme", type=click.Choice(["blockwise", "dynamic"]), default=None,
-              help="int8 weights: blockwise (8-bit per block of 128 inputs, keeps quality) or "
-                   "dynamic (onnxruntime's dynamic int8: faster on CPU, less accurate) "
-                   "[default: blockwise].")
+@export_options
 @reload_options
 @common_options
 @run_command

@@ -1,4 +1,4 @@
-"""The report's view of a run's operating points (pipeline.curve measures them): the
+"""The report's view of a run's operating points (algorithms/curve.py measures them): the
 report.md table and the plot."""
 
 from __future__ import annotations
@@ -7,33 +7,41 @@ from collections.abc import Mapping
 from typing import Any
 
 
-def curve_markdown(curve: Mapping[str, Any]) -> list[str]:
-    """The report.md table of the operating points."""
-    sh = curve["latency_shape"]
-    out = ["## Operating points (one run)", "",
-           f"Held-out {curve['metric']} and ORT CPU latency ({sh['threads']} thread(s), batch "
-           f"{sh['batch']}" + (f", sequence {sh['seq']}" if sh["seq"] else "")
-           + f"; median of {curve['runs']}, interleaved) of the "
-           "model after each round, BMR's choice marked, beside the original and the original "
-           f"quantised to int8. {curve['note']}.", "",
-           f"| model | parameters | median ms | speed-up | {curve['metric']} |",
-           "|---|---:|---:|---:|---:|"]
-    for p in curve["points"]:
-        mark = " **(BMR's choice)**" if p["bmr_choice"] else ""
-        params = f"{p['params']:,}" if p["params"] else "(int8)"
-        out.append(f"| {p['label']}{mark} | {params} | {p['median_ms']:.3f} | "
-                   f"{p['speedup']:.2f}x | {p['value']:.4f} |")
+def curve_markdown(ops: Mapping[str, Any]) -> list[str]:
+    """report.md's table of the operating points (from OperatingPoints.to_json())."""
+    sh, cpu = ops["latency_shape"], ops.get("cpu", {})
+    feats = ", ".join(cpu.get("features", [])) or "none recorded"
+    out = ["## Operating points (this run, this CPU)", "",
+           f"Every candidate timed interleaved on onnxruntime CPU ({sh['threads']} thread(s), "
+           f"batch {sh['batch']}" + (f", sequence {sh['seq']}" if sh.get("seq") else "")
+           + f"; median of {ops['runs']}) on {cpu.get('model', 'this CPU')} "
+           f"(int8-relevant features: {feats}). Retention = {ops['metric']} of the artefact ÷ "
+           "the original's, on *selection* examples (which choose, never train) and on "
+           f"*held-out* examples (reported, decide nothing). Budget: keep ≥ "
+           f"{100 * (1 - ops['max_quality_loss']):.1f} % on selection; an int8 file qualifies "
+           "only when it is faster here than the fp32 model it came from.", "",
+           "| artefact | size MB | ms | speed-up | retention (selection) | retention (held-out) "
+           "| qualifies |", "|---|---:|---:|---:|---:|---:|---|"]
+    for p in ops["points"]:
+        mark = " **(recommended)**" if p["recommended"] else ""
+        why = "yes" if p["qualifies"] else f"no: {p['reason']}"
+        out.append(f"| {p['label']}{mark} | {p['size_bytes'] / 1e6:.1f} | {p['median_ms']:.2f} | "
+                   f"{p['speedup']:.2f}x | {100 * p['retention']['selection']:.1f} % | "
+                   f"{100 * p['retention']['heldout']:.1f} % | {why} |")
     return out + [""]
 
 
-def plot_curve(ax: Any, curve: Mapping[str, Any]) -> None:
-    for p in curve["points"]:
-        marker = "*" if p["bmr_choice"] else ("s" if p["reference"] else "o")
-        ax.scatter(p["speedup"], p["value"], marker=marker, s=140 if marker == "*" else 40)
-        ax.annotate(p["label"], (p["speedup"], p["value"]), fontsize=7, xytext=(3, 3),
-                    textcoords="offset points")
-    sh = curve["latency_shape"]
+def plot_curve(ax: Any, ops: Mapping[str, Any]) -> None:
+    """Retention (held-out) against speed-up, the recommended artefact starred."""
+    for p in ops["points"]:
+        marker = "*" if p["recommended"] else ("s" if p["base"] == "original" else "o")
+        ax.scatter(p["speedup"], 100 * p["retention"]["heldout"], marker=marker,
+                   s=160 if marker == "*" else 40, alpha=1.0 if p["qualifies"] else 0.45)
+        ax.annotate(p["label"], (p["speedup"], 100 * p["retention"]["heldout"]), fontsize=6,
+                    xytext=(3, 3), textcoords="offset points")
+    sh = ops["latency_shape"]
+    ax.axhline(100 * (1 - ops["max_quality_loss"]), color="grey", lw=0.8, ls="--")
     ax.set_xlabel(f"ORT CPU speed-up vs original ({sh['threads']} thr, b{sh['batch']}"
-                  + (f", s{sh['seq']})" if sh["seq"] else ")"))
-    ax.set_ylabel(f"held-out {curve['metric']}")
+                  + (f", s{sh['seq']})" if sh.get("seq") else ")"))
+    ax.set_ylabel(f"held-out retention, % ({ops['metric']})")
     ax.grid(alpha=0.3)

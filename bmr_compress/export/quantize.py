@@ -1,6 +1,6 @@
 """Optional int8 weight quantisation of an export (onnxruntime CPU).
 
-Default scheme ``"blockwise"``: every MatMul with a constant weight becomes onnxruntime's
+Scheme ``"blockwise"``: every MatMul with a constant weight becomes onnxruntime's
 MatMulNBits with 8-bit weights, one scale per block of 128 input channels, computed in int8
 with activations quantised per block (accuracy level 4); embedding tables (Gather) are
 stored as int8 with one scale per row and dequantised after the lookup; Conv layers are
@@ -28,7 +28,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-SCHEMES = ("blockwise", "dynamic")
+SCHEMES = ("blockwise", "dynamic", "dynamic-per-tensor")  # "dynamic": one scale per channel
 BLOCK = 128  # input channels per weight scale (MatMulNBits)
 
 
@@ -39,9 +39,11 @@ def quantize_int8(
 ) -> OnnxArtifact:
     """int8 weights for `onnx_path`, written to `out_path` (IR pinned, checked).
 
-    scheme="blockwise" (default, see the module docstring) or "dynamic": onnxruntime's
+    scheme="blockwise" (see the module docstring), "dynamic": onnxruntime's
     `quantize_dynamic` on every supported op, weights with one scale per output channel
-    (`per_channel=True`) or per tensor, activations quantised per tensor at run time.
+    (`per_channel=True`) or per tensor, activations quantised per tensor at run time, or
+    "dynamic-per-tensor" (the same with one scale per weight tensor). Which is fastest
+    depends on the CPU (VNNI / dot-product instructions): algorithms/curve.py times them.
     `nodes_to_exclude` keeps named nodes in float. Sparse initializers are densified first so
     that the quantiser sees every weight.
     """
@@ -56,8 +58,9 @@ def quantize_int8(
     _densify_(proto)  # the quantisers only look at dense initializers
     spec = io_spec or _io_spec_of(proto)
     exclude = tuple(nodes_to_exclude)
-    if scheme == "dynamic":
-        q = _dynamic(proto, out.parent, per_channel=per_channel, exclude=exclude)
+    if scheme.startswith("dynamic"):
+        q = _dynamic(proto, out.parent, exclude=exclude,
+                     per_channel=per_channel and scheme != "dynamic-per-tensor")
     else:
         if any(n.op_type == "Conv" for n in proto.graph.node):
             proto = _dynamic(proto, out.parent, per_channel=True, exclude=exclude, ops=("Conv",))

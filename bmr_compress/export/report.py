@@ -182,9 +182,7 @@ def render_markdown(report: Mapping[str, Any]) -> str:
     q = report.get("int8")
     if q:
         qm = q.get("metric") or {}
-        how = ("onnxruntime dynamic int8, weights per output channel"
-               if (report.get("settings") or {}).get("int8_scheme") == "dynamic" else
-               "8-bit weights in blocks of up to 128 input channels, int8 embedding rows")
+        how = _INT8_WORDS.get(_int8_scheme(report), "8-bit weights")
         lines += [f"int8 ({how}): {_fmt_bytes(q['file_bytes'])}"
                   + (f", {qm.get('name')} {qm.get('gate'):.4g} vs the original on held-out data"
                      if qm.get("gate") is not None else "") + ".", ""]
@@ -271,3 +269,18 @@ def _write_plots(d: Path, report: Mapping[str, Any], delta_lnz: Mapping[str, Any
         plot_curve(ax, report["operating_points"])
         save(fig, "operating_points.png")
     return written
+
+
+_INT8_WORDS = {
+    "dynamic": "onnxruntime dynamic int8, weights per output channel",
+    "dynamic-per-tensor": "onnxruntime dynamic int8, one weight scale per tensor",
+    "blockwise": "8-bit weights in blocks of up to 128 input channels, int8 embedding rows",
+}
+
+
+def _int8_scheme(report: dict[str, Any]) -> str | None:
+    """The scheme of the shipped model.int8.onnx (chosen by the operating points, or forced)."""
+    for p in (report.get("operating_points") or {}).get("points", []):
+        if p.get("file") == "model.int8.onnx":
+            return p.get("scheme")
+    return (report.get("settings") or {}).get("int8_scheme")

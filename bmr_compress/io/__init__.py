@@ -1,6 +1,6 @@
 """I/O stage (docs/INTERNALS.md §5): sources, recipes, data, atomic writes, hub push.
 
-The leaf of the middle layers: io imports nothing from zoo, surgery, export, variational or
+The leaf of the middle layers: io imports nothing from zoo, cutting, planning, scoring, coupling, export, variational or
 pipeline; they register what io cannot load itself (io.sources.register_source_kind).
 
 Importing this package does not import torch; names resolve lazily on first use.

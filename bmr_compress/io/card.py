@@ -166,6 +166,7 @@ def _body(report: dict[str, Any], repo_id: str, d: Path | None, st: bool, base: 
         qm = (q.get("metric") or {}).get("gate")
         lines.append(f"| int8 ONNX bytes / {name} | | {q.get('file_bytes', 0):,} / {_num(qm)} |")
     lines += ["", f"Held-out data: {src.get('heldout') or src.get('data') or 'not stated'}.", ""]
+    lines += _retention_lines(report.get("recommended"))
     lines += _latency_lines(report.get("latency", {}))
     lines += ["## Settings", "", "```json", json.dumps(_scrub(report.get("settings", {})), indent=2,
                                                         sort_keys=True), "```", ""]
@@ -174,6 +175,25 @@ def _body(report: dict[str, Any], repo_id: str, d: Path | None, st: bool, base: 
         lines += ["The posterior (`posterior.safetensors`, needed only to re-plan with "
                   "`bmr-compress reduce`) is not uploaded.", ""]
     return "\n".join(lines)
+
+
+def _retention_lines(rec: dict[str, Any] | None) -> list[str]:
+    """The recommended artefact in task terms (measured on the CPU that compressed)."""
+    if not rec:
+        return []
+    ret = rec.get("retention") or {}
+    feats = ", ".join(rec.get("cpu_features") or []) or "no int8 dot-product features recorded"
+    out = ["## Task retention", "",
+           f"Recommended file: `{rec.get('file') or rec['label']}` ({rec['label']}): "
+           f"{rec['speedup']:.2f}x faster than the original and "
+           f"{100 * ret.get('heldout', float('nan')):.1f} % of its {rec['metric']} on held-out "
+           f"text, measured on {rec.get('cpu') or 'the compressing CPU'} ({feats}). int8 speed "
+           "depends on the CPU: `bmr-compress bench` re-times every artefact on yours.", ""]
+    d = rec.get("dense_int8")
+    if d:
+        out += [f"For comparison, the original + int8 ({d['label']}): {d['speedup']:.2f}x at "
+                f"{100 * (d.get('retention') or {}).get('heldout', float('nan')):.1f} %.", ""]
+    return out
 
 
 def _latency_lines(lat: dict[str, Any]) -> list[str]:

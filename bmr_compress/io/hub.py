@@ -86,9 +86,13 @@ def push_to_hub(
     check_integrity(d, report)  # exactly the files that were validated, unchanged
     check_manifest_consistent(d)  # kept units, widths and shapes agree with the weights
     card = build_model_card(report, repo_id, d, with_posterior=with_posterior)
-    ignore = [] if with_posterior else [POSTERIOR]
+    from bmr_compress.io.integrity import LOCAL_DIRS
+
+    # bench/ holds timings of the deploy machines this copy ran on: theirs, not the model's
+    ignore = ([] if with_posterior else [POSTERIOR]) + [f"{x}/*" for x in sorted(LOCAL_DIRS)]
     files = sorted({str(p.relative_to(d)) for p in d.rglob("*") if p.is_file() and not p.name.startswith(".")
-                    and str(p.relative_to(d)) not in ignore} | {CARD_NAME})
+                    and str(p.relative_to(d)) not in ignore
+                    and p.relative_to(d).parts[0] not in LOCAL_DIRS} | {CARD_NAME})
     if dry_run:
         log.info("dry run: would upload %d files to %s:\n%s", len(files), repo_id, "\n".join(files))
         return PushResult(repo_id, revision, tuple(files), card, dry_run=True)
@@ -101,6 +105,6 @@ def push_to_hub(
         api.create_branch(repo_id, branch=revision, exist_ok=True, repo_type="model")
     api.upload_folder(folder_path=str(d), repo_id=repo_id, repo_type="model", revision=revision,
                       commit_message="Upload model compressed with bmr-compress",
-                      ignore_patterns=ignore or None)
+                      ignore_patterns=ignore)
     log.info("pushed %s to %s", d, url)
     return PushResult(repo_id, revision, tuple(files), card, dry_run=False, url=str(url))

@@ -22,13 +22,18 @@ INTEGRITY_KEY = "integrity"
 # plots, and the model card `push` writes
 UNSEALED = frozenset({"report.json", "report.md", "README.md"})
 UNSEALED_DIRS = frozenset({"plots"})
+# written later, beside a validated result, by commands that only read it (`bench` keeps its
+# per-CPU timings in bench/<cpu signature>.json): never sealed and never uploaded, so adding
+# them leaves the result valid and pushable
+LOCAL_DIRS = frozenset({"bench"})
 
 
 def _sealed_files(directory: Path) -> list[Path]:
     out = []
     for p in sorted(directory.rglob("*")):
         rel = p.relative_to(directory)
-        if any(part.startswith(".") for part in rel.parts) or rel.parts[0] in UNSEALED_DIRS:
+        if (any(part.startswith(".") for part in rel.parts) or rel.parts[0] in UNSEALED_DIRS
+                or rel.parts[0] in LOCAL_DIRS):
             continue
         if str(rel) in UNSEALED or p.is_dir():
             continue
@@ -46,7 +51,7 @@ def sha256_file(path: Path) -> str:
 
 def file_hashes(directory: str | Path) -> dict[str, Any]:
     """{"algorithm": "sha256", "sha256": {relative path: hex digest}} of every file the
-    validation covers (all but report.*, README.md, plots/ and hidden entries)."""
+    validation covers (all but report.*, README.md, plots/, bench/ and hidden entries)."""
     d = Path(directory)
     return {"algorithm": "sha256",
             "sha256": {str(p.relative_to(d)): sha256_file(p) for p in _sealed_files(d)}}
@@ -143,6 +148,7 @@ def tool_written(directory: str | Path) -> str | None:
     for p in sorted(d.rglob("*")):  # what check_integrity does not look at
         rel = p.relative_to(d)
         if (p.is_symlink() or any(part.startswith(".") for part in rel.parts) or str(rel) == "README.md"
-                or (rel.parts[0] in UNSEALED_DIRS and p.is_file() and p.suffix != ".png")):
+                or (rel.parts[0] in UNSEALED_DIRS and p.is_file() and p.suffix != ".png")
+                or (rel.parts[0] in LOCAL_DIRS and p.is_file() and p.suffix != ".json")):
             return f"{rel} is not part of a result"
     return None

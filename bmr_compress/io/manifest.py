@@ -1,6 +1,6 @@
 """bmr_manifest.json as a file: written with a read-back check, read strictly.
 
-What the manifest holds (kept units, shapes, the builder) is surgery.manifest's business;
+What the manifest holds (kept units, shapes, the builder) is cutting.saved's business;
 this module only knows that it is a JSON object with a format version.
 """
 

@@ -13,7 +13,7 @@ Accepted specs (docs/INTERNALS.md §5):
 io knows hub repos, transformers snapshots, weight files and hub/package recipes
 (io.transformers_source). Other kinds are *registered* by the layers that own them, with
 `register_source_kind`: the model zoo (its checkpoints and zoo recipes: zoo.sources) and
-surgery (a `compress` output directory: surgery.manifest). `bmr_compress.pipeline.sources`
+cutting (a `compress` output directory: cutting.saved). `bmr_compress.pipeline.sources`
 imports them all; a kind that is not registered is an InputError saying what to import.
 
 Every weight file is checked before a third-party loader sees it (io.checks): a truncated or

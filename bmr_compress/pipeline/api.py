@@ -6,7 +6,7 @@
     record.surgery.groups            # kept indices per unit group (the manifest's content)
 
 The default path: Laplace unit posteriors → ν calibrated to the tolerance → sequential
-BMR reduction and cut → recovery, in rounds (pipeline/laplace.py). `pipeline.compress` runs
+BMR reduction and cut → recovery, in rounds (algorithms/laplace_reduce.py). `pipeline.compress` runs
 exactly this between loading (`load_stage`) and export/validation (`finish_stage`).
 """
 
@@ -21,7 +21,8 @@ from types import SimpleNamespace
 from typing import Any
 
 from bmr_compress.pipeline.config import CompressConfig
-from bmr_compress.pipeline.settings import StageTimer, strip_labels
+from bmr_compress.pipeline.settings import StageTimer
+from bmr_compress.tasks import strip_labels
 
 log = logging.getLogger(__name__)
 
@@ -33,9 +34,9 @@ class CompressRecord:
     model: the caller's model object, now reduced (the same object that was passed in).
     original: a module of the same class holding what `model` held before (the very same
         tensors, not a copy): the teacher the run distilled towards.
-    surgery: surgery.SurgeryRecord from the original to the reduced model (kept indices of
+    surgery: cutting.SurgeryRecord from the original to the reduced model (kept indices of
         the original units per group, final shapes, config updates, coverage).
-    plan: surgery.Plan with the kept units per group and a per-group summary.
+    plan: planning.Plan with the kept units per group and a per-group summary.
     """
 
     model: Any
@@ -49,6 +50,7 @@ class CompressRecord:
     delta_lnz: dict[str, Any]  # the last scored round's ΔlnZ per unit and group
     snapshots: list[tuple[str, Any]] = field(default_factory=list)  # kept rounds' models
     stage_seconds: dict[str, float] = field(default_factory=dict)
+    reduction: Any = None  # the LaplaceOutcome (re-plans the record at an earlier round)
 
     def to_json(self) -> dict[str, Any]:
         """What report.json's `iterative` entry says about the rounds."""
@@ -78,7 +80,7 @@ def compress_(model: Any, batches: Sequence[Mapping[str, Any]],
     trains in eval mode: no dropout). Seeds nothing: seed torch first for a reproducible recovery.
     """
     from bmr_compress.errors import InputError
-    from bmr_compress.pipeline.laplace import laplace_reduce
+    from bmr_compress.algorithms.laplace_reduce import laplace_reduce
 
     config = config if config is not None else CompressConfig()
     if config.posterior != "laplace":
@@ -104,8 +106,8 @@ def compress_(model: Any, batches: Sequence[Mapping[str, Any]],
 def _finish(model: Any, outcome: Any, example: Mapping[str, Any], config: CompressConfig,
             timer: StageTimer) -> CompressRecord:
     """The record, then `model` and the reduced copy swap contents (no tensor is copied)."""
-    from bmr_compress.pipeline.laplace import final_record
-    from bmr_compress.surgery.plan import Plan, PlanSettings
+    from bmr_compress.algorithms.laplace_reduce import final_record
+    from bmr_compress.planning.plan import Plan, PlanSettings
 
     record = final_record(model, outcome, example)
     summary = {name: {"kind": g["kind"], "num_units": g["num_units"], "kept": len(g["kept"]),
@@ -119,7 +121,8 @@ def _finish(model: Any, outcome: Any, example: Mapping[str, Any], config: Compre
     return CompressRecord(model=model, original=reduced, surgery=record, plan=plan, config=config,
                           tolerance=outcome.tolerance, final_distortion=outcome.final_distortion,
                           rounds=outcome.rounds, delta_lnz=outcome.delta_lnz,
-                          snapshots=outcome.snapshots, stage_seconds=timer.total())
+                          snapshots=outcome.snapshots, stage_seconds=timer.total(),
+                          reduction=outcome)
 
 
 def _swap_(a: Any, b: Any) -> None:

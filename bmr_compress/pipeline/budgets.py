@@ -12,13 +12,13 @@ if TYPE_CHECKING:
 def plan_settings(plan: PlanConfig, original: Any,
                    mac_weights: Mapping[str, float] | None = None,
                    groups: list[Any] | None = None, task: str | None = None) -> Any:
-    """surgery.PlanSettings from the pipeline's PlanConfig. `--size-budget` is a share (≤ 1)
+    """planning.PlanSettings from the pipeline's PlanConfig. `--size-budget` is a share (≤ 1)
     or count of the model's parameters and `--latency-budget` a share of its dense-layer
     MACs; both are turned into budgets on what the unit groups own, counted exactly (costs.CostLedger):
     what no group owns stays whatever BMR decides."""
     from bmr_compress.io.checks import count_params
-    from bmr_compress.surgery import PlanSettings
-    from bmr_compress.surgery.costs import CostLedger
+    from bmr_compress.planning import PlanSettings
+    from bmr_compress.scoring.costs import CostLedger
 
     shapes = {k: v.shape for k, v in original.state_dict().items()}
     budget = plan.size_budget

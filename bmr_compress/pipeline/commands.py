@@ -19,8 +19,9 @@ from bmr_compress.pipeline.finish import (
     fit_summary, provenance, finish_stage, validation_settings,
 )
 from bmr_compress.pipeline.settings import (
-    FIT_RECORD, CompressResult, StageTimer, strip_labels,
+    FIT_RECORD, CompressResult, StageTimer,
 )
+from bmr_compress.tasks import strip_labels
 from bmr_compress.pipeline.stages import (
     Fitted, checkpoint_dir, cut_stage, fit_stage, load_stage,
 )
@@ -166,7 +167,7 @@ def reduce(posterior_dir: str | Path, out: str | Path, *, overwrite: bool = Fals
     from bmr_compress.io.atomic import (
         check_inputs_outside, check_output_dir, check_rejected_dir, work_dir,
     )
-    from bmr_compress.surgery import discover_groups
+    from bmr_compress.coupling import discover_groups
     from bmr_compress.variational import PosteriorSpec, load_posterior, restore_posterior_, wrap_
 
     posterior_dir = Path(posterior_dir)
@@ -228,9 +229,9 @@ def _example_from_spec(spec: Mapping[str, Any], seed: int = 0) -> dict[str, Any]
 
 
 def _load_compressed(directory: Path) -> Any:
-    """surgery.load_compressed in eval mode (a zoo output's manifest names its builder module,
+    """cutting.load_compressed in eval mode (a zoo output's manifest names its builder module,
     whose import registers the adapters)."""
-    from bmr_compress.surgery import load_compressed
+    from bmr_compress.cutting import load_compressed
 
     return load_compressed(directory).eval()
 
@@ -242,7 +243,7 @@ def export_directory(directory: str | Path, *, int8: bool = False, compact_zeros
     from bmr_compress.export import export_onnx, quantize_int8
     from bmr_compress.export.safetensors_export import read_metadata, write_weights
     from bmr_compress.io.atomic import replace_files
-    from bmr_compress.surgery import read_manifest
+    from bmr_compress.cutting import read_manifest
 
     directory = Path(directory)
     manifest = read_manifest(directory)
@@ -271,7 +272,7 @@ def validate_directory(directory: str | Path, *, data: str | None = None,
     """Re-run validation of a compressed directory against its original source (loaded as
     `reload_settings` allows: trust only from the arguments, never from the directory)."""
     from bmr_compress.export import export_onnx, validate
-    from bmr_compress.surgery import read_manifest
+    from bmr_compress.cutting import read_manifest
 
     from bmr_compress.io.integrity import check_manifest_consistent
 

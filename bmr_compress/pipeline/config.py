@@ -7,7 +7,7 @@
       laplace   LaplaceSettings     tolerance, rounds, recovery (the default path)
       finetune  FinetuneSettings    the variational fine-tune (variational/settings.py)
       plan      PlanConfig          structure, rounding, budgets, gates, compensation
-      export    ExportConfig        int8, compact zeros
+      export    ExportConfig        int8, quality budget, candidates, compact zeros
       validate  ValidationSettings  gate thresholds and latency shape (export/validation.py)
 
 Defaults live in these dataclasses only. Three ways in, one mapping between them:
@@ -27,7 +27,7 @@ from typing import Any
 
 from bmr_compress.errors import InputError
 from bmr_compress.export.validation import ValidationSettings
-from bmr_compress.surgery.plan import PlanSettings
+from bmr_compress.planning.plan import PlanSettings
 from bmr_compress.variational.settings import FinetuneSettings
 
 POSTERIORS = ("laplace", "variational")
@@ -65,7 +65,7 @@ class DataConfig:
 
 @dataclass(frozen=True)
 class LaplaceSettings:
-    """The default path (pipeline/laplace.py): BMR on Laplace unit posteriors at the
+    """The default path (algorithms/laplace_reduce.py): BMR on Laplace unit posteriors at the
     likelihood precision where the measured distortion meets `tolerance`, in rounds of
     reduce → recovery."""
 
@@ -87,7 +87,7 @@ class LaplaceSettings:
 
 @dataclass(frozen=True)
 class PlanConfig:
-    """What may be removed and how the plan is turned into surgery.PlanSettings
+    """What may be removed and how the plan is turned into planning.PlanSettings
     (pipeline/budgets.py). The pipeline's default differs from PlanSettings' in one place:
     single weights are not zeroed (that only shrinks files)."""
 
@@ -125,17 +125,27 @@ class PlanConfig:
 
 @dataclass(frozen=True)
 class ExportConfig:
-    int8: bool = False  # also write an int8-quantised ONNX model (validated on its own)
-    # "blockwise" (8-bit weights per block of 128 inputs: keeps quality) or "dynamic"
-    # (onnxruntime's dynamic int8: faster on CPU, activations one scale per tensor)
-    int8_scheme: str = "blockwise"
+    """What the run ships. int8: None = measure int8 artefacts for models of 1M parameters or
+    more (pipeline/choose.py); int8_scheme: "auto" times every scheme on this CPU, a name
+    forces that one; max_quality_loss: the recommended artefact keeps >= 1 - this of the
+    original's task metric on selection examples; candidates: ship the other qualifying
+    artefacts and the original's ONNX under candidates/ for `bmr-compress bench`."""
+
+    int8: bool | None = None
+    int8_scheme: str = "auto"
+    max_quality_loss: float = 0.01
+    candidates: bool = True
     compact_zeros: bool = False  # store mostly-zero tensors sparsely in model.safetensors
 
     def __post_init__(self) -> None:
         from bmr_compress.export.quantize import SCHEMES
 
-        if self.int8_scheme not in SCHEMES:
-            raise InputError(f"int8_scheme {self.int8_scheme!r}: choose one of {', '.join(SCHEMES)}")
+        if self.int8_scheme not in ("auto", *SCHEMES):
+            raise InputError(f"int8_scheme {self.int8_scheme!r}: choose auto or one of "
+                             f"{', '.join(SCHEMES)}")
+        if not 0.0 <= self.max_quality_loss < 1.0:
+            raise InputError(f"max_quality_loss {self.max_quality_loss!r}: a share in [0, 1) "
+                             "(0.01 keeps 99 % of the task metric)")
 
 
 # FinetuneSettings fields the pipeline sets itself (from the top level or per run)
@@ -197,6 +207,7 @@ OPTIONS: dict[str, tuple[str, str]] = {
     "unit_prior": ("plan", "unit_prior"),
     "latency_budget": ("plan", "latency_budget"),
     "int8": ("export", "int8"), "int8_scheme": ("export", "int8_scheme"),
+    "max_quality_loss": ("export", "max_quality_loss"), "candidates": ("export", "candidates"),
     "compact_zeros": ("export", "compact_zeros"),
 }
 

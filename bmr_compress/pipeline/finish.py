@@ -13,10 +13,11 @@ from typing import Any
 from bmr_compress.io.jsonsafe import to_jsonable
 from bmr_compress.pipeline.config import flat_record
 from bmr_compress.pipeline.settings import (
-    CompressResult, StageTimer, recipe_for, strip_labels,
+    CompressResult, StageTimer, recipe_for,
 )
+from bmr_compress.tasks import strip_labels
 from bmr_compress.pipeline.stages import Cut, Fitted
-from bmr_compress.pipeline.summary import summary_of
+from bmr_compress.pipeline.summary import recommended_of, summary_of
 
 log = logging.getLogger(__name__)
 
@@ -80,13 +81,14 @@ class _Files:
     sentence_transformers: bool
 
 
-def _export(f: Fitted, cut: Cut, stage: Path, baseline: Path, example: Mapping[str, Any],
-            prov: Mapping[str, Any]) -> _Files:
-    """Write the weights (+ transformers twin, tokenizer, companions, posterior), model.onnx
-    (+ int8) into `stage`, and the original's ONNX and weights into `baseline`."""
-    from bmr_compress.export import export_onnx, export_safetensors, quantize_int8
+def _export(f: Fitted, cut: Cut, stage: Path, base_art: Any, example: Mapping[str, Any],
+            prov: Mapping[str, Any], ops: Any) -> _Files:
+    """Write the weights (+ transformers twin, tokenizer, companions, posterior), model.onnx,
+    the int8 file the operating points chose (or the forced scheme) and the candidates into
+    `stage`; `base_art`: the original's ONNX (exported once, by the caller)."""
+    from bmr_compress.export import export_onnx, export_safetensors
     from bmr_compress.export.st_layout import place_st_onnx_
-    from bmr_compress.surgery import save_compressed
+    from bmr_compress.cutting import save_compressed
 
     compact = f.config.export.compact_zeros
     hf_model, layout = _transformers_layout(f.model, example)
@@ -105,14 +107,61 @@ def _export(f: Fitted, cut: Cut, stage: Path, baseline: Path, example: Mapping[s
     if f.posterior_path.is_file():  # the variational fit's posterior (re-planning)
         shutil.copy2(f.posterior_path, stage / "posterior.safetensors")
     art = export_onnx(f.model, stage / "model.onnx", example)
-    base_art = export_onnx(f.original, baseline / "model.onnx", example, sparse=False)
-    base_st = export_safetensors(f.original, baseline, {"source": prov["source"]})
-    scheme = f.config.export.int8_scheme
-    int8 = (quantize_int8(art.path, stage / "model.int8.onnx", scheme=scheme).path
-            if f.config.export.int8 else None)
+    base_st = export_safetensors(f.original, Path(base_art.path).parent, {"source": prov["source"]})
+    int8, scheme = _int8(f, art.path, stage / "model.int8.onnx", ops)
+    if ops is not None:
+        ship_candidates_(ops, stage, Path(base_art.path), scheme, f.config.export.candidates)
     if st_source:
         place_st_onnx_(stage, art.path, int8)
     return _Files(art, base_art, Path(base_st), int8, st_source)
+
+
+def _int8(f: Fitted, onnx_path: Path, out: Path, ops: Any) -> tuple[Path | None, str | None]:
+    """model.int8.onnx and its scheme: the forced scheme, else the fastest int8 of the shipped
+    model that met the budget and beat its fp32 here (none when none did)."""
+    from bmr_compress.export import quantize_int8
+    from bmr_compress.pipeline.choose import int8_schemes
+
+    forced = f.config.export.int8_scheme != "auto"
+    if not int8_schemes(f):
+        return None, None
+    scheme = f.config.export.int8_scheme if forced else None
+    if ops is not None and not forced:
+        best = ops.best_int8.get(ops.point(ops.recommended).base)
+        if best is None:
+            log.info("no int8 file shipped: no int8 scheme of the shipped model kept the quality "
+                     "budget and ran faster than its fp32 on this CPU (report: operating points)")
+            return None, None
+        scheme = ops.point(best).scheme
+    if scheme is None:  # auto, but nothing was measured: the scheme that keeps quality best
+        scheme = "blockwise"
+    return quantize_int8(onnx_path, out, scheme=scheme).path, scheme
+
+
+def ship_candidates_(ops: Any, stage: Path, original_onnx: Path, int8_scheme: str | None,
+                     copy_files: bool) -> None:
+    """Set each point's `file` (where it lies in the output). model.onnx / model.int8.onnx
+    are the shipped model's; with `copy_files`, candidates/ holds the original's ONNX (the
+    reference `bench` times against) and every other qualifying artefact of the shipped
+    model and of the original."""
+    shipped = ops.point(ops.recommended).base
+    cand = stage / "candidates"
+    if copy_files:
+        cand.mkdir(exist_ok=True)
+        shutil.copy2(original_onnx, cand / "original.onnx")
+    for p in ops.points:
+        if p.base == shipped and p.precision == "fp32":
+            p.file = "model.onnx"
+        elif p.base == shipped and p.precision == "int8" and p.scheme == int8_scheme:
+            p.file = "model.int8.onnx"
+        elif not copy_files:
+            continue
+        elif p.base == "original" and p.precision == "fp32":
+            p.file = "candidates/original.onnx"
+        elif p.qualifies and p.base in (shipped, "original"):
+            name = f"{p.base.replace(' ', '')}.{p.precision}-{p.scheme}.onnx"
+            shutil.copy2(p.path, cand / name)
+            p.file = f"candidates/{name}"
 
 
 def _validate(f: Fitted, stage: Path, files: _Files, example: Mapping[str, Any]
@@ -160,27 +209,35 @@ def _report(f: Fitted, cut: Cut, files: _Files, result: Any, extra: Mapping[str,
 
 def finish_stage(f: Fitted, cut: Cut, timer: StageTimer, work: Path, out: Path, *,
                  overwrite: bool = False) -> CompressResult:
-    """Export, validate, report, and move into place only if validation passed."""
+    """Measure the operating points and take the recommended model, then export, validate,
+    report, and move into place only if validation passed."""
     from bmr_compress.errors import ValidationFailed
-    from bmr_compress.export import write_report
+    from bmr_compress.export import export_onnx, write_report
     from bmr_compress.io.atomic import atomic_output_dir, keep_rejected
     from bmr_compress.io.integrity import INTEGRITY_KEY, file_hashes
-    from bmr_compress.pipeline.curve import run_curve
+    from bmr_compress.pipeline.choose import choose_stage
 
     example = strip_labels(f.data.heldout_batches[0])
-    prov = provenance(f)
     baseline = work / "original"
     baseline.mkdir(exist_ok=True)
+    with timer("export"):
+        base_art = export_onnx(f.original, baseline / "model.onnx", example, sparse=False)
+    vsettings = validation_settings(f.config.validate, f.original, example)
+    shape = {"threads": vsettings.latency_threads, "batch": vsettings.latency_batch,
+             "seq": vsettings.latency_seq}
+    f, cut, ops = choose_stage(f, cut, timer, work, example, shape, Path(base_art.path))
+    prov = provenance(f)
     with atomic_output_dir(out, overwrite) as stage:
         with timer("export"):
-            files = _export(f, cut, stage, baseline, example, prov)
+            files = _export(f, cut, stage, base_art, example, prov, ops)
         with timer("validate"):
             result, st_info = _validate(f, stage, files, example)
-        with timer("operating points"):
-            curve = run_curve(f, files.base_onnx.path, files.onnx.path, files.int8, work, result,
-                              example)
+            if ops is not None:
+                retention_check(result, ops)
+        curve = ops.to_json() if ops is not None else None
         report = _report(f, cut, files, result, {"sentence_transformers": st_info,
                                                  "operating_points": curve}, prov, timer)
+        report["recommended"] = recommended_of(report)
         report[INTEGRITY_KEY] = file_hashes(stage)  # what was validated; push re-checks it
         write_report(stage, report, delta_lnz=cut.unit_scores)
         if not result.passed:
@@ -192,13 +249,26 @@ def finish_stage(f: Fitted, cut: Cut, timer: StageTimer, work: Path, out: Path, 
     return CompressResult(out=out, report=report, passed=True, summary=summary_of(report))
 
 
+def retention_check(result: Any, ops: Any) -> None:
+    """Gate: the recommended artefact's held-out retention. It was chosen on selection data
+    within the budget; held-out text may differ a little, so the gate allows twice the
+    budget before it fails (nothing is then published)."""
+    rec = ops.point(ops.recommended)
+    floor = 1.0 - 2.0 * ops.max_quality_loss
+    r = rec.retention["heldout"]
+    result.add("task_retention", r >= floor,
+               f"{rec.label}: {ops.metric} retention {r:.4f} on held-out data (>= {floor:.4f}, "
+               f"twice the budget {ops.max_quality_loss:g}; {rec.retention['selection']:.4f} on "
+               "the selection data that chose it)", r)
+
+
 def _transformers_layout(model: Any, example: Mapping[str, Any]) -> tuple[Any, dict[str, Any]]:
     """The model written as config.json + model.safetensors: the cut model when its config
-    states its widths, else a zero-padded equivalent (surgery.hf_layout); when neither works,
+    states its widths, else a zero-padded equivalent (cutting.hf_layout); when neither works,
     the cut model and a warning (plain transformers then refuses the shapes; never loads
     random weights)."""
     from bmr_compress.errors import UnsupportedModelError
-    from bmr_compress.surgery.hf_layout import transformers_layout
+    from bmr_compress.cutting.hf_layout import transformers_layout
 
     if not hasattr(model, "config"):
         return model, {"layout": "bmr"}
@@ -206,7 +276,7 @@ def _transformers_layout(model: Any, example: Mapping[str, Any]) -> tuple[Any, d
         return transformers_layout(model, example)
     except UnsupportedModelError as e:
         log.warning("config.json cannot state the cut widths (%s): load the output with "
-                    "bmr_compress.surgery.load_compressed or use model.onnx", e)
+                    "bmr_compress.cutting.load_compressed or use model.onnx", e)
         return model, {"layout": "refused", "reason": str(e)}
 
 

@@ -14,8 +14,8 @@ from torch import nn
 from bmr_compress.io.checks import count_params
 from bmr_compress.io.sources import LoadedSource
 from bmr_compress.io.st_pipeline import read_st_pipeline
-from bmr_compress.surgery import discover_groups
-from bmr_compress.surgery.costs import CostLedger, mac_weights, module_positions
+from bmr_compress.coupling import discover_groups
+from bmr_compress.scoring.costs import CostLedger, mac_weights, module_positions
 from bmr_compress.variational import wrap_
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -62,7 +62,4 @@ def recipe_for(recipe: str | None, source: str) -> Any | None:
         return load_recipe(source[4:])
     return None
 
-
-def strip_labels(batch: Mapping[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in batch.items() if k != "labels"}
 

@@ -17,8 +17,9 @@ from bmr_compress.io.jsonsafe import to_jsonable
 from bmr_compress.pipeline.budgets import plan_settings
 from bmr_compress.pipeline.config import CompressConfig, flat_record
 from bmr_compress.pipeline.settings import (
-    DISTILL, StageTimer, recipe_for, strip_labels,
+    DISTILL, StageTimer, recipe_for,
 )
+from bmr_compress.tasks import strip_labels
 
 
 @dataclass
@@ -110,7 +111,8 @@ def fit_stage(config: CompressConfig, out: Path, timer: StageTimer, work: Path) 
     The fine-tune checkpoints every ~10 % of its steps into checkpoint_dir(); a rerun with
     the same settings resumes from there. The caller removes it once the output is in place.
     """
-    from bmr_compress.surgery import discover_groups, gate_sites
+    from bmr_compress.scoring import gate_sites
+    from bmr_compress.coupling import discover_groups
     from bmr_compress.variational import PosteriorSpec, save_posterior
 
     source, data = load_stage(config, timer)
@@ -140,7 +142,7 @@ def _rule(config: CompressConfig) -> str:
 
 def _iterate(f: Fitted, ft: Any, timer: StageTimer) -> Any:
     """Beckers et al.: prune → pin at zero → refit → rescore, until nothing more goes."""
-    from bmr_compress.pipeline.refit import iterate_with_finetune
+    from bmr_compress.algorithms.refit import iterate_with_finetune
 
     with timer("iterate"):
         result = iterate_with_finetune(
@@ -156,10 +158,10 @@ def _iterate(f: Fitted, ft: Any, timer: StageTimer) -> Any:
 
 def cut_stage(f: Fitted, timer: StageTimer) -> Cut:
     """Score every weight and unit from the posterior, plan, unwrap and cut for real."""
-    from bmr_compress.surgery import (
-        apply_plan_, make_plan, score_groups, score_weights, unstructured_masks,
-    )
-    from bmr_compress.surgery.iterate import pin_scores
+    from bmr_compress.cutting import apply_plan_
+    from bmr_compress.planning import make_plan, unstructured_masks
+    from bmr_compress.scoring import score_groups, score_weights
+    from bmr_compress.planning.iterate import pin_scores
     from bmr_compress.variational import gate_tensors, posterior_tensors, unwrap_
 
     with timer("score+plan"):
@@ -168,7 +170,7 @@ def cut_stage(f: Fitted, timer: StageTimer) -> Cut:
         gates = gate_tensors(f.model) if rule != "spike" else None
         macs = None
         if f.config.plan.latency_budget is not None:
-            from bmr_compress.surgery.costs import mac_weights
+            from bmr_compress.scoring.costs import mac_weights
 
             macs = mac_weights(f.original, strip_labels(f.data.heldout_batches[0]))
         psettings = plan_settings(f.config.plan, f.original, macs, f.groups, str(f.source.task))
@@ -194,12 +196,12 @@ def cut_stage(f: Fitted, timer: StageTimer) -> Cut:
 def _reduced_means(f: Fitted, plan: Any, posterior: Mapping[str, Any],
                    wmasks: Mapping[str, Any] | None) -> dict[str, float] | None:
     """Move the survivors of every pruned layer to their BMR reduced posterior mean under a
-    row-correlated posterior (surgery/compensate.py), using up to CALIBRATION_BATCHES
+    row-correlated posterior (cutting/compensate.py), using up to CALIBRATION_BATCHES
     training batches. Returns the summary, or None when nothing was pruned."""
     import torch
 
-    from bmr_compress.surgery import plan_masks
-    from bmr_compress.surgery.compensate import compensate_
+    from bmr_compress.planning import plan_masks
+    from bmr_compress.cutting.compensate import compensate_
 
     shapes = {k: p.mu.shape for k, p in posterior.items()}
     masks = plan_masks(f.groups, plan, shapes, wmasks)

@@ -6,7 +6,6 @@ from collections.abc import Mapping
 from typing import Any
 
 
-
 def summary_of(report: Mapping[str, Any]) -> dict[str, Any]:
     """The short table the CLI prints: parameters, sizes, latency, metric, wall time."""
     files = report.get("files", {})
@@ -18,7 +17,43 @@ def summary_of(report: Mapping[str, Any]) -> dict[str, Any]:
         "latency": report.get("latency"),
         "metric": report.get("metric"),
         "wall_s": report.get("stage_seconds", {}).get("total"),
+        "recommended": recommended_of(report),
     }
+
+
+def recommended_of(report: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The recommended artefact of the operating points: file, speed-up, size and retention
+    beside the dense original's best int8, on the CPU that ran the tool."""
+    ops = report.get("operating_points")
+    if not ops:
+        return None
+    pts = {p["label"]: p for p in ops["points"]}
+    rec = pts[ops["recommended"]]
+    dense = [p for p in ops["points"] if p["base"] == "original" and p["precision"] == "int8"]
+    best_dense = max(dense, key=lambda p: p["speedup"], default=None)
+    keys = ("label", "file", "speedup", "size_bytes", "retention", "median_ms")
+    return {**{k: rec.get(k) for k in keys}, "metric": ops["metric"],
+            "max_quality_loss": ops["max_quality_loss"],
+            "cpu": (ops.get("cpu") or {}).get("model"),
+            "cpu_features": (ops.get("cpu") or {}).get("features"),
+            "original": {k: pts["original"].get(k) for k in keys} if "original" in pts else None,
+            "dense_int8": {k: best_dense.get(k) for k in keys} if best_dense else None,
+            "dense_is_best": rec["base"] == "original"}
+
+
+def how_to_load(rec: Mapping[str, Any], out: str) -> list[str]:
+    """Lines telling how to load the recommended file in the user's own stack."""
+    f = rec.get("file") or "model.onnx"
+    from bmr_compress.export.st_layout import ST_INT8, ST_ONNX
+
+    st_name = {"model.onnx": ST_ONNX, "model.int8.onnx": ST_INT8}.get(f)
+    lines = [f"  onnxruntime: ort.InferenceSession('{out}/{f}', providers=['CPUExecutionProvider'])"]
+    if st_name:
+        lines.append(f"  sentence-transformers: SentenceTransformer('{out}', backend='onnx', "
+                     f"model_kwargs={{'file_name': '{st_name}'}})")
+        lines.append(f"  optimum: ORTModelForFeatureExtraction.from_pretrained('{out}', "
+                     f"file_name='{st_name}')")
+    return lines
 
 
 def _mb(n: Any) -> str:
@@ -60,4 +95,29 @@ def format_summary(summary: Mapping[str, Any]) -> str:
     lines += [f"{a:<{width}}  {b:>12}  {c:>12}  {d:>7}" for a, b, c, d in rows]
     if summary.get("wall_s") is not None:
         lines.append(f"wall time: {summary['wall_s']:.1f} s")
+    rec = summary.get("recommended")
+    if rec:
+        lines += ["", *recommendation_lines(rec, str(summary.get("out") or "OUT"))]
     return "\n".join(lines)
+
+
+def recommendation_lines(rec: Mapping[str, Any], out: str = "OUT") -> list[str]:
+    """What to deploy from this run, on the CPU that ran it, and how to load it."""
+    ret = rec.get("retention") or {}
+    where = rec.get("cpu") or "this CPU"
+    lines = [f"recommended on {where}: {rec.get('file') or rec['label']} ({rec['label']}): "
+             f"{rec['speedup']:.2f}x faster than the original, "
+             f"{100 * ret.get('heldout', float('nan')):.1f} % of its {rec['metric']} on held-out "
+             f"data ({100 * ret.get('selection', float('nan')):.1f} % on the selection data that "
+             f"chose it; budget {100 * (1 - rec['max_quality_loss']):.0f} %)"]
+    d = rec.get("dense_int8")
+    if rec.get("dense_is_best"):
+        lines.append("  the dense original (int8 or fp32) is the best answer for this budget on "
+                     "this CPU: no cut of this run was both faster and within the budget")
+    elif d:
+        dr = (d.get("retention") or {}).get("heldout", float("nan"))
+        lines.append(f"  beside it, the original + int8 ({d['label']}): {d['speedup']:.2f}x at "
+                     f"{100 * dr:.1f} % held-out")
+    if rec.get("file"):
+        lines += how_to_load(rec, out)
+    return lines

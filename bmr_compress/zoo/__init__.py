@@ -1,7 +1,7 @@
 """Model zoo: seed architectures for 8x8 digits, their training, and checkpoint loading.
 
 Importing ``bmr_compress.zoo`` does not import torch; names resolve lazily on first use.
-``zoo.adapters`` registers the zoo's surgery adapters when imported (and holds the builder
+``zoo.adapters`` registers the zoo's family adapters (coupling) when imported (and holds the builder
 compressed zoo models name); ``zoo.sources`` registers the zoo's source kinds in io.
 """
 

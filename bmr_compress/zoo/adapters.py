@@ -6,9 +6,9 @@ explicitly (ViT: heads, FFN neurons, hidden stream; Mixer: token- and channel-ML
 and keep ``model.zoo_config`` in step with the cut widths. MLP and LeNet5 are plain
 Linear/Conv chains that the traced graph handles.
 
-Importing this module registers both adapters (surgery.adapters' registry) and makes
+Importing this module registers both adapters (coupling.adapters' registry) and makes
 ``rebuild`` importable: a compressed zoo model's manifest names ``BUILDER``
-(``"bmr_compress.zoo.adapters:rebuild"``), so ``surgery.load_compressed`` rebuilds it in a
+(``"bmr_compress.zoo.adapters:rebuild"``), so ``cutting.load_compressed`` rebuilds it in a
 fresh interpreter with nothing registered beforehand.
 """
 
@@ -21,8 +21,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from bmr_compress.surgery.adapters import FamilyAdapter, Layer, Parts, register_adapter
-from bmr_compress.surgery.groups import Slice, UnitGroup, column, count_numel
+from bmr_compress.coupling.adapters import FamilyAdapter, Layer, Parts, register_adapter
+from bmr_compress.coupling.groups import Slice, UnitGroup, column, count_numel
 from bmr_compress.zoo.architectures import MLPMixer, ViT, build_from_config_dict
 
 BUILDER = f"{__name__}:rebuild"  # what save_compressed stores for a zoo model

@@ -1,11 +1,11 @@
 """The model zoo's source kinds, registered in io.sources at import.
 
 * ``zoo-checkpoint``: a directory whose config.json names a ``bmr_zoo_architecture`` (and
-  that is not a `compress` output, which surgery's kind loads);
+  that is not a `compress` output, which cutting.saved's kind loads);
 * ``zoo-recipe``: a recipe whose [source] names a zoo architecture: the cached checkpoint
   (trained on first use), or the recipe's architecture filled from a user's weight file.
 
-Importing this module also imports zoo.adapters (the surgery adapters for ViT and Mixer), so
+Importing this module also imports zoo.adapters (the coupling adapters for ViT and Mixer), so
 every zoo model that comes through resolve_source can be cut.
 """
 
@@ -15,7 +15,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
-import bmr_compress.zoo.adapters  # noqa: F401  registers the zoo's surgery adapters
+import bmr_compress.zoo.adapters  # noqa: F401  registers the zoo's coupling adapters
 from bmr_compress.errors import InputError
 from bmr_compress.io.checks import check_dtypes, check_json_file, read_safetensors_header
 from bmr_compress.io.manifest import MANIFEST

@@ -16,7 +16,7 @@ from tests.tiny_models import TinyMLP  # noqa: E402
 
 @pytest.fixture(scope="module")
 def fitted():
-    from bmr_compress.surgery import discover_groups
+    from bmr_compress.coupling import discover_groups
     from bmr_compress.variational import PosteriorSpec, posterior_tensors, wrap_
 
     torch.manual_seed(0)
@@ -30,7 +30,7 @@ def fitted():
 
 @pytest.mark.parametrize("method", ["magnitude", "snr", "wanda", "random"])
 def test_equal_plan_matches_bmr_nonzero_count(fitted, method):
-    from bmr_compress.surgery import score_groups, score_weights
+    from bmr_compress.scoring import score_groups, score_weights
 
     model, groups, post, x = fitted
     shapes = C.shapes_of(post)
@@ -50,7 +50,7 @@ def test_equal_plan_matches_bmr_nonzero_count(fitted, method):
 
 
 def test_structured_reference_is_matched_exactly(fitted):
-    from bmr_compress.surgery import PlanSettings, make_plan
+    from bmr_compress.planning import PlanSettings, make_plan
 
     model, groups, post, x = fitted
     shapes = C.shapes_of(post)

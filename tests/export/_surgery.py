@@ -12,15 +12,10 @@ import math
 import torch
 from torch import nn
 
-from bmr_compress.surgery import (
-    PlanSettings,
-    apply_plan_,
-    discover_groups,
-    make_plan,
-    score_groups,
-    score_weights,
-    unstructured_masks,
-)
+from bmr_compress.cutting import apply_plan_
+from bmr_compress.planning import PlanSettings, make_plan, unstructured_masks
+from bmr_compress.scoring import score_groups, score_weights
+from bmr_compress.coupling import discover_groups
 from bmr_compress.variational.state import PosteriorTensor
 
 REL_STD = 0.6

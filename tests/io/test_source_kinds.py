@@ -19,7 +19,7 @@ def test_the_zoo_and_surgery_register_their_kinds() -> None:
     assert ALL_KINDS is SOURCE_KINDS
     assert {"compressed", "zoo-checkpoint", "zoo-recipe"} <= set(SOURCE_KINDS)
     owners = {k: v.load.__module__ for k, v in SOURCE_KINDS.items()}
-    assert owners["compressed"] == "bmr_compress.surgery.manifest"
+    assert owners["compressed"] == "bmr_compress.cutting.saved"
     assert owners["zoo-checkpoint"] == owners["zoo-recipe"] == "bmr_compress.zoo.sources"
 
 

@@ -68,7 +68,7 @@ def test_in_memory_and_cli_paths_give_the_same_model(tmp_path: Path) -> None:
 
     from bmr_compress.cli.main import cli
     from bmr_compress.pipeline import StageTimer, build_config, compress_, load_stage
-    from bmr_compress.surgery import load_compressed
+    from bmr_compress.cutting import load_compressed
     from tests.snapshots import bert_snapshot
 
     src = bert_snapshot(tmp_path / "snap", dead_units=True)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 
-from bmr_compress.pipeline.laplace import NEAR_STEPS, _bisect_near
+from bmr_compress.algorithms.laplace_reduce import NEAR_STEPS, _bisect_near
 
 
 def _measured(nu_star: float, calls: list[float]):

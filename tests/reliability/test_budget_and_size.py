@@ -36,8 +36,10 @@ def test_size_budget_is_a_share_of_the_parameters(budget: float, sources: Source
 
 
 def test_budget_counts_a_shared_element_once() -> None:
-    from bmr_compress.surgery import PlanSettings, apply_plan_, discover_groups, make_plan
-    from bmr_compress.surgery.costs import CostLedger
+    from bmr_compress.cutting import apply_plan_
+    from bmr_compress.planning import PlanSettings, make_plan
+    from bmr_compress.coupling import discover_groups
+    from bmr_compress.scoring.costs import CostLedger
     from tests.tiny_models import TinyMLP
 
     mlp = TinyMLP()

@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from bmr_compress.surgery import load_compressed
+from bmr_compress.cutting import load_compressed
 
 d, io = Path(sys.argv[1]), Path(sys.argv[2])
 m = load_compressed(d)
@@ -36,7 +36,7 @@ save_file({"y": y.contiguous()}, str(io / "y.safetensors"))
 def test_compress_output_reloads_in_a_fresh_process(compressed: Path, tmp_path: Path) -> None:
     import onnxruntime as ort
 
-    from bmr_compress.surgery import load_compressed
+    from bmr_compress.cutting import load_compressed
 
     manifest = json.loads((compressed / "bmr_manifest.json").read_text())
     assert manifest["architecture"] == {"kind": "builder", "builder": "bmr_compress.zoo.adapters:rebuild"}

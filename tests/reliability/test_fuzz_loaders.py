@@ -271,8 +271,9 @@ def compressed_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A real compressed zoo MLP (surgery.save_compressed) to mutate."""
     import torch
 
-    from bmr_compress.surgery import apply_plan_, discover_groups, save_compressed
-    from bmr_compress.surgery.plan import Plan
+    from bmr_compress.cutting import apply_plan_, save_compressed
+    from bmr_compress.coupling import discover_groups
+    from bmr_compress.planning.plan import Plan
     from bmr_compress.zoo.adapters import register_with_surgery
     from bmr_compress.zoo.architectures import build_model
 
@@ -299,7 +300,7 @@ def _mutated_dir(src: Path, dst: Path, name: str, raw: bytes) -> Path:
 @FUZZ_KNOWN_BUG
 @given(data=st.data())
 def test_read_manifest(compressed_dir: Path, tmp_path: Path, data: st.DataObject) -> None:
-    from bmr_compress.surgery import read_manifest
+    from bmr_compress.cutting import read_manifest
 
     raw = data.draw(mutations((compressed_dir / "bmr_manifest.json").read_bytes(), head=4096))
     d = _mutated_dir(compressed_dir, tmp_path / "m", "bmr_manifest.json", raw)
@@ -309,7 +310,7 @@ def test_read_manifest(compressed_dir: Path, tmp_path: Path, data: st.DataObject
 @FUZZ_KNOWN_BUG
 @given(data=st.data())
 def test_load_compressed(compressed_dir: Path, tmp_path: Path, data: st.DataObject) -> None:
-    from bmr_compress.surgery import load_compressed
+    from bmr_compress.cutting import load_compressed
 
     name = data.draw(st.sampled_from(["bmr_manifest.json", "config.json", "model.safetensors"]))
     raw = data.draw(mutations((compressed_dir / name).read_bytes(), head=4096))

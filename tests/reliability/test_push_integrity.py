@@ -116,3 +116,27 @@ def test_report_without_hashes_needs_revalidation(compressed: Path, sources: Sou
     assert r.returncode == 1 and "no file hashes" in one_error_line(r)
     assert run_cli_process(["validate", str(d)], sources.cache).returncode == 0
     assert _push(d, sources).returncode == 0
+
+
+def test_bench_results_beside_a_validated_output_keep_it_pushable(
+        compressed: Path, sources: Sources, tmp_path: Path) -> None:
+    """`bench` writes bench/<cpu signature>.json into a validated output: outside the seal,
+    never uploaded, and still a result bmr-compress wrote (a later failed run may replace it)."""
+    from bmr_compress.io.integrity import file_hashes, tool_written
+
+    d = _copy(compressed, tmp_path)
+    (d / "bench").mkdir()
+    (d / "bench" / "0123456789ab.json").write_text(json.dumps({"recommended": "original"}))
+    r = run_cli_process(["push", str(d), "me/mlp-bmr", "--dry-run", "--json"], sources.cache)
+    assert r.returncode == 0, r.stderr
+    files = json.loads(r.stdout)["files"]
+    assert "model.onnx" in files and not any(f.startswith("bench") for f in files)
+    assert not any(k.startswith("bench") for k in file_hashes(d)["sha256"])
+    assert tool_written(d) is None
+    (d / "bench" / "notes.txt").write_text("mine")  # not something bench writes
+    assert tool_written(d) == "bench/notes.txt is not part of a result"
+    # this output (the variational path) records no operating points: bench says so, writes nothing
+    (d / "bench" / "notes.txt").unlink()
+    r = run_cli_process(["bench", str(d)], sources.cache)
+    assert r.returncode == 2 and "operating" in one_error_line(r)
+    assert [p.name for p in (d / "bench").iterdir()] == ["0123456789ab.json"]

@@ -9,8 +9,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from bmr_compress.surgery import Plan, PlanSettings, UnitGroup, structured_masks
-from bmr_compress.surgery.manifest import ARCHITECTURES, register_architecture
+from bmr_compress.planning import Plan, PlanSettings, structured_masks
+from bmr_compress.coupling import UnitGroup
+from bmr_compress.cutting.saved import ARCHITECTURES, register_architecture
 from tests.tiny_models import ResConcatNet, TinyMLP
 
 

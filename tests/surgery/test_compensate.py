@@ -1,4 +1,4 @@
-"""Reduced means written into real models before the cut (surgery/compensate.py)."""
+"""Reduced means written into real models before the cut (cutting/compensate.py)."""
 
 from __future__ import annotations
 
@@ -8,10 +8,12 @@ import pytest
 import torch
 from torch import nn
 
-from bmr_compress.surgery import apply_plan_, discover_groups, make_plan, plan_masks, \
-    score_groups, score_weights, unstructured_masks
-from bmr_compress.surgery.compensate import compensate_
-from bmr_compress.surgery.plan import PlanSettings
+from bmr_compress.coupling import discover_groups
+from bmr_compress.cutting import apply_plan_
+from bmr_compress.planning import make_plan, plan_masks, unstructured_masks
+from bmr_compress.scoring import score_groups, score_weights
+from bmr_compress.cutting.compensate import compensate_
+from bmr_compress.planning.plan import PlanSettings
 from bmr_compress.tasks import output_tensor
 from bmr_compress.variational import PosteriorSpec, posterior_tensors, unwrap_, wrap_
 from tests.tiny_models import ResConcatNet, TinyMLP, inputs_for, tiny_gpt2

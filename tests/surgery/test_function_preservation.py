@@ -7,8 +7,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from bmr_compress.surgery import apply_plan_, discover_groups, load_compressed, save_compressed
-from bmr_compress.surgery.adapters import ADAPTERS
+from bmr_compress.cutting import apply_plan_, load_compressed, save_compressed
+from bmr_compress.coupling import discover_groups
+from bmr_compress.coupling.adapters import ADAPTERS
 from tests.surgery.conftest import (
     assert_close_rel, out_tensor, plan_for, random_keep, zeroed_reference,
 )
@@ -17,7 +18,7 @@ from tests.tiny_models import TRANSFORMER_BUILDERS, ResConcatNet, TinyMLP, input
 # every adapter this package registers (zoo adapters, registered by bmr_compress.zoo, have
 # their own tests in tests/zoo)
 FAMILIES = sorted({a.family for a in ADAPTERS.values()
-                   if type(a).__module__ == "bmr_compress.surgery.families"})
+                   if type(a).__module__ == "bmr_compress.coupling.families"})
 
 
 def _hidden_keep(groups, keep):
@@ -60,7 +61,7 @@ def test_adapter_function_preservation(family, with_hidden, tmp_path):
 
 def test_every_transformer_family_has_an_adapter():
     for name, build in TRANSFORMER_BUILDERS.items():
-        from bmr_compress.surgery.adapters import adapter_for
+        from bmr_compress.coupling.adapters import adapter_for
 
         assert adapter_for(build()) is not None, name
 

@@ -9,8 +9,9 @@ import torch
 
 from bmr_compress.errors import UnsupportedModelError
 from bmr_compress.export import export_safetensors
-from bmr_compress.surgery import apply_plan_, discover_groups, load_compressed, save_compressed
-from bmr_compress.surgery.hf_layout import transformers_layout
+from bmr_compress.cutting import apply_plan_, load_compressed, save_compressed
+from bmr_compress.coupling import discover_groups
+from bmr_compress.cutting.hf_layout import transformers_layout
 from tests.surgery.conftest import assert_close_rel, out_tensor, plan_for
 from tests.tiny_models import TRANSFORMER_BUILDERS, inputs_for
 

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import torch
 
-from bmr_compress.surgery import PlanSettings, Slice, UnitGroup, iterate_bmr
-from bmr_compress.surgery.groups import column
+from bmr_compress.planning import PlanSettings, iterate_bmr
+from bmr_compress.coupling import Slice, UnitGroup
+from bmr_compress.coupling.groups import column
 
 N = 10
 
@@ -68,7 +69,7 @@ def test_stops_when_heldout_elbo_stops_improving():
 def test_final_plan_after_iteration_is_strict_json():
     import json
 
-    from bmr_compress.surgery import make_plan, pin_scores
+    from bmr_compress.planning import make_plan, pin_scores
 
     groups, shapes = _setup()
     unit = torch.full((N,), -1.0, dtype=torch.float64)

@@ -9,11 +9,11 @@ import math
 import pytest
 import torch
 
-from bmr_compress.surgery import (
-    PlanSettings, apply_plan_, discover_groups, make_plan, pin_scores, score_groups,
-    score_weights, unstructured_masks,
-)
-from bmr_compress.pipeline.refit import iterate_with_finetune
+from bmr_compress.cutting import apply_plan_
+from bmr_compress.planning import PlanSettings, make_plan, pin_scores, unstructured_masks
+from bmr_compress.scoring import score_groups, score_weights
+from bmr_compress.coupling import discover_groups
+from bmr_compress.algorithms.refit import iterate_with_finetune
 from bmr_compress.variational import (
     FinetuneSettings, PosteriorSpec, finetune, posterior_tensors, unwrap_, wrap_,
 )

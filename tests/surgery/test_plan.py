@@ -11,9 +11,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from bmr_compress.errors import InputError
-from bmr_compress.surgery import Plan, PlanSettings, Slice, UnitGroup, make_plan
-from bmr_compress.surgery.groups import column
-from bmr_compress.surgery.plan import rounded_count, unstructured_masks
+from bmr_compress.planning import Plan, PlanSettings, make_plan
+from bmr_compress.coupling import Slice, UnitGroup
+from bmr_compress.coupling.groups import column
+from bmr_compress.planning.plan import rounded_count, unstructured_masks
 
 
 def _group(name: str, n: int, width: int = 1, kind: str = "neuron") -> UnitGroup:
@@ -102,7 +103,8 @@ def test_plan_json_round_trip_and_strict_settings():
 
 def test_plan_is_remade_from_posterior_safetensors(tmp_path):
     """Re-planning needs only posterior.safetensors (and the groups): no refit, same plan."""
-    from bmr_compress.surgery import discover_groups, score_groups, score_weights
+    from bmr_compress.scoring import score_groups, score_weights
+    from bmr_compress.coupling import discover_groups
     from bmr_compress.variational import load_posterior, save_posterior
     from tests.surgery.test_scoring import _posterior
     from tests.tiny_models import tiny_gpt2
@@ -130,7 +132,9 @@ def test_budget_with_rounding_rounds_down():
 
 
 def test_latency_budget_in_macs():
-    from bmr_compress.surgery import apply_plan_, discover_groups, unit_macs
+    from bmr_compress.cutting import apply_plan_
+    from bmr_compress.scoring import unit_macs
+    from bmr_compress.coupling import discover_groups
     from tests.tiny_models import ResConcatNet, TinyMLP
 
     mlp = TinyMLP()

@@ -1,4 +1,4 @@
-"""Per-matrix precision chosen by BMR on a tiny BERT (surgery/precision.py)."""
+"""Per-matrix precision chosen by BMR on a tiny BERT (scoring/precision.py)."""
 
 from __future__ import annotations
 
@@ -8,11 +8,11 @@ import pytest
 import torch
 
 from bmr_compress.bmr.precision import GRIDS, KEEP
-from bmr_compress.pipeline.recovery import distortion
-from bmr_compress.surgery.precision import (
+from bmr_compress.algorithms.recovery import distortion
+from bmr_compress.scoring.precision import (
     calibrate_precisions, choose_precisions, embedding_factors, matrix_posteriors, round_weights_,
 )
-from bmr_compress.surgery.unit_posterior import output_scale
+from bmr_compress.scoring.unit_posterior import output_scale
 from bmr_compress.tasks import probe_output
 from tests.tiny_models import VOCAB, text_inputs, tiny_bert
 

@@ -7,10 +7,12 @@ import json
 import pytest
 import torch
 
-from bmr_compress.surgery import (
-    PlanSettings, apply_plan_, coverage_report, discover_groups, load_compressed, make_plan,
-    read_manifest, save_compressed, score_groups, score_weights, unstructured_masks,
+from bmr_compress.cutting import (
+    apply_plan_, coverage_report, load_compressed, read_manifest, save_compressed,
 )
+from bmr_compress.planning import PlanSettings, make_plan, unstructured_masks
+from bmr_compress.scoring import score_groups, score_weights
+from bmr_compress.coupling import discover_groups
 from tests.surgery.conftest import out_tensor
 from tests.surgery.test_scoring import _posterior
 from tests.tiny_models import TRANSFORMER_BUILDERS, inputs_for, tiny_bert, tiny_llama

@@ -7,8 +7,10 @@ import math
 import torch
 
 from bmr_compress.bmr import bmrs_n_delta_lnz, spike_delta_lnz
-from bmr_compress.surgery import discover_groups, score_groups, score_weights, structured_masks
-from bmr_compress.surgery.plan import Plan, PlanSettings
+from bmr_compress.planning import structured_masks
+from bmr_compress.scoring import score_groups, score_weights
+from bmr_compress.coupling import discover_groups
+from bmr_compress.planning.plan import Plan, PlanSettings
 from bmr_compress.variational.state import GateTensor, PosteriorTensor
 from tests.tiny_models import ResConcatNet, tiny_llama
 
@@ -95,7 +97,7 @@ from tests.tiny_models import TRANSFORMER_BUILDERS, TinyMLP  # noqa: E402
 def test_gate_sites_wrap_and_score(name):
     """gate_sites gives PosteriorSpec.gates that wrap_ accepts; BMRS scores cover gated groups
     and a gate pushed to ln a makes its unit the most prunable."""
-    from bmr_compress.surgery import gate_site, gate_sites
+    from bmr_compress.scoring import gate_site, gate_sites
     from bmr_compress.variational import PosteriorSpec, gate_tensors, posterior_tensors, wrap_
 
     if name == "mlp":

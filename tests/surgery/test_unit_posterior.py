@@ -10,9 +10,10 @@ import torch
 
 from bmr_compress.bmr import joint_spike_delta_lnz
 from bmr_compress.bmr.structured import LayerFactors, column_reduced_means, unit_evidence
-from bmr_compress.surgery import discover_groups, make_plan, PlanSettings, UnitGroup, Slice
-from bmr_compress.surgery.tolerance import calibrate_nu, distortion_at, score_sites
-from bmr_compress.surgery.unit_posterior import (
+from bmr_compress.planning import make_plan, PlanSettings
+from bmr_compress.coupling import discover_groups, UnitGroup, Slice
+from bmr_compress.scoring.tolerance import calibrate_nu, distortion_at, score_sites
+from bmr_compress.scoring.unit_posterior import (
     consumer_sites, input_moments, layer_weight, output_scale, prior_variance, row_scales,
 )
 from tests.tiny_models import ResConcatNet, TinyMLP
@@ -132,7 +133,7 @@ def test_unit_score_on_a_model_counts_the_compensation():
     new = column_reduced_means(fac[site].posterior_means(nu), drop, a[site],
                                nu * fac[site].row_scale, 1 / fac[site].prior_var)
     reduced = copy.deepcopy(model)
-    from bmr_compress.surgery.sequential import write_rows_
+    from bmr_compress.planning.sequential import write_rows_
 
     write_rows_(reduced.get_submodule(site), new)
     with torch.no_grad():
@@ -154,7 +155,7 @@ def test_ard_unit_score_counts_the_compensation_the_cut_applies():
     weights), which is below zeroing the unit alone, and the units it removes cost less than
     those it keeps."""
     from bmr_compress.bmr.ard import ard_unit_evidence
-    from bmr_compress.surgery.sequential import write_rows_
+    from bmr_compress.planning.sequential import write_rows_
 
     torch.manual_seed(0)
     model = TinyMLP().double().eval()
@@ -209,7 +210,7 @@ def test_tolerance_maps_to_the_likelihood_precision():
 def test_sequential_reduction_reads_inputs_through_reduced_layers(monkeypatch):
     """The second site's input statistics are measured on the model whose first site is
     already reduced, and the result removes units and keeps the function close."""
-    import bmr_compress.surgery.sequential as seq
+    import bmr_compress.planning.sequential as seq
 
     torch.manual_seed(2)
     model = TinyMLP().eval()
@@ -276,7 +277,7 @@ def test_baseline_rankings_keep_the_counts_and_change_only_the_choice():
     """counts fix the widths; ranking="magnitude" keeps the largest-norm units (norm over every
     slice the unit owns) and "distortion" the ones whose compensated removal costs most;
     compensate=False leaves the survivors' weights untouched."""
-    import bmr_compress.surgery.sequential as seq
+    import bmr_compress.planning.sequential as seq
 
     torch.manual_seed(3)
     model = TinyMLP().eval()
@@ -315,7 +316,7 @@ def test_laplace_rounds_followed_by_a_baseline_end_at_the_same_widths():
     import contextlib
     from types import SimpleNamespace
 
-    from bmr_compress.pipeline.laplace import laplace_reduce
+    from bmr_compress.algorithms.laplace_reduce import laplace_reduce
 
     torch.manual_seed(4)
     model = TinyMLP().eval()

@@ -14,7 +14,9 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from bmr_compress.surgery import PlanSettings, apply_plan_, discover_groups, make_plan, save_compressed
+from bmr_compress.cutting import apply_plan_, save_compressed
+from bmr_compress.planning import PlanSettings, make_plan
+from bmr_compress.coupling import discover_groups
 from bmr_compress.zoo.adapters import BUILDER
 from bmr_compress.zoo.architectures import build_model
 
@@ -29,8 +31,8 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from bmr_compress.surgery.adapters import ADAPTERS
-from bmr_compress.surgery.manifest import ARCHITECTURES, load_compressed
+from bmr_compress.coupling.adapters import ADAPTERS
+from bmr_compress.cutting.saved import ARCHITECTURES, load_compressed
 
 d = Path(sys.argv[1])
 assert not ARCHITECTURES, ARCHITECTURES
@@ -99,7 +101,7 @@ def test_old_manifest_with_an_architecture_name_still_reloads(tmp_path: Path) ->
 
 def test_builder_must_be_importable(tmp_path: Path) -> None:
     from bmr_compress.errors import UnsupportedModelError
-    from bmr_compress.surgery.manifest import builder_from_ref
+    from bmr_compress.cutting.saved import builder_from_ref
 
     with pytest.raises(UnsupportedModelError, match="cannot be imported"):
         builder_from_ref("bmr_compress.zoo.adapters:no_such_builder")

@@ -38,7 +38,9 @@ def test_vit_heads_follow_projection_width() -> None:
 
 @pytest.mark.parametrize("arch", sorted(ZOO_ARCHITECTURES))
 def test_prune_save_reload(arch: str, tmp_path: Path) -> None:
-    from bmr_compress.surgery import PlanSettings, apply_plan_, discover_groups, make_plan, save_compressed
+    from bmr_compress.cutting import apply_plan_, save_compressed
+    from bmr_compress.planning import PlanSettings, make_plan
+    from bmr_compress.coupling import discover_groups
 
     register_with_surgery()
     torch.manual_seed(0)

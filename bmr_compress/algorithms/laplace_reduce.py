@@ -2,10 +2,10 @@
 
 Round r (Beckers et al.'s prune → refit → re-score, with a tolerance instead of a ratio):
 
-1. posterior: A and b of every consumer site on the current model (surgery/unit_posterior);
+1. posterior: A and b of every consumer site on the current model (scoring/unit_posterior);
 2. ν: the likelihood precision at which the one-shot BMR reduction's *measured* distortion on
    calibration-check batches equals what is left of the tolerance (bisection in ln ν,
-   bracketed around the predicted-distortion ν of surgery/tolerance.py; from round 2 first
+   bracketed around the predicted-distortion ν of scoring/tolerance.py; from round 2 first
    within a factor 10 of the previous round's ν);
 3. reduce: sequential, layer by layer, ΔlnZ ≥ 0 units out, survivors to their reduced means;
    then cut for real;
@@ -50,6 +50,14 @@ class LaplaceOutcome:
     tolerance: float = 0.0
     final_distortion: float = 0.0
     snapshots: list[tuple[str, nn.Module]] = field(default_factory=list)  # kept rounds' models
+    snapshot_keeps: dict[str, dict[str, list[int]]] = field(default_factory=dict)  # their keep
+
+    def at(self, label: str) -> LaplaceOutcome:
+        """This outcome as if the reduction had stopped at the kept round `label`."""
+        model = dict(self.snapshots)[label]
+        return LaplaceOutcome(model, {k: list(v) for k, v in self.snapshot_keeps[label].items()},
+                              dict(self.num_units), self.delta_lnz, self.rounds, self.tolerance,
+                              self.final_distortion, [], {})
 
 
 # unit kinds scored at a consumer site (hidden dimensions are read by every layer: kept)
@@ -61,7 +69,7 @@ def _one_shot(model: nn.Module, sites: Mapping[str, Any], factors: Mapping[str, 
               round_to: int, prior: str) -> tuple[nn.Module, int]:
     """A copy of `model` with every site reduced at ν from the same statistics."""
     from bmr_compress.bmr.structured import column_reduced_means
-    from bmr_compress.surgery.sequential import decide_site, write_rows_
+    from bmr_compress.planning.sequential import decide_site, write_rows_
 
     tmp = copy.deepcopy(model)
     removed = 0
@@ -85,8 +93,8 @@ def _calibrate(model: nn.Module, original: nn.Module, sites: Mapping[str, Any],
     `near`: the previous round's ν. The search then starts within a factor 10 of it (rounds
     move ν little on a transformer) and falls back to the full search when the answer is not
     inside that bracket."""
-    from bmr_compress.pipeline.recovery import distortion
-    from bmr_compress.surgery.tolerance import calibrate_nu, distortion_at
+    from bmr_compress.algorithms.recovery import distortion
+    from bmr_compress.scoring.tolerance import calibrate_nu, distortion_at
 
     def measured(nu: float) -> tuple[float, int]:
         tmp, removed = _one_shot(model, sites, factors, a_in, groups, nu, round_to, prior)
@@ -139,7 +147,7 @@ class _Batches:
 
 
 def _split(batches: Sequence[Mapping[str, Any]]) -> _Batches:
-    from bmr_compress.pipeline.settings import strip_labels
+    from bmr_compress.tasks import strip_labels
 
     train = [strip_labels(b) for b in batches]
     n_check = min(CHECK_BATCHES, max(1, len(train) // 5)) if len(train) > 1 else 0
@@ -154,8 +162,8 @@ def _posterior(model: nn.Module, example: Mapping[str, Any], stats: Sequence[Map
     """Unit groups, consumer sites, their Kronecker factors, input moments A and row scales
     b of the current model; None when no group has a supported consumer layer."""
     from bmr_compress.bmr.structured import LayerFactors
-    from bmr_compress.surgery import discover_groups
-    from bmr_compress.surgery.unit_posterior import (
+    from bmr_compress.coupling import discover_groups
+    from bmr_compress.scoring.unit_posterior import (
         consumer_sites, input_moments, layer_weight, prior_variance, row_scales,
     )
 
@@ -189,11 +197,11 @@ def laplace_reduce(original: nn.Module, data: Any, task: str, *, tolerance: floa
     are not moved). `unit_prior`: "ard" (each unit its own prior scale, bmr/ard.py) or "layer"
     (one empirical-Bayes scale per layer, bmr/structured.py).
     """
-    from bmr_compress.pipeline.curve import SNAPSHOT_MAX_PARAMS
-    from bmr_compress.pipeline.recovery import distortion
-    from bmr_compress.pipeline.settings import strip_labels
-    from bmr_compress.surgery import discover_groups
-    from bmr_compress.surgery.unit_posterior import output_scale
+    from bmr_compress.algorithms.curve import SNAPSHOT_MAX_PARAMS
+    from bmr_compress.algorithms.recovery import distortion
+    from bmr_compress.tasks import strip_labels
+    from bmr_compress.coupling import discover_groups
+    from bmr_compress.scoring.unit_posterior import output_scale
 
     cal = _split(data.train_batches)
     example = strip_labels(data.heldout_batches[0])
@@ -222,6 +230,7 @@ def laplace_reduce(original: nn.Module, data: Any, task: str, *, tolerance: floa
             continue
         if snapshots and removed:
             out.snapshots.append((f"round {r + 1}", copy.deepcopy(model)))
+            out.snapshot_keeps[f"round {r + 1}"] = {k: list(v) for k, v in out.keep.items()}
         if removed == 0:
             break
     out.model = model
@@ -252,10 +261,10 @@ class _Run:
         """Score, calibrate ν (or take the followed round's), reduce, cut and recover `model`
         in place. Returns (the model to go on with, units removed, distortion after), the
         model being the state before this round when it overshot; None: nothing to do."""
-        from bmr_compress.pipeline.recovery import distortion, recover_
-        from bmr_compress.surgery import apply_plan_
-        from bmr_compress.surgery.plan import Plan, PlanSettings
-        from bmr_compress.surgery.sequential import reduce_sequential_
+        from bmr_compress.algorithms.recovery import distortion, recover_
+        from bmr_compress.cutting import apply_plan_
+        from bmr_compress.planning.plan import Plan, PlanSettings
+        from bmr_compress.planning.sequential import reduce_sequential_
 
         o, cal, task, scale = self.original, self.cal, self.task, self.scale
         with self.timer("posterior"):
@@ -305,8 +314,9 @@ class _Run:
 
 def final_record(original: nn.Module, outcome: LaplaceOutcome, example: Mapping[str, Any]) -> Any:
     """One SurgeryRecord from the original to the reduced model across all rounds."""
-    from bmr_compress.surgery import apply_plan_, discover_groups
-    from bmr_compress.surgery.plan import Plan, PlanSettings
+    from bmr_compress.cutting import apply_plan_
+    from bmr_compress.coupling import discover_groups
+    from bmr_compress.planning.plan import Plan, PlanSettings
 
     model = outcome.model
     groups = discover_groups(model, example)

@@ -16,8 +16,8 @@ from dataclasses import dataclass, field
 
 import torch
 
-from bmr_compress.surgery.groups import UnitGroup
-from bmr_compress.surgery.plan import (
+from bmr_compress.coupling.groups import UnitGroup
+from bmr_compress.planning.plan import (
     Plan, PlanSettings, make_plan, plan_masks, unstructured_masks,
 )
 

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from bmr_compress.layers import layer_type
-from bmr_compress.surgery.groups import UnitGroup
+from bmr_compress.coupling.groups import UnitGroup
 
 
 def module_positions(model: nn.Module, example_inputs: Mapping[str, torch.Tensor] | torch.Tensor

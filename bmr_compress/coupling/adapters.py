@@ -17,7 +17,7 @@ from torch import nn
 
 from bmr_compress.errors import UnsupportedModelError
 from bmr_compress.layers import LayerType, channel_type
-from bmr_compress.surgery.groups import Slice, UnitGroup, blocks, column, count_numel
+from bmr_compress.coupling.groups import Slice, UnitGroup, blocks, column, count_numel
 
 log = logging.getLogger(__name__)
 

@@ -21,9 +21,9 @@ from torch import nn
 from bmr_compress.bmr.ard import unit_score
 from bmr_compress.bmr.structured import LayerFactors, column_reduced_means
 from bmr_compress.layers import layer_type
-from bmr_compress.surgery.groups import UnitGroup
-from bmr_compress.surgery.plan import keep_top, rounded_count
-from bmr_compress.surgery.unit_posterior import (
+from bmr_compress.coupling.groups import UnitGroup
+from bmr_compress.planning.plan import keep_top, rounded_count
+from bmr_compress.scoring.unit_posterior import (
     Site, input_moments, layer_weight, prior_variance,
 )
 

@@ -17,8 +17,8 @@ from typing import Any
 import torch
 
 from bmr_compress.errors import InputError
-from bmr_compress.surgery.costs import CostLedger
-from bmr_compress.surgery.groups import UnitGroup
+from bmr_compress.scoring.costs import CostLedger
+from bmr_compress.coupling.groups import UnitGroup
 
 log = logging.getLogger(__name__)
 
@@ -203,8 +203,8 @@ def make_plan(
         elif unit_macs is not None:
             ledger = _PerUnit(unit_macs)
         else:
-            raise InputError("PlanSettings.max_macs needs unit_macs (surgery.costs.unit_macs)"
-                             " or shapes + mac_weights (surgery.costs.mac_weights)")
+            raise InputError("PlanSettings.max_macs needs unit_macs (scoring.costs.unit_macs)"
+                             " or shapes + mac_weights (scoring.costs.mac_weights)")
         _apply_budget(groups, scores, keep, settings, settings.max_macs, ledger)
     for g in groups:
         if g.name not in summary:

@@ -16,7 +16,7 @@ from torch import nn
 
 from bmr_compress.errors import UnsupportedModelError
 from bmr_compress.layers import channel_type, layer_type
-from bmr_compress.surgery.groups import Slice, UnitGroup, count_numel
+from bmr_compress.coupling.groups import Slice, UnitGroup, count_numel
 
 log = logging.getLogger(__name__)
 

@@ -1,7 +1,7 @@
 """Iterative BMR wired to the variational fine-tune (variational.finetune / set_masks_).
 
-Orchestration, so it lives in pipeline: surgery.iterate decides the rounds (pure), the
-variational trainer refits, and this module runs one against the other.
+planning.iterate decides the rounds (pure), the variational trainer refits, and this module
+runs one against the other.
 """
 
 from __future__ import annotations
@@ -13,10 +13,10 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from bmr_compress.surgery.groups import UnitGroup
-from bmr_compress.surgery.iterate import IterationResult, Scores, iterate_bmr
-from bmr_compress.surgery.plan import PlanSettings
-from bmr_compress.surgery.scoring import score_groups, score_weights
+from bmr_compress.coupling.groups import UnitGroup
+from bmr_compress.planning.iterate import IterationResult, Scores, iterate_bmr
+from bmr_compress.planning.plan import PlanSettings
+from bmr_compress.scoring.mean_field import score_groups, score_weights
 from bmr_compress.variational import (
     finetune, gate_tensors, heldout_elbo, posterior_tensors, set_masks_,
 )

@@ -28,7 +28,7 @@ from torch import nn
 
 from bmr_compress.errors import UnsupportedModelError
 from bmr_compress.layers import channel_type
-from bmr_compress.surgery.adapters import Layer, adapter_for, out_size
+from bmr_compress.coupling.adapters import Layer, adapter_for, out_size
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +38,7 @@ def transformers_layout(model: nn.Module, example: Mapping[str, torch.Tensor] | 
     """(model to write as config.json + model.safetensors, info). The model itself when its
     config already states its widths ("exact"); else a zero-padded copy ("padded"), checked
     against the cut model on `example`. Raises UnsupportedModelError when neither works."""
-    from bmr_compress.surgery.apply import plain_loadable
+    from bmr_compress.cutting.apply import plain_loadable
 
     if plain_loadable(model):
         return model, {"layout": "exact"}

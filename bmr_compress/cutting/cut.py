@@ -16,7 +16,7 @@ from torch import nn
 
 from bmr_compress.errors import UnsupportedModelError
 from bmr_compress.layers import layer_type
-from bmr_compress.surgery.groups import UnitGroup
+from bmr_compress.coupling.groups import UnitGroup
 
 log = logging.getLogger(__name__)
 

@@ -31,9 +31,9 @@ from bmr_compress.io.checks import check_artifacts, check_json_file
 from bmr_compress.io.manifest import FORMAT_VERSION, MANIFEST, read_manifest, write_manifest
 from bmr_compress.io.sources import LoadedSource, SourceRequest, register_source_kind
 from bmr_compress.io.transformers_source import preprocessor, task_from_config
-from bmr_compress.surgery.adapters import adapter_for
-from bmr_compress.surgery.apply import SurgeryRecord
-from bmr_compress.surgery.cut import owners, sync_module_
+from bmr_compress.coupling.adapters import adapter_for
+from bmr_compress.cutting.apply import SurgeryRecord
+from bmr_compress.cutting.cut import owners, sync_module_
 
 log = logging.getLogger(__name__)
 
@@ -245,10 +245,10 @@ def _load_compressed(directory: Path, manifest: dict[str, Any]) -> nn.Module:
     _drop_absent_submodules_(model, manifest["shapes"])
     shrink_to_shapes_(model, manifest["shapes"])
     if (manifest.get("transformers_layout") or {}).get("layout") == "padded":
-        # config.json + model.safetensors hold the zero-padded model (surgery.hf_layout);
+        # config.json + model.safetensors hold the zero-padded model (cutting.hf_layout);
         # the cut model is the leading slice of every padded tensor
         from bmr_compress.export.safetensors_export import load_state_dict
-        from bmr_compress.surgery.hf_layout import unpad_state_dict
+        from bmr_compress.cutting.hf_layout import unpad_state_dict
 
         state = unpad_state_dict(load_state_dict(directory / "model.safetensors"), manifest["shapes"])
         result = model.load_state_dict(state, strict=False)

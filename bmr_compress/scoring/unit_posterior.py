@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 from bmr_compress.layers import layer_type
-from bmr_compress.surgery.groups import UnitGroup
+from bmr_compress.coupling.groups import UnitGroup
 
 log = logging.getLogger(__name__)
 

@@ -1,7 +1,7 @@
 """Registered family adapters: BERT, RoBERTa, DistilBERT, ViT, GPT-2, LLaMA-style.
 
 Each adapter is a module-level class, registered by `register_adapter` when this module is
-imported (surgery.apply imports it), so it can be imported and subclassed. Each reads the
+imported (cutting.apply imports it), so it can be imported and subclassed. Each reads the
 module layout and attribute names of the transformers 5 modeling code, and of transformers 4
 (4.45+) where that differs (ViT's BERT-like blocks; DistilBERT's `dim`).
 """
@@ -18,7 +18,7 @@ from transformers.models.qwen2.modeling_qwen2 import Qwen2PreTrainedModel
 from transformers.models.roberta.modeling_roberta import RobertaPreTrainedModel
 from transformers.models.vit.modeling_vit import ViTPreTrainedModel
 
-from bmr_compress.surgery.adapters import (
+from bmr_compress.coupling.adapters import (
     FamilyAdapter, Layer, Parts, out_size, register_adapter, uniform,
 )
 

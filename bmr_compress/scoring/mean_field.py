@@ -14,7 +14,7 @@ from collections.abc import Mapping
 import torch
 
 from bmr_compress.errors import InputError
-from bmr_compress.surgery.groups import Slice, UnitGroup
+from bmr_compress.coupling.groups import Slice, UnitGroup
 from bmr_compress.variational.state import GateTensor, PosteriorTensor
 
 RULES = ("spike", "bmrs_n", "bmrs_u")

@@ -2,7 +2,7 @@
 
 For every nn.Linear (and every layer type whose weight reads as rows) and every nn.Embedding
 of the model, this module measures the row posterior's factors the way unit removal does
-(surgery/unit_posterior.py: A = E[x xᵀ] of the layer's inputs over calibration tokens, the
+(scoring/unit_posterior.py: A = E[x xᵀ] of the layer's inputs over calibration tokens, the
 output-side factors b_i from per-example Gauss–Newton traces, s² = mean(w0²)), scores every
 candidate grid of bmr.precision.GRIDS and keeps the smallest grid whose ΔlnZ ≥ 0 at ν.
 
@@ -14,7 +14,7 @@ candidate grid of bmr.precision.GRIDS and keeps the smallest grid whose ΔlnZ �
   (what GatherBlockQuantized stores), i.e. across the rows of this view.
 
 ν is either given (the unit removal's, so both decisions are paid in one currency) or set
-from a tolerance by the same discrepancy principle as surgery/tolerance.py: the smallest ν
+from a tolerance by the same discrepancy principle as scoring/tolerance.py: the smallest ν
 whose chosen grids' predicted distortion Σ δ stays within the tolerance.
 """
 
@@ -34,8 +34,8 @@ from bmr_compress.bmr.precision import (
     round_to_grid,
 )
 from bmr_compress.layers import layer_type
-from bmr_compress.surgery.tolerance import calibrate_nu
-from bmr_compress.surgery.unit_posterior import input_moments, row_scales
+from bmr_compress.scoring.tolerance import calibrate_nu
+from bmr_compress.scoring.unit_posterior import input_moments, row_scales
 
 log = logging.getLogger(__name__)
 

@@ -1,4 +1,4 @@
-"""discover_groups and apply_plan_: the model-facing half of surgery.
+"""apply_plan_: the model-facing half of the cut.
 
 apply_plan_ updates tensors, module attributes and the config in one call (STYLE.md 7) and
 returns a SurgeryRecord: what was kept per group, final shapes, config edits, and a
@@ -20,12 +20,10 @@ from torch import nn
 from bmr_compress.errors import UnsupportedModelError
 from bmr_compress.io.checks import count_params
 from bmr_compress.layers import layer_type
-from bmr_compress.surgery import families  # noqa: F401  (registers the family adapters)
-from bmr_compress.surgery.adapters import adapter_for
-from bmr_compress.surgery.cut import cut_, removed_indices
-from bmr_compress.surgery.graph import graph_groups
-from bmr_compress.surgery.groups import UnitGroup
-from bmr_compress.surgery.plan import Plan
+from bmr_compress.coupling.adapters import adapter_for
+from bmr_compress.cutting.cut import cut_, removed_indices
+from bmr_compress.coupling.groups import UnitGroup
+from bmr_compress.planning.plan import Plan
 
 log = logging.getLogger(__name__)
 
@@ -45,23 +43,6 @@ class SurgeryRecord:
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
-
-
-def discover_groups(
-    model: nn.Module,
-    example_inputs: Mapping[str, torch.Tensor] | torch.Tensor | None = None,
-    *,
-    ignored: list[nn.Module] | None = None,
-) -> list[UnitGroup]:
-    """Unit groups of `model`: from its family adapter if one is registered (by MRO of the
-    model class), else from Torch-Pruning's dependency graph traced on example_inputs."""
-    adapter = adapter_for(model)
-    if adapter is not None:
-        return adapter.groups(model)
-    if example_inputs is None:
-        raise UnsupportedModelError(f"{type(model).__name__}: no family adapter; example inputs"
-                                    " are needed to trace its dependency graph")
-    return graph_groups(model, example_inputs, ignored=ignored)
 
 
 def apply_plan_(
@@ -151,3 +132,8 @@ def plain_loadable(model: nn.Module) -> bool:
     # constructor flags (e.g. add_pooling_layer=False) are not in the config: extra modules
     # in the fresh build are fine, every tensor of the cut model must match
     return all(a.get(k) == shape for k, shape in b.items())
+
+
+def coverage_report(record: SurgeryRecord) -> dict[str, str]:
+    """Every parameter tensor -> pruned structurally / pruned unstructured / kept / skipped: why."""
+    return dict(record.coverage)
