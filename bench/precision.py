@@ -54,11 +54,30 @@ def _batches(tok: Any, texts: list[str], size: int) -> list[dict[str, Any]]:
     return out
 
 
+def _pairs(n: int) -> Any:
+    """Held-out query/document pairs (first sentence -> rest) of the corpus' held-out bucket."""
+    if n <= 0:
+        return None
+    from bmr_compress.export.retrieval import make_pairs
+    from bmr_compress.io.corpus import split_texts
+
+    return make_pairs(split_texts("heldout"), max_pairs=n)
+
+
+def _retrieval(path: Path, tok: Any, pairs: Any) -> dict[str, float]:
+    from bmr_compress.export.latency import cpu_session
+    from bmr_compress.export.retrieval import onnx_encoder, retrieval_metrics
+
+    encode, names = onnx_encoder(cpu_session(path, threads=2))
+    return retrieval_metrics(encode, tok, pairs, input_names=names)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--runs", type=int, default=20)
     ap.add_argument("--tolerances", default="0.005,0.01,0.02,0.04")
     ap.add_argument("--stats-texts", type=int, default=128)
+    ap.add_argument("--pairs", type=int, default=300, help="held-out retrieval pairs (0: skip)")
     ap.add_argument("--no-write", action="store_true", help="print, leave BENCHMARKS.md alone")
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
@@ -124,10 +143,16 @@ def main() -> None:
                 paths[name] = quantize_mixed(fp32, w / f"{len(paths)}.onnx",
                                              {params[p]: g for p, g in plan.items()}).path
         ref_held, ref_check = embed(fp32, enc_held), embed(fp32, enc_check)
+        pairs = _pairs(args.pairs)
+        ref_ret = _retrieval(fp32, tok, pairs) if pairs else None
         for name, p in paths.items():
             got_check = embed(p, enc_check)
             r = {"bytes": p.stat().st_size, **compare(ref_held, embed(p, enc_held)),
                  "check_distortion": float(np.mean(2 * (1 - (ref_check * got_check).sum(1))))}
+            if ref_ret is not None:
+                from bmr_compress.export.retrieval import retention
+
+                r["retention"] = retention(_retrieval(p, tok, pairs), ref_ret)
             counts = {}
             for g in plans[name].values():
                 counts[g] = counts.get(g, 0) + 1
@@ -165,8 +190,8 @@ def render(rows: dict[str, dict[str, Any]], lat: dict[str, Any], n_held: int, ru
              f"distortion ≤ {CHECK_BAR}). Latency: ORT CPU, 1 thread, batch 1, sequence {SEQ}, "
              f"median of {runs} interleaved runs.", "",
              "| artefact | file MiB | × smaller | mean cosine | min cosine | NN agreement | "
-             "check distortion | predicted | ν | ms | matrices " + "/".join([keep, *grids]) + " |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+             "retrieval retention (MRR@10) | check distortion | predicted | ν | ms | matrices " + "/".join([keep, *grids]) + " |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for name, r in rows.items():
         pred = f"{r['predicted']:.4f}" if "predicted" in r else ""
         nu = f"{r['nu']:.3g}" if "nu" in r else ""
@@ -174,7 +199,7 @@ def render(rows: dict[str, dict[str, Any]], lat: dict[str, Any], n_held: int, ru
         mark = " **(recommended)**" if name == rec else ""
         lines.append(f"| {name}{mark} | {r['bytes'] / 2**20:.1f} | {base / r['bytes']:.2f} | "
                      f"{r['cosine_mean']:.4f} | {r['cosine_min']:.4f} | {r['nn']:.3f} | "
-                     f"{r['check_distortion']:.4f} | {pred} | {nu} | {lat[name]['median_ms']:.1f} | "
+                     f"{r.get('retention', float('nan')):.4f} | {r['check_distortion']:.4f} | {pred} | {nu} | {lat[name]['median_ms']:.1f} | "
                      f"{counts} |")
     lines += ["", "Word-embedding table's grid per BMR artefact: " + ", ".join(
         f"{n}: {r['grids'].get('embeddings.word_embeddings.weight', keep)}"
