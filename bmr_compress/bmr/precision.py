@@ -161,19 +161,25 @@ def grid_evidence(post: RowPosterior, w_q: Tensor, nu: float) -> GridEvidence:
     """ΔlnZ of storing the matrix as `w_q` (rows, d) instead of continuous weights (module
     docstring), summed over rows; float64."""
     _check(w_q.shape == post.w0.shape, f"w_q must have shape {tuple(post.w0.shape)}")
-    return projected_evidence(post, post.project(post.w0), post.project(w_q.double() - post.w0), nu)
+    eps = post.project(w_q.double() - post.w0)
+    return projected_evidence(post, post.project(post.w0), {"": eps}, nu)[""]
 
 
-def projected_evidence(post: RowPosterior, w_hat: Tensor, eps_hat: Tensor, nu: float) -> GridEvidence:
-    """`grid_evidence` from ŵ = Uᵀ w0 and ε̂ = Uᵀ (w̃ − w0) (`RowPosterior.project`), which do
-    not depend on ν: computed once when many ν are tried."""
+def projected_evidence(post: RowPosterior, w_hat: Tensor, eps_hat: dict[str, Tensor],
+                       nu: float) -> dict[str, GridEvidence]:
+    """`grid_evidence` of several grids from ŵ = Uᵀ w0 and each grid's ε̂ = Uᵀ (w̃ − w0)
+    (`RowPosterior.project`), which do not depend on ν: computed once when many ν are tried;
+    the grid-free terms are computed once per call."""
     _check(nu > 0 and math.isfinite(nu), "nu must be finite and > 0")
     s2 = post.prior_var
     x = post._x(nu)
     occam = 0.5 * float(torch.log1p(x).sum())
     gain = 0.5 * float((w_hat ** 2 * x / (1.0 + x)).sum()) / s2
-    data = float((x * eps_hat ** 2).sum()) / s2  # ν δ
-    return GridEvidence(occam + gain - 0.5 * data, occam, gain, data / nu)
+    out = {}
+    for name, eps in eps_hat.items():
+        data = float((x * eps ** 2).sum()) / s2  # ν δ
+        out[name] = GridEvidence(occam + gain - 0.5 * data, occam, gain, data / nu)
+    return out
 
 
 def choose_grid(evidence: dict[str, GridEvidence], grids: dict[str, Grid] | None = None) -> str:

@@ -56,8 +56,8 @@ class MatrixPosterior:
             cache[""] = p.project(p.w0)
             for g, w in self.candidates.items():
                 cache[g] = p.project(w - p.w0)
-        return {g: projected_evidence(self.posterior, cache[""], cache[g], nu)
-                for g in self.candidates}
+        return projected_evidence(self.posterior, cache[""],
+                                  {g: cache[g] for g in self.candidates}, nu)
 
 
 @dataclass(frozen=True)
