@@ -39,8 +39,9 @@ def load_tensor_file(path: Path) -> dict[str, np.ndarray]:
         try:
             obj = torch.load(str(path), map_location="cpu", weights_only=True)
         except Exception as e:  # pickle.UnpicklingError and friends
-            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            raise InputError(f"refusing to load {path} (weights_only=True failed: {first})") from None
+            from bmr_compress.io.transformers_source import pickle_refusal
+
+            raise pickle_refusal(path, e) from None
         if isinstance(obj, torch.Tensor):
             obj = {"inputs": obj}
         if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
