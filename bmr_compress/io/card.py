@@ -281,6 +281,8 @@ def source_facts(snapshot_dir: str | Path | None, source_id: str, hub_id: str | 
     if d is not None and (d / "README.md").is_file():
         text = d / "README.md"
         try:
+            if not text.read_text(encoding="utf-8", errors="replace").lstrip().startswith("---"):
+                raise ValueError("no front matter")  # huggingface_hub would warn about it
             from huggingface_hub import ModelCard
 
             meta = ModelCard.load(str(text), ignore_metadata_errors=True).data.to_dict()
