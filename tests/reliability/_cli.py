@@ -19,9 +19,17 @@ def run_cli_process(argv: list[str], cache: Path, *, env: dict[str, str] | None 
                           text=True, env=full, cwd=str(REPO), timeout=timeout, preexec_fn=pre)
 
 
+PROGRESS = "[bmr-compress] "  # stage start/end lines, printed at every verbosity
+
+
+def log_lines(text: str) -> list[str]:
+    """The non-empty stderr lines other than the stage progress lines."""
+    return [ln for ln in text.strip().splitlines() if ln.strip() and not ln.startswith(PROGRESS)]
+
+
 def one_error_line(r: subprocess.CompletedProcess) -> str:
     """The single `error: ...` line a refused command prints (asserts there is exactly one)."""
-    lines = [ln for ln in r.stderr.strip().splitlines() if ln.strip()]
+    lines = log_lines(r.stderr)
     assert len(lines) == 1 and lines[0].startswith("error: "), r.stderr
     assert "Traceback" not in r.stderr + r.stdout
     return lines[0]

@@ -17,6 +17,7 @@ import pytest
 from click.testing import CliRunner
 
 from tests.reliability._cases import CASES, Case, Spec
+from tests.reliability._cli import log_lines
 from tests.reliability._sources import Sources
 
 REPO = Path(__file__).resolve().parents[2]
@@ -72,7 +73,7 @@ def test_bad_input(case: Case, sources: Sources, tmp_path: Path, monkeypatch: py
     before = [snapshot(p) for p in watched]
     before_siblings = siblings(spec.out)
     code, output = run_cli(spec, monkeypatch, sources)
-    lines = [ln for ln in output.strip().splitlines() if ln.strip()]
+    lines = log_lines(output)
     assert code == 2, f"{case.id}: exit {code}, output:\n{output}"
     assert "Traceback" not in output, output
     assert len(lines) == 1 and lines[0].startswith("error: "), f"{case.id}: not one error line:\n{output}"
