@@ -221,7 +221,11 @@ def _example_from_spec(spec: Mapping[str, Any], seed: int = 0) -> dict[str, Any]
     g = torch.Generator().manual_seed(seed)
     out = {}
     for k, s in spec.items():
-        dtype = getattr(torch, s["dtype"])
+        dtype = getattr(torch, str(s["dtype"]), None)  # a name from the manifest: a dtype only
+        if not isinstance(dtype, torch.dtype):
+            from bmr_compress.errors import InputError
+
+            raise InputError(f"bmr_manifest.json export_sample: {str(s['dtype'])[:40]!r} is not a torch dtype")
         if dtype.is_floating_point:
             out[k] = torch.randn(s["shape"], generator=g, dtype=dtype)
         elif k == "attention_mask":
