@@ -102,8 +102,9 @@ def own_checkpoint(ckpt: Path) -> Iterator[None]:
                              "another --out") from None
         if (ckpt / "checkpoint.json").is_file():
             log.warning("resuming from the checkpoint %s left by an interrupted run", ckpt)
-        log.info("fine-tune checkpoints: %s (removed when the run ends; a killed run's is "
-                 "resumed by the next identical run)", ckpt)
+        logging.getLogger("bmr_compress.progress").info(
+            "fine-tune checkpoints: %s (removed when the run ends; after a kill the next "
+            "identical run resumes from it, or delete it)", ckpt)
         yield
     finally:
         with contextlib.suppress(OSError):
