@@ -69,7 +69,8 @@ source_options = _stack(
 
 data_options = _stack(
     click.option("--data", metavar="SPEC",
-                 help="digits | docstrings | hf:NAME[:CONFIG][:SPLIT] | FILE (.npz .pt .txt .jsonl) | IMAGE_DIR."),
+                 help="digits | docstrings | hf:NAME[:CONFIG][:SPLIT] | FILE (.npz .pt .txt .jsonl) | IMAGE_DIR. "
+                      "Text lines that are not UTF-8 are skipped with a warning naming them."),
     click.option("--max-samples", type=click.IntRange(2), help="Calibration examples (train + held-out)."),
     click.option("--batch-size", type=click.IntRange(1), help="Examples per batch."),
 )
@@ -165,7 +166,9 @@ reload_options = _stack(
 out_options = _stack(
     click.option("--out", "out", required=True, type=click.Path(file_okay=False, path_type=Path),
                  help="Output directory (assembled aside, moved into place on success)."),
-    click.option("--overwrite", is_flag=True, help="Replace a non-empty output directory."),
+    click.option("--overwrite", is_flag=True,
+                 help="Replace a previous bmr-compress output (only one: a directory holding other "
+                      "files, the current directory, its parents or home is refused)."),
 )
 
 
