@@ -195,7 +195,7 @@ def _num(v: Any) -> str:
 
 
 def _usage(report: dict[str, Any], repo_id: str, d: Path | None, st: bool) -> list[str]:
-    from bmr_compress.io.st_pipeline import ST_INT8, read_st_pipeline
+    from bmr_compress.io.st_pipeline import ST_INT8, ST_ONNX, read_st_pipeline
 
     pipe = read_st_pipeline(d) if st else None
     if pipe is None:
@@ -209,7 +209,7 @@ def _usage(report: dict[str, Any], repo_id: str, d: Path | None, st: bool) -> li
            "On CPU with onnxruntime through the ONNX backend "
            "(`pip install \"sentence-transformers[onnx]\"`):", "", "```python",
            "from sentence_transformers import SentenceTransformer", "",
-           f'model = SentenceTransformer("{repo_id}", backend="onnx")  # onnx/model.onnx']
+           f'model = SentenceTransformer("{repo_id}", backend="onnx")  # {ST_ONNX}']
     if int8:
         out += ["# the int8 model (8-bit weights in blocks of up to 128 input channels):",
                 f'model = SentenceTransformer("{repo_id}", backend="onnx", '
@@ -228,7 +228,7 @@ def _usage(report: dict[str, Any], repo_id: str, d: Path | None, st: bool) -> li
             "from transformers import AutoTokenizer", "",
             f'path = snapshot_download("{repo_id}")',
             "tokenizer = AutoTokenizer.from_pretrained(path)",
-            'session = ort.InferenceSession(f"{path}/onnx/model.onnx", providers=["CPUExecutionProvider"])',
+            f'session = ort.InferenceSession(f"{{path}}/{ST_ONNX}", providers=["CPUExecutionProvider"])',
             f"enc = tokenizer({texts}, padding=True, truncation=True, "
             f"max_length={pipe.max_seq_length or 512}, return_tensors=\"np\")",
             "hidden = session.run(None, {i.name: enc[i.name] for i in session.get_inputs()})[0]",
