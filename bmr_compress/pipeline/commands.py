@@ -35,8 +35,8 @@ def compress(config: CompressConfig, out: str | Path, *, overwrite: bool = False
     from bmr_compress.io.atomic import check_output_dir, check_rejected_dir, work_dir
     from bmr_compress.io.ownership import own_checkpoint
 
+    _check_inputs_outside(Path(out), config)  # first: replacing --out must not delete an input
     out = check_output_dir(out, overwrite)  # fail fast, before any work
-    _check_inputs_outside(out, config)
     check_rejected_dir(out)  # a failed validation must not delete a user's files there
     timer = StageTimer()
     with work_dir(out) as work, contextlib.ExitStack() as owned:  # beside --out, removed on every exit path
@@ -67,8 +67,8 @@ def finetune_only(config: CompressConfig, out: str | Path, *, overwrite: bool = 
     from bmr_compress.io.atomic import atomic_output_dir, check_output_dir, work_dir
     from bmr_compress.io.ownership import own_checkpoint
 
+    _check_inputs_outside(Path(out), config)
     out = check_output_dir(out, overwrite)
-    _check_inputs_outside(out, config)
     timer = StageTimer()
     with work_dir(out) as work, own_checkpoint(checkpoint_dir(config, out)):
         f = fit_stage(config, out, timer, work)
@@ -180,8 +180,8 @@ def reduce(posterior_dir: str | Path, out: str | Path, *, overwrite: bool = Fals
                          "variational fit (`compress --posterior variational` or `finetune`); "
                          "for the default Laplace path run `compress` again with another "
                          "--tolerance")
+    check_inputs_outside(Path(out), {"posterior directory": posterior_dir})
     out_path = check_output_dir(out, overwrite)
-    check_inputs_outside(out_path, {"posterior directory": posterior_dir})
     check_rejected_dir(out_path)
     rec = _reload_record(posterior_dir)
     state = load_posterior(ppath)
