@@ -39,8 +39,12 @@ def human_summary(result: Any) -> str:
 @common_options
 @run_command
 def command(as_json: bool, debug: bool, verbose: bool, **opts: Any) -> None:
-    """Compress SOURCE into --out: model.safetensors, model.onnx, bmr_manifest.json,
-    posterior.safetensors and report.json/.md.
+    """Compress SOURCE into --out: model.safetensors, config.json, model.onnx,
+    bmr_manifest.json and report.json/.md (the variational path also writes
+    posterior.safetensors, which `reduce` re-plans from).
+
+    --overwrite replaces only a previous bmr-compress output (never a directory holding
+    other files, the current directory, its parents or your home).
 
     SOURCE is a hub id (org/name[@rev]), a local hub snapshot directory, zoo:RECIPE,
     or a .safetensors / .pt state-dict file together with --recipe.

@@ -21,6 +21,26 @@ F = TypeVar("F", bound=Callable[..., Any])
 INTERNAL_ERROR_EXIT = 3  # a bug in the tool (not bad input, not a failed validation)
 
 
+class _FinitePositive(click.ParamType):
+    """A float > 0 that is finite: `inf` / `nan` are refused before any work starts."""
+
+    name = "float"
+
+    def convert(self, value: Any, param: Any, ctx: Any) -> float:
+        import math
+
+        try:
+            x = float(value)
+        except (TypeError, ValueError):
+            self.fail(f"{value!r} is not a number", param, ctx)
+        if not (math.isfinite(x) and x > 0):
+            self.fail(f"{value!r} must be a finite number > 0", param, ctx)
+        return x
+
+
+FINITE_POSITIVE = _FinitePositive()
+
+
 def _stack(*decorators: Callable[[F], F]) -> Callable[[F], F]:
     def apply(f: F) -> F:
         for d in reversed(decorators):
@@ -49,7 +69,8 @@ source_options = _stack(
 
 data_options = _stack(
     click.option("--data", metavar="SPEC",
-                 help="digits | docstrings | hf:NAME[:CONFIG][:SPLIT] | FILE (.npz .pt .txt .jsonl) | IMAGE_DIR."),
+                 help="digits | docstrings | hf:NAME[:CONFIG][:SPLIT] | FILE (.npz .pt .txt .jsonl) | IMAGE_DIR. "
+                      "Text lines that are not UTF-8 are skipped with a warning naming them."),
     click.option("--max-samples", type=click.IntRange(2), help="Calibration examples (train + held-out)."),
     click.option("--batch-size", type=click.IntRange(1), help="Examples per batch."),
 )
@@ -60,7 +81,7 @@ fit_options = _stack(
                       "pretrained weights, BMR at a tolerance-calibrated likelihood, sequential "
                       "cuts and recovery rounds (minutes); 'variational': the mean-field "
                       "variational fine-tune of the seed papers [default: laplace]."),
-    click.option("--tolerance", type=click.FloatRange(0, min_open=True),
+    click.option("--tolerance", type=FINITE_POSITIVE,
                  help="How far the output may move, as relative distortion E|f-f0|^2/E|f0|^2 "
                       "on calibration data (embeddings: 2(1-cosine), so 0.1 ~ cosine 0.95; "
                       "logits: centred). Sets the likelihood's precision; BMR then removes "
@@ -70,12 +91,14 @@ fit_options = _stack(
                  help="Laplace: prune -> recover -> re-score rounds at most [default: 3]."),
     click.option("--recovery-steps", type=click.IntRange(0),
                  help="Laplace: distillation steps after each round's cut [default: 100]."),
-    click.option("--recovery-lr", type=click.FloatRange(0, min_open=True),
+    click.option("--recovery-lr", type=FINITE_POSITIVE,
                  help="Laplace: Adam learning rate of the recovery steps [default: 1e-4]."),
-    click.option("--steps", type=click.IntRange(0), help="Variational fine-tune steps."),
+    click.option("--steps", type=click.IntRange(0),
+                 help="Variational fine-tune steps; giving it selects --posterior variational "
+                      "(the default Laplace path has no fine-tune; said on stderr)."),
     click.option("--seed", type=int, help="Random seed."),
     click.option("--device", default="auto", show_default=True, help="auto | cpu | cuda | cuda:N."),
-    click.option("--lr", type=click.FloatRange(0, min_open=True), help="Learning rate of the means."),
+    click.option("--lr", type=FINITE_POSITIVE, help="Learning rate of the means."),
     click.option("--n-data", type=click.IntRange(1),
                  help="Effective data-set size N of the ELBO: smaller N = wider posterior = "
                       "more pruning [default: examples seen, at least 10000]."),
@@ -105,7 +128,7 @@ plan_options = _stack(
                       "once (units then go in order of dlnZ per parameter saved; widths round "
                       "down; parameters no unit owns, such as embeddings, are counted but "
                       "never removed)."),
-    click.option("--latency-budget", type=click.FloatRange(0, min_open=True),
+    click.option("--latency-budget", type=click.FloatRange(0, 1, min_open=True),
                  help="Keep at most this fraction of the dense layers' multiply-accumulates "
                       "per example (a MAC proxy for latency; units go in order of dlnZ per MAC "
                       "saved; the report measures real ORT latency)."),
@@ -169,7 +192,9 @@ reload_options = _stack(
 out_options = _stack(
     click.option("--out", "out", required=True, type=click.Path(file_okay=False, path_type=Path),
                  help="Output directory (assembled aside, moved into place on success)."),
-    click.option("--overwrite", is_flag=True, help="Replace a non-empty output directory."),
+    click.option("--overwrite", is_flag=True,
+                 help="Replace a previous bmr-compress output (only one: a directory holding other "
+                      "files, the current directory, its parents or home is refused)."),
 )
 
 
@@ -179,6 +204,14 @@ def setup_logging(verbose: bool, debug: bool) -> None:
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr,
                         format="%(levelname)s %(name)s: %(message)s", force=True)
     logging.getLogger("bmr_compress").setLevel(level)
+    # stage start/end lines (pipeline.settings.progress_log) at every verbosity, one line each
+    progress = logging.getLogger("bmr_compress.progress")
+    progress.handlers.clear()
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("[bmr-compress] %(message)s"))
+    progress.addHandler(handler)
+    progress.setLevel(logging.INFO)
+    progress.propagate = False
     # transformers prints multi-line load reports on stderr through its own handler; the tool
     # logs what matters itself (one line each), so keep them for -v / --debug only
     if not (verbose or debug):

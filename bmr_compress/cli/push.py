@@ -32,9 +32,12 @@ def command(directory: Path, repo_id: str | None, repo_id_opt: str | None, revis
             private: bool, dry_run: bool, with_posterior: bool, as_json: bool, debug: bool, verbose: bool) -> None:
     """Push DIRECTORY (a validated `compress` output) to hub repo --repo-id with a model card.
 
-    Refuses a directory whose report.json does not record a passed validation, whose files
-    differ from those that validation covered (sha256 in report.json), or whose manifest
-    disagrees with its weights.
+    Refuses a directory whose report.json does not record a passed validation, is not signed
+    by your bmr-compress (an HMAC with the per-user key in $BMR_COMPRESS_HOME or
+    ~/.config/bmr-compress/seal.key, written by `compress` / `validate`: a hand-edited report
+    fails), whose files differ from those that validation covered (sha256 in report.json),
+    or whose manifest disagrees with its weights. `bmr-compress validate DIR` re-validates
+    for real and signs again.
     """
     from bmr_compress.errors import InputError
     from bmr_compress.io.hub import push_to_hub

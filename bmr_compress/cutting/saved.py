@@ -4,11 +4,13 @@ load_compressed builds the architecture from config.json (with the manifest's or
 widths where the config cannot express the cut model), shrinks every tensor to the
 manifest's shapes, re-syncs module attributes, then loads model.safetensors strictly.
 
-A model that is not a transformers class is rebuilt by a *builder* the manifest names as an
-importable ``"module:function"`` (e.g. ``"bmr_compress.zoo.adapters:rebuild"``): importing
-the module registers whatever the model needs (its family adapter), so a fresh interpreter
-reloads any output with nothing registered beforehand. Builders registered by name
-(`register_architecture`) still work within one process.
+A model that is not a transformers class is rebuilt by a *builder* the manifest names as a
+``"module:function"`` reference (e.g. ``"bmr_compress.zoo.adapters:rebuild"``). The files
+being loaded are data someone else may have written, so that string never selects code by
+itself: it must be one of the tool's own builders (`PROJECT_BUILDERS`, a closed table:
+importing the module registers the model's family adapter, so a fresh interpreter reloads a
+zoo output with nothing registered beforehand) or a builder this process registered
+(`register_architecture`, the caller's own code). Anything else is refused, unimported.
 
 Importing this module registers the ``compressed`` source kind in io.sources: a `compress`
 output directory given as SOURCE is rebuilt here.
@@ -37,14 +39,18 @@ from bmr_compress.cutting.cut import owners, sync_module_
 
 log = logging.getLogger(__name__)
 
-__all__ = ["ARCHITECTURES", "FORMAT_VERSION", "MANIFEST", "builder_from_ref", "load_compressed",
-           "make_manifest", "read_manifest", "register_architecture", "save_compressed",
-           "shrink_to_shapes_", "write_manifest"]
+__all__ = ["ARCHITECTURES", "FORMAT_VERSION", "MANIFEST", "PROJECT_BUILDERS", "builder_from_ref",
+           "load_compressed", "make_manifest", "read_manifest", "register_architecture",
+           "save_compressed", "shrink_to_shapes_", "trusted_builder", "write_manifest"]
 
 Builder = Callable[[dict[str, Any]], nn.Module]
-# Builders registered by name in this process (tests, user code); outputs name theirs by
-# "module:function" reference instead, which needs no registration.
+# Builders registered in this process (tests, user code), by name or by the
+# "module:function" reference a manifest stores.
 ARCHITECTURES: dict[str, Builder] = {}
+# The tool's own builders: the only references a manifest may name without registration.
+# Closed on purpose: a manifest is data, and an open "module:function" would let a
+# downloaded directory import and call anything (``subprocess:run``).
+PROJECT_BUILDERS = frozenset({"bmr_compress.zoo.adapters:rebuild"})
 # names that manifests written before builder references used for a registered builder
 LEGACY_BUILDERS = {"bmr_zoo": "bmr_compress.zoo.adapters:rebuild"}
 
@@ -59,9 +65,24 @@ def register_architecture(name: str):
     return deco
 
 
+def trusted_builder(ref: str, where: str | Path) -> Builder:
+    """The builder a manifest names: registered in this process, else one of
+    `PROJECT_BUILDERS`; InputError (nothing imported) for any other string."""
+    if ref in ARCHITECTURES:
+        return ARCHITECTURES[ref]
+    if ref not in PROJECT_BUILDERS:
+        raise InputError(f"{where}: its manifest names builder {ref[:80]!r}, which is not one of "
+                         f"bmr-compress's own ({', '.join(sorted(PROJECT_BUILDERS))}); refusing to "
+                         "import code named by the files (register your builder with "
+                         "cutting.register_architecture in your own Python code to load it)")
+    return builder_from_ref(ref)
+
+
 def builder_from_ref(ref: str) -> Builder:
     """The function a ``"module:function"`` reference names (importing its module);
-    UnsupportedModelError when it cannot be imported or is not callable."""
+    UnsupportedModelError when it cannot be imported or is not callable. Only for
+    references from the caller's own code or `PROJECT_BUILDERS`, never from files
+    (`trusted_builder`)."""
     module, sep, name = ref.partition(":")
     if not sep or not module or not name:
         raise UnsupportedModelError(f"builder {ref!r} is not a 'module:function' reference")
@@ -89,13 +110,13 @@ def _architecture_entry(model: nn.Module, architecture: str | None) -> dict[str,
 
 def _builder(directory: Path, arch: Mapping[str, Any]) -> Builder:
     if arch["kind"] == "builder":
-        return builder_from_ref(str(arch["builder"]))
-    name = arch["name"]
+        return trusted_builder(str(arch["builder"]), directory / MANIFEST)
+    name = str(arch["name"])
     if name in ARCHITECTURES:
         return ARCHITECTURES[name]
     if name in LEGACY_BUILDERS:
-        return builder_from_ref(LEGACY_BUILDERS[name])
-    raise UnsupportedModelError(f"{directory}: architecture {name!r} is not registered")
+        return trusted_builder(LEGACY_BUILDERS[name], directory / MANIFEST)
+    raise UnsupportedModelError(f"{directory}: architecture {name[:80]!r} is not registered")
 
 
 def make_manifest(model: nn.Module, record: SurgeryRecord, *, architecture: str | None = None,

@@ -283,6 +283,12 @@ def check_st_embeddings(
     if importlib.util.find_spec("sentence_transformers") is None:
         res.add("sentence_transformers", True, "sentence-transformers not installed: not checked")
         return info
+    foreign = [str(m.get("type")) for m in st.modules if isinstance(m, dict)
+               and not str(m.get("type", "")).startswith("sentence_transformers.")]
+    if foreign:  # SentenceTransformer(dir) would import whatever modules.json names
+        res.add("sentence_transformers", False, f"modules.json names code outside sentence-transformers "
+                f"({foreign[0][:80]}): not loaded")
+        return info
     try:
         enc = tokenizer(texts, padding=True, truncation=True, max_length=st.max_seq_length or 512,
                         return_tensors="np")

@@ -4,8 +4,8 @@ A source folder with ``modules.json`` is a sentence-transformers model (Transfor
 [→ Normalize ...]); its output is one too: modules.json, sentence_bert_config.json,
 config_sentence_transformers.json and every module folder (``1_Pooling/``, ``2_Normalize``,
 ...) are copied, the pooling config's width follows the exported model, and the ONNX files
-are also placed where sentence-transformers' ONNX backend looks (``onnx/model.onnx``; the
-int8 model at ``onnx/model_qint8.onnx``, chosen with ``model_kwargs={"file_name": ...}``).
+are where sentence-transformers' ONNX backend looks: ``model.onnx`` at the root (found
+first), the int8 model ``model.int8.onnx`` chosen with ``model_kwargs={"file_name": ...}``.
 
 Tokenizer files are copied verbatim from the source (a tokenizer re-saved after our run
 would carry run-specific keys such as ``local_files_only``, ``is_local`` or the calibration
@@ -131,13 +131,17 @@ def _copy_st_files(src: Path, out: Path, hidden_size: int | None) -> list[str]:
 
 
 def place_st_onnx_(out_dir: str | Path, onnx_path: Path, int8_path: Path | None = None) -> list[str]:
-    """Hard-link (else copy) the ONNX files to where sentence-transformers' ONNX backend looks."""
+    """Hard-link (else copy) the ONNX files to where sentence-transformers' ONNX backend looks
+    (nothing to do when they are there already: the root files, `ST_ONNX` / `ST_INT8`)."""
     out = Path(out_dir)
     placed = []
     for src, rel in ((onnx_path, ST_ONNX), (int8_path, ST_INT8)):
         if src is None:
             continue
         dst = out / rel
+        if dst.resolve() == src.resolve():
+            placed.append(rel)
+            continue
         dst.parent.mkdir(parents=True, exist_ok=True)
         dst.unlink(missing_ok=True)
         try:

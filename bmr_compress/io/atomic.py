@@ -13,13 +13,18 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from bmr_compress.errors import InputError
+from bmr_compress.io.ownership import check_not_a_place, check_replaceable, write_marker
 
 log = logging.getLogger(__name__)
 
 
-def check_output_dir(out: str | Path, overwrite: bool) -> Path:
-    """Fail early (InputError) when ``out`` exists, is non-empty and ``overwrite`` is off."""
+def check_output_dir(out: str | Path, overwrite: bool, *, ours: bool = False) -> Path:
+    """Fail early (InputError) when ``out`` exists, is non-empty and ``overwrite`` is off, or
+    when ``overwrite`` would replace what bmr-compress did not write (`check_replaceable`;
+    ``ours``: the caller owns the location, e.g. the zoo cache). ``out`` is never the
+    current directory, one of its parents, the home directory or a filesystem root."""
     path = Path(out).expanduser()
+    check_not_a_place(path)
     if path.exists() and not path.is_dir():
         raise InputError(f"output path exists and is not a directory: {path}")
     try:
@@ -28,6 +33,8 @@ def check_output_dir(out: str | Path, overwrite: bool) -> Path:
         raise InputError(f"cannot read output directory {path}: {e.strerror or e}") from None
     if non_empty and not overwrite:
         raise InputError(f"output directory is not empty: {path} (pass --overwrite to replace it)")
+    if non_empty and not ours:
+        check_replaceable(path)
     _check_writable_parent(path)
     _check_name_length(path)
     return path
@@ -81,13 +88,15 @@ def _check_writable_parent(path: Path) -> None:
 
 
 @contextlib.contextmanager
-def atomic_output_dir(out: str | Path, overwrite: bool = False) -> Iterator[Path]:
-    """Yield a fresh staging directory; on clean exit it replaces ``out`` in one rename.
+def atomic_output_dir(out: str | Path, overwrite: bool = False, *, ours: bool = False
+                      ) -> Iterator[Path]:
+    """Yield a fresh staging directory; on clean exit it replaces ``out`` in one rename
+    (with `MARKER` listing what it holds, so a later ``--overwrite`` knows it is ours).
 
     On an exception the staging directory is deleted and ``out`` is left untouched. The run
     holds ``out``'s lock (`run_lock`) throughout, so no other run takes its staging for stale.
     """
-    target = check_output_dir(out, overwrite).resolve()
+    target = check_output_dir(out, overwrite, ours=ours).resolve()
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
     except OSError as e:
@@ -103,11 +112,12 @@ def atomic_output_dir(out: str | Path, overwrite: bool = False) -> Iterator[Path
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
             raise
-        _swap_into_place(staging, target, overwrite)
+        write_marker(staging)
+        _swap_into_place(staging, target, overwrite, ours)
     log.info("wrote %s", target)
 
 
-def _swap_into_place(staging: Path, target: Path, overwrite: bool) -> None:
+def _swap_into_place(staging: Path, target: Path, overwrite: bool, ours: bool = False) -> None:
     old: Path | None = None
     # mkdtemp makes 0700 and some writers 0600: the output follows the umask like any
     # directory the user makes (a replaced directory keeps its own mode)
@@ -115,7 +125,7 @@ def _swap_into_place(staging: Path, target: Path, overwrite: bool) -> None:
     apply_umask_modes(staging, dir_mode=keep)
     try:
         if target.exists():
-            check_output_dir(target, overwrite)  # re-check: something may have appeared meanwhile
+            check_output_dir(target, overwrite, ours=ours)  # re-check: something may have appeared
             old = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-{os.getpid()}-", dir=target.parent))
             old.rmdir()
         with _signals_deferred():  # Ctrl-C waits until both renames are done

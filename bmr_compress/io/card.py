@@ -215,7 +215,7 @@ def _num(v: Any) -> str:
 
 
 def _usage(report: dict[str, Any], repo_id: str, d: Path | None, st: bool) -> list[str]:
-    from bmr_compress.io.st_pipeline import ST_INT8, read_st_pipeline
+    from bmr_compress.io.st_pipeline import ST_INT8, ST_ONNX, read_st_pipeline
 
     pipe = read_st_pipeline(d) if st else None
     if pipe is None:
@@ -229,7 +229,7 @@ def _usage(report: dict[str, Any], repo_id: str, d: Path | None, st: bool) -> li
            "On CPU with onnxruntime through the ONNX backend "
            "(`pip install \"sentence-transformers[onnx]\"`):", "", "```python",
            "from sentence_transformers import SentenceTransformer", "",
-           f'model = SentenceTransformer("{repo_id}", backend="onnx")  # onnx/model.onnx']
+           f'model = SentenceTransformer("{repo_id}", backend="onnx")  # {ST_ONNX}']
     if int8:
         out += ["# the int8 model (8-bit weights in blocks of up to 128 input channels):",
                 f'model = SentenceTransformer("{repo_id}", backend="onnx", '
@@ -248,7 +248,7 @@ def _usage(report: dict[str, Any], repo_id: str, d: Path | None, st: bool) -> li
             "from transformers import AutoTokenizer", "",
             f'path = snapshot_download("{repo_id}")',
             "tokenizer = AutoTokenizer.from_pretrained(path)",
-            'session = ort.InferenceSession(f"{path}/onnx/model.onnx", providers=["CPUExecutionProvider"])',
+            f'session = ort.InferenceSession(f"{{path}}/{ST_ONNX}", providers=["CPUExecutionProvider"])',
             f"enc = tokenizer({texts}, padding=True, truncation=True, "
             f"max_length={pipe.max_seq_length or 512}, return_tensors=\"np\")",
             "hidden = session.run(None, {i.name: enc[i.name] for i in session.get_inputs()})[0]",
@@ -301,6 +301,8 @@ def source_facts(snapshot_dir: str | Path | None, source_id: str, hub_id: str | 
     if d is not None and (d / "README.md").is_file():
         text = d / "README.md"
         try:
+            if not text.read_text(encoding="utf-8", errors="replace").lstrip().startswith("---"):
+                raise ValueError("no front matter")  # huggingface_hub would warn about it
             from huggingface_hub import ModelCard
 
             meta = ModelCard.load(str(text), ignore_metadata_errors=True).data.to_dict()

@@ -80,11 +80,12 @@ def push_to_hub(
     report = load_validated_report(d)
     from bmr_compress.io.checks import check_artifacts
     from bmr_compress.io.integrity import (
-        check_integrity, check_manifest_consistent, check_report_consistent,
+        check_integrity, check_manifest_consistent, check_report_consistent, check_signature,
     )
 
     check_artifacts(d)  # the files themselves: sound, readable, no NaN/Inf (else nothing is pushed)
     check_report_consistent(d, report)  # `passed` agrees with every check it summarises
+    check_signature(d, report)  # written as it stands by this user's real validation
     check_integrity(d, report)  # exactly the files that were validated, unchanged
     check_manifest_consistent(d)  # kept units, widths and shapes agree with the weights
     card = build_model_card(report, repo_id, d, with_posterior=with_posterior)

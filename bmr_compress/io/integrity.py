@@ -2,15 +2,23 @@
 
 `file_hashes` is recorded in report.json (``integrity.sha256``) by `compress`, `reduce` and
 `validate` once they have validated a directory; `check_integrity` (run by `push`) refuses a
-directory whose files differ from that record: a changed, missing or added file. This is a
-seal against accidents and edits after validation, not a signature: whoever can rewrite
-report.json can rewrite its hashes, which is why `push` also re-checks what it can without
-the original (`check_report_consistent`, `check_manifest_consistent`).
+directory whose files differ from that record: a changed, missing or added file.
+
+`seal_report_file` then signs the record: an HMAC-SHA256 (``integrity.hmac``) over the file
+hashes and the ``validation`` block, with a key the tool keeps per user (`key_file`: created
+0600 on first use). `check_signature` (run by `push`) refuses a report.json that this user's
+bmr-compress did not write as it stands: one edited by hand (its ``passed`` flag, its checks,
+its hashes), or validated under another account; `bmr-compress validate DIR` re-validates
+for real and signs again.
 """
 
 from __future__ import annotations
 
 import hashlib
+import hmac
+import json
+import os
+import secrets
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -26,6 +34,8 @@ UNSEALED_DIRS = frozenset({"plots"})
 # per-CPU timings in bench/<cpu signature>.json): never sealed and never uploaded, so adding
 # them leaves the result valid and pushable
 LOCAL_DIRS = frozenset({"bench"})
+# written into every directory io.atomic puts in place: the files the tool wrote there
+MARKER = ".bmr-output.json"
 
 
 def _sealed_files(directory: Path) -> list[Path]:
@@ -76,6 +86,67 @@ def check_integrity(directory: str | Path, report: Mapping[str, Any]) -> None:
         if sha256_file(now[name]) != sealed[name]:
             raise ValidationFailed(f"refusing {d}: {d / name} changed after validation; "
                                    f"run `bmr-compress validate {d}` again")
+
+
+KEY_NAME = "seal.key"
+
+
+def key_file() -> Path:
+    """Where the per-user signing key lives: $BMR_COMPRESS_HOME, else
+    $XDG_CONFIG_HOME/bmr-compress, else ~/.config/bmr-compress (file seal.key)."""
+    home = os.environ.get("BMR_COMPRESS_HOME")
+    if home:
+        return Path(home).expanduser() / KEY_NAME
+    xdg = os.environ.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
+    return Path(xdg).expanduser() / "bmr-compress" / KEY_NAME
+
+
+def _key(create: bool) -> bytes | None:
+    path = key_file()
+    if not path.is_file():
+        if not create:
+            return None
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:  # another run made it meanwhile
+            return path.read_bytes()
+        with os.fdopen(fd, "wb") as f:
+            f.write(secrets.token_bytes(32))
+    return path.read_bytes()
+
+
+def _signed_part(report: Mapping[str, Any]) -> bytes:
+    rec = report.get(INTEGRITY_KEY)
+    sealed = rec.get("sha256") if isinstance(rec, Mapping) else None
+    return json.dumps({"sha256": sealed, "validation": report.get("validation")},
+                      sort_keys=True, separators=(",", ":")).encode()
+
+
+def seal_report_file(directory: str | Path) -> None:
+    """Sign report.json in place (``integrity.hmac``) with this user's key (created if missing);
+    call only right after a real validation wrote the report."""
+    path = Path(directory) / "report.json"
+    report = json.loads(path.read_text())
+    key = _key(create=True)
+    assert key is not None
+    report.setdefault(INTEGRITY_KEY, {})["hmac"] = hmac.new(key, _signed_part(report), "sha256").hexdigest()
+    tmp = path.with_name(".report.json.tmp")
+    tmp.write_text(json.dumps(report, indent=2, sort_keys=True) + "\n")
+    tmp.replace(path)
+
+
+def check_signature(directory: str | Path, report: Mapping[str, Any]) -> None:
+    """ValidationFailed unless report.json carries this user's signature over its file hashes
+    and validation block (an edited report, or one validated under another account)."""
+    rec = report.get(INTEGRITY_KEY)
+    mac = rec.get("hmac") if isinstance(rec, Mapping) else None
+    key = _key(create=False)
+    want = hmac.new(key, _signed_part(report), "sha256").hexdigest() if key else None
+    if not isinstance(mac, str) or want is None or not hmac.compare_digest(mac, want):
+        raise ValidationFailed(f"refusing {directory}: report.json is not signed by your bmr-compress "
+                               f"(edited by hand, or validated elsewhere; key {key_file()}): run "
+                               f"`bmr-compress validate {directory}` to re-validate it")
 
 
 def check_report_consistent(directory: str | Path, report: Mapping[str, Any]) -> None:
@@ -150,6 +221,8 @@ def tool_written(directory: str | Path) -> str | None:
         return str(e).split(": ", 1)[-1]
     for p in sorted(d.rglob("*")):  # what check_integrity does not look at
         rel = p.relative_to(d)
+        if str(rel) == MARKER:
+            continue
         if (p.is_symlink() or any(part.startswith(".") for part in rel.parts) or str(rel) == "README.md"
                 or (rel.parts[0] in UNSEALED_DIRS and p.is_file() and p.suffix != ".png")
                 or (rel.parts[0] in LOCAL_DIRS and p.is_file() and p.suffix != ".json")):

@@ -168,7 +168,8 @@ def _from_snapshot_dir(directory: Path, req: SourceRequest) -> LoadedSource:
     if (directory / MANIFEST).is_file():
         raise InputError(f"{directory} is a bmr-compress output, but no loader for it is "
                          f"registered: {_IMPORT_HINT}")
-    model, config, task = load_transformers(directory, req.task, req.trust_remote_code)
+    model, config, task = load_transformers(directory, req.task, req.trust_remote_code,
+                                            allow_pickle=req.allow_pickle)
     files = {"config": directory / "config.json"}
     if (directory / "model.safetensors").is_file():
         files["weights"] = directory / "model.safetensors"
@@ -186,8 +187,9 @@ def _from_recipe(recipe: Recipe, req: SourceRequest) -> LoadedSource:
     if src.zoo:
         raise InputError(f"recipe {recipe.name!r} is a model-zoo recipe, but the zoo's loader is "
                          f"not registered: {_IMPORT_HINT}")
-    if src.package:  # record the installed distribution, not a hub commit it may not match
-        directory, rev = package_snapshot_dir(src.package), f"{src.package}=={metadata.version(src.package)}"
+    if src.package:  # the recipe's hub commit (the card's revision); else the distribution
+        directory = package_snapshot_dir(src.package)
+        rev = src.revision if src.hub and src.revision else f"{src.package}=={metadata.version(src.package)}"
     elif src.split_zip:  # reassembled once into the cache, its hash checked
         from bmr_compress.io.split_zip import split_zip_snapshot
 

@@ -10,7 +10,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-ST_ONNX, ST_INT8 = "onnx/model.onnx", "onnx/model_qint8.onnx"
+# where sentence-transformers' ONNX backend finds the models: the root files themselves
+# (`backend="onnx"` takes ./model.onnx first; the int8 one by model_kwargs file_name). No
+# copies under onnx/: a second model.onnx made push upload every file twice and made the
+# ONNX loaders warn about several files with the standard name.
+ST_ONNX, ST_INT8 = "model.onnx", "model.int8.onnx"
 _POOLING_MODES = ("cls_token", "max_tokens", "mean_tokens", "mean_sqrt_len_tokens",
                   "weightedmean_tokens", "lasttoken")
 

@@ -5,6 +5,7 @@ dicts). Every failure is an InputError naming the directory or file.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 from pathlib import Path
@@ -103,12 +104,41 @@ def first_line(e: BaseException) -> str:
     return str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
 
 
+def pickle_refusal(path: Path | str, e: BaseException) -> InputError:
+    """The one line for a pickle that torch.load(weights_only=True) refused: what it holds,
+    never torch's advice to retry with weights_only=False."""
+    import re
+
+    found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(e))
+    what = f" (it references {found.group(1)})" if found else ""
+    return InputError(f"refusing to unpickle {path}: it holds more than tensors{what}, and only "
+                      "plain tensors are read (torch.load weights_only=True); convert a trusted copy "
+                      "with python -m bmr_compress.converters.pt_to_safetensors")
+
+
+def check_snapshot_weights(directory: Path, allow_pickle: bool) -> bool:
+    """Whether the snapshot's weights are safetensors; InputError when they are only a
+    pickle (pytorch_model.bin, ...) and ``allow_pickle`` is off: unpickling can run code."""
+    if any(directory.glob("*.safetensors")):
+        return True
+    pickles = sorted(p.name for p in directory.iterdir()
+                     if p.suffix in STATE_DICT_SUFFIXES or p.name.endswith(".bin.index.json"))
+    if pickles and not allow_pickle:
+        raise InputError(
+            f"{directory / pickles[0]} is a pickle checkpoint (the snapshot has no .safetensors), "
+            "refused by default (unpickling can run code); pass --allow-pickle to read it with "
+            "torch.load(weights_only=True), or convert it: python -m bmr_compress.converters.pt_to_safetensors")
+    return False
+
+
 def _load_pretrained(auto: Any, directory: Path, **kw: Any) -> tuple[Any, dict[str, Any]]:
     """auto.from_pretrained with its failures as InputErrors naming the directory."""
     try:
         model, info = auto.from_pretrained(str(directory), output_loading_info=True,
                                            ignore_mismatched_sizes=True, **kw)
     except Exception as e:  # noqa: BLE001 - third-party model code run on the user's config/files
+        if "weights_only" in str(e) or "Unsupported global" in str(e):
+            raise pickle_refusal(directory, e) from None
         raise InputError(f"{directory}: cannot load the model: {type(e).__name__}: {first_line(e)}") from None
     mismatched = list(info.get("mismatched_keys", []))
     if mismatched:
@@ -120,12 +150,18 @@ def _load_pretrained(auto: Any, directory: Path, **kw: Any) -> tuple[Any, dict[s
     return model, info
 
 
-def _from_pretrained(auto: Any, directory: Path, config: Any, trust_remote_code: bool) -> Any:
-    """from_pretrained in float32; a pooler absent from the checkpoint is left out, not random."""
+def _from_pretrained(auto: Any, directory: Path, config: Any, trust_remote_code: bool,
+                     allow_pickle: bool = False) -> Any:
+    """from_pretrained in float32; a pooler absent from the checkpoint is left out, not random.
+    A snapshot whose weights are only a pickle needs ``allow_pickle``; one with safetensors
+    never falls back to its pickle."""
     import torch
 
+    safetensors_only = check_snapshot_weights(directory, allow_pickle)
     header = check_weight_files(directory)
     kw = {"config": config, "dtype": torch.float32, "trust_remote_code": trust_remote_code}
+    if safetensors_only:
+        kw["use_safetensors"] = True
     try:
         model, info = _load_pretrained(auto, directory, **kw)
     except InputError:
@@ -156,11 +192,38 @@ def _check_dtypes_on_meta(auto: Any, config: Any, header: dict[str, Any], direct
     check_dtypes(skeleton, header, str(directory))
 
 
+def check_remote_code(directory: Path, trust_remote_code: bool) -> None:
+    """InputError when config.json maps to the checkpoint's own Python code (``auto_map``)
+    and the user did not pass --trust-remote-code (transformers would otherwise quietly use
+    its built-in class for a known model_type, and the output would keep a dangling map)."""
+    import json
+
+    try:
+        cfg = json.loads((directory / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return  # AutoConfig names the problem
+    if isinstance(cfg, dict) and cfg.get("auto_map") and not trust_remote_code:
+        raise InputError(f"{directory}: this checkpoint needs its own Python code (config.json "
+                         "auto_map); pass --trust-remote-code if you trust it")
+
+
+def drop_builtin_auto_map_(model: Any, config: Any) -> None:
+    """With --trust-remote-code, a model that transformers built from its own classes does not
+    need the checkpoint's code: drop ``auto_map`` so the output names no code it lacks."""
+    if getattr(config, "auto_map", None) and type(model).__module__.startswith("transformers."):
+        log.info("config.json auto_map dropped: %s is transformers' own class", type(model).__name__)
+        for c in {id(config): config, id(model.config): model.config}.values():
+            with contextlib.suppress(AttributeError):
+                delattr(c, "auto_map")
+
+
 def load_transformers(directory: Path, task: str | None, trust_remote_code: bool,
-                       weights: dict[str, Any] | None = None) -> tuple[Any, Any, str]:
+                      weights: dict[str, Any] | None = None, *, allow_pickle: bool = False
+                      ) -> tuple[Any, Any, str]:
     import torch
     import transformers as tf
 
+    check_remote_code(directory, trust_remote_code)
     try:
         config = tf.AutoConfig.from_pretrained(str(directory), trust_remote_code=trust_remote_code)
     except (ValueError, OSError, KeyError, TypeError, AttributeError) as e:
@@ -180,7 +243,7 @@ def load_transformers(directory: Path, task: str | None, trust_remote_code: bool
     if task == "regression" and getattr(config, "num_labels", 2) != 1:
         config.num_labels = 1
     if weights is None:
-        model = _from_pretrained(auto, directory, config, trust_remote_code)
+        model = _from_pretrained(auto, directory, config, trust_remote_code, allow_pickle)
     else:  # stage the file as a snapshot so transformers applies its own key mapping
         import tempfile
 
@@ -191,6 +254,7 @@ def load_transformers(directory: Path, task: str | None, trust_remote_code: bool
             save_file({k: v.detach().contiguous().clone() for k, v in weights.items()},
                       str(Path(tmp) / "model.safetensors"), metadata={"format": "pt"})
             model = _from_pretrained(auto, Path(tmp), config, trust_remote_code)
+    drop_builtin_auto_map_(model, config)
     return model.eval(), config, task
 
 
@@ -221,8 +285,7 @@ def load_weight_file(path: Path, *, allow_pickle: bool = False) -> dict[str, Any
         try:
             obj = torch.load(str(path), map_location="cpu", weights_only=True)
         except Exception as e:  # pickle.UnpicklingError for anything but plain tensors/containers
-            first = str(e).splitlines()[0] if str(e) else type(e).__name__
-            raise InputError(f"refusing to load {path} (weights_only=True failed: {first})") from None
+            raise pickle_refusal(path, e) from None
         if isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict):
             obj = obj["state_dict"]
         if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):

@@ -39,8 +39,9 @@ def load_tensor_file(path: Path) -> dict[str, np.ndarray]:
         try:
             obj = torch.load(str(path), map_location="cpu", weights_only=True)
         except Exception as e:  # pickle.UnpicklingError and friends
-            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            raise InputError(f"refusing to load {path} (weights_only=True failed: {first})") from None
+            from bmr_compress.io.transformers_source import pickle_refusal
+
+            raise pickle_refusal(path, e) from None
         if isinstance(obj, torch.Tensor):
             obj = {"inputs": obj}
         if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
@@ -66,36 +67,57 @@ MAX_TEXT_EXAMPLES = 1_000_000  # reading stops there (calibration needs far fewe
 MAX_TEXT_BYTES = 4 * 2**30
 
 
+def _decode(raw: bytes, cut: bool) -> str:
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        if cut and e.start >= len(raw) - 3:  # a character split by the length cap
+            return raw[:e.start].decode("utf-8")
+        raise
+
+
 def _text_lines(path: Path) -> Iterator[tuple[int, str, bool]]:
     """(line number, text, was cut) of each non-blank line, streamed with a per-line
-    character cap and the example / size caps above, so a huge or single-line file never
-    sits in memory whole."""
+    length cap and the example / size caps above, so a huge or single-line file never
+    sits in memory whole. A line that is not UTF-8 is skipped with a warning naming it;
+    a file with no more good lines than bad ones is refused (not a text file)."""
+    bad: list[tuple[int, int]] = []  # (line number, byte offset in the line)
+    n = 0
     try:
         size = path.stat().st_size
         if size > MAX_TEXT_BYTES:
             raise InputError(f"{path} is {size / 2**30:.1f} GiB; text data is capped at "
                              f"{MAX_TEXT_BYTES // 2**30} GiB (calibration needs far less: cut it)")
-        with path.open(encoding="utf-8") as f:
-            n = 0
+        with path.open("rb") as f:
             for i in itertools.count(1):
-                line = f.readline(MAX_LINE_CHARS)
-                if not line:
+                raw = f.readline(MAX_LINE_CHARS)
+                if not raw:
                     break
-                cut = len(line) >= MAX_LINE_CHARS and not line.endswith("\n")
+                cut = len(raw) >= MAX_LINE_CHARS and not raw.endswith(b"\n")
                 while cut:  # drop the rest of an over-long line, a chunk at a time
                     rest = f.readline(MAX_LINE_CHARS)
-                    if not rest or rest.endswith("\n"):
+                    if not rest or rest.endswith(b"\n"):
                         break
+                try:
+                    line = _decode(raw, cut)
+                except UnicodeDecodeError as e:
+                    bad.append((i, e.start))  # judged once the whole file is read
+                    continue
                 if line.strip():
                     n += 1
                     yield i, line.strip(), cut
                     if n >= MAX_TEXT_EXAMPLES:
                         log.warning("%s: read the first %d examples only", path, n)
                         break
-    except UnicodeDecodeError as e:
-        raise InputError(f"{path} is not UTF-8 text (byte {e.start}): not a {path.suffix} file?") from None
     except OSError as e:
         raise InputError(f"cannot read {path}: {e.strerror or e}") from None
+    if bad and len(bad) >= n:
+        i, at = bad[0]
+        raise InputError(f"{path}:{i} is not UTF-8 text (byte {at} of that line; {len(bad)} such "
+                         f"line(s), {n} good): not a {path.suffix} file?")
+    if bad:
+        log.warning("%s: skipped %d line(s) that are not UTF-8 text: line %s", path, len(bad),
+                    ", ".join(str(i) for i, _ in bad[:5]) + (", ..." if len(bad) > 5 else ""))
 
 
 def load_texts(path: Path, column: str | None = None) -> tuple[list[str], list[int] | None]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import logging
@@ -33,17 +34,19 @@ def compress(config: CompressConfig, out: str | Path, *, overwrite: bool = False
 
     The default path is `compress_` (pipeline/api.py) between loading and export."""
     from bmr_compress.io.atomic import check_output_dir, check_rejected_dir, work_dir
+    from bmr_compress.io.ownership import own_checkpoint
 
+    _check_inputs_outside(Path(out), config)  # first: replacing --out must not delete an input
     out = check_output_dir(out, overwrite)  # fail fast, before any work
-    _check_inputs_outside(out, config)
     check_rejected_dir(out)  # a failed validation must not delete a user's files there
     timer = StageTimer()
-    with work_dir(out) as work:  # beside --out, removed on every exit path
+    with work_dir(out) as work, contextlib.ExitStack() as owned:  # beside --out, removed on every exit path
         if config.posterior == "laplace":
             from bmr_compress.pipeline.api import laplace_stage
 
             fitted, cut = laplace_stage(config, timer, work)
         else:
+            owned.enter_context(own_checkpoint(checkpoint_dir(config, out)))  # no live run's
             fitted = fit_stage(config, out, timer, work)
             cut = cut_stage(fitted, timer)
         try:
@@ -63,11 +66,12 @@ def finetune_only(config: CompressConfig, out: str | Path, *, overwrite: bool = 
                   ) -> dict[str, Any]:
     """Fit the posterior only: writes posterior.safetensors + bmr_fit.json into `out`."""
     from bmr_compress.io.atomic import atomic_output_dir, check_output_dir, work_dir
+    from bmr_compress.io.ownership import own_checkpoint
 
+    _check_inputs_outside(Path(out), config)
     out = check_output_dir(out, overwrite)
-    _check_inputs_outside(out, config)
     timer = StageTimer()
-    with work_dir(out) as work:
+    with work_dir(out) as work, own_checkpoint(checkpoint_dir(config, out)):
         f = fit_stage(config, out, timer, work)
         with atomic_output_dir(out, overwrite) as stage:
             shutil.copy2(f.posterior_path, stage / "posterior.safetensors")
@@ -177,8 +181,8 @@ def reduce(posterior_dir: str | Path, out: str | Path, *, overwrite: bool = Fals
                          "variational fit (`compress --posterior variational` or `finetune`); "
                          "for the default Laplace path run `compress` again with another "
                          "--tolerance")
+    check_inputs_outside(Path(out), {"posterior directory": posterior_dir})
     out_path = check_output_dir(out, overwrite)
-    check_inputs_outside(out_path, {"posterior directory": posterior_dir})
     check_rejected_dir(out_path)
     rec = _reload_record(posterior_dir)
     state = load_posterior(ppath)
@@ -218,7 +222,11 @@ def _example_from_spec(spec: Mapping[str, Any], seed: int = 0) -> dict[str, Any]
     g = torch.Generator().manual_seed(seed)
     out = {}
     for k, s in spec.items():
-        dtype = getattr(torch, s["dtype"])
+        dtype = getattr(torch, str(s["dtype"]), None)  # a name from the manifest: a dtype only
+        if not isinstance(dtype, torch.dtype):
+            from bmr_compress.errors import InputError
+
+            raise InputError(f"bmr_manifest.json export_sample: {str(s['dtype'])[:40]!r} is not a torch dtype")
         if dtype.is_floating_point:
             out[k] = torch.randn(s["shape"], generator=g, dtype=dtype)
         elif k == "attention_mask":
@@ -314,9 +322,16 @@ def _update_report_validation(directory: Path, result: Any) -> None:
     report["validation"] = {"passed": bool(d.get("passed")), "checks": d.get("checks", [])}
     for key in ("metric", "parity", "latency"):
         report[key] = d.get(key, report.get(key))
-    from bmr_compress.io.integrity import INTEGRITY_KEY, file_hashes
+    from bmr_compress.io.integrity import INTEGRITY_KEY, file_hashes, seal_report_file
 
+    old = (report.get(INTEGRITY_KEY) or {}).get("sha256") or {}
     report[INTEGRITY_KEY] = file_hashes(directory)  # the files this validation covered
+    changed = sorted(k for k, v in report[INTEGRITY_KEY]["sha256"].items() if old and old.get(k) != v)
+    if changed:
+        log.warning("%s: %s changed since the previous validation; this validation covers the "
+                    "files as they are now", directory, ", ".join(changed[:5]))
     tmp = path.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(to_jsonable(report), indent=2, sort_keys=True) + "\n")
     tmp.replace(path)
+    if report["validation"]["passed"]:
+        seal_report_file(directory)  # this validation ran for real: push accepts these files

@@ -75,8 +75,8 @@ class LaplaceSettings:
     recovery_lr: float = 1e-4  # Adam learning rate of those steps
 
     def __post_init__(self) -> None:
-        if self.tolerance is not None and not self.tolerance > 0:
-            raise InputError(f"tolerance must be > 0, got {self.tolerance}")
+        if self.tolerance is not None and not 0 < self.tolerance < float("inf"):
+            raise InputError(f"tolerance must be a finite number > 0, got {self.tolerance}")
         if self.rounds < 1 or self.recovery_steps < 0 or not self.recovery_lr > 0:
             raise InputError("laplace: rounds must be >= 1, recovery_steps >= 0, recovery_lr > 0")
 
@@ -121,6 +121,9 @@ class PlanConfig:
             v = getattr(self, name)
             if v is not None and not v > 0:
                 raise InputError(f"{name} must be > 0, got {v}")
+        if self.latency_budget is not None and self.latency_budget > 1:
+            raise InputError(f"latency_budget is a fraction of the multiply-accumulates to keep: "
+                             f"at most 1, got {self.latency_budget}")
 
 
 @dataclass(frozen=True)
@@ -323,7 +326,8 @@ def build_config(values: Mapping[str, Any], *, what: str = "compress") -> Compre
     implied = implied_posterior(values)
     if implied is not None:
         first = next(k for k in VARIATIONAL_ONLY if values.get(k) not in (None, False))
-        logging.getLogger(__name__).info("--%s given: using --posterior variational",
-                                         first.replace("_", "-"))
+        logging.getLogger("bmr_compress.progress").info(
+            "--%s given: using the variational path (--posterior variational); the default "
+            "Laplace path takes --tolerance instead", first.replace("_", "-"))
         values = {**values, "posterior": implied}
     return with_options(config, values, what=what)

@@ -217,7 +217,7 @@ def finish_stage(f: Fitted, cut: Cut, timer: StageTimer, work: Path, out: Path, 
     from bmr_compress.errors import ValidationFailed
     from bmr_compress.export import export_onnx, write_report
     from bmr_compress.io.atomic import atomic_output_dir, keep_rejected
-    from bmr_compress.io.integrity import INTEGRITY_KEY, file_hashes
+    from bmr_compress.io.integrity import INTEGRITY_KEY, file_hashes, seal_report_file
     from bmr_compress.pipeline.choose import choose_stage
 
     example = strip_labels(f.data.heldout_batches[0])
@@ -243,12 +243,15 @@ def finish_stage(f: Fitted, cut: Cut, timer: StageTimer, work: Path, out: Path, 
         report["recommended"] = recommended_of(report)
         report[INTEGRITY_KEY] = file_hashes(stage)  # what was validated; push re-checks it
         write_report(stage, report, delta_lnz=cut.unit_scores)
+        if result.passed:
+            seal_report_file(stage)  # signed: push refuses an edited report.json
         if not result.passed:
             rejected = keep_rejected(stage, out)  # never over a user's files
             raise ValidationFailed(
                 f"validation failed ({_failed_checks(report)}); nothing was written to {out}; "
                 f"the rejected result and its report are in {rejected}"
             )
+    _warn_if_nothing_removed(report, f.config)
     return CompressResult(out=out, report=report, passed=True, summary=summary_of(report))
 
 
@@ -263,6 +266,17 @@ def retention_check(result: Any, ops: Any) -> None:
                f"{rec.label}: {ops.metric} retention {r:.4f} on held-out data (>= {floor:.4f}, "
                f"twice the budget {ops.max_quality_loss:g}; {rec.retention['selection']:.4f} on "
                "the selection data that chose it)", r)
+
+
+def _warn_if_nothing_removed(report: Mapping[str, Any], config: Any) -> None:
+    """A passed validation of an unchanged model is no success: say so, and what to change."""
+    p = report.get("parameters") or {}
+    if p.get("original") and p.get("compressed") == p.get("original"):
+        hint = (f"the variational path ran {config.finetune.steps} fine-tune steps: give more "
+                "--steps, or drop --steps for the default Laplace path" if config.posterior == "variational"
+                else "a larger --tolerance lets BMR remove more")
+        log.warning("nothing was removed: the output has all %d parameters of the original (%s)",
+                    p["original"], hint)
 
 
 def _transformers_layout(model: Any, example: Mapping[str, Any]) -> tuple[Any, dict[str, Any]]:

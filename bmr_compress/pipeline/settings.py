@@ -33,8 +33,14 @@ class CompressResult:
                 "report": self.report}
 
 
+# one line per stage start and end, shown by the CLI at every verbosity (cli.options
+# setup_logging: "[bmr-compress] calibrate: done in 122.3 s"), so a run whose stderr is a
+# file, a pipe or a notebook shows where it is
+progress_log = logging.getLogger("bmr_compress.progress")
+
+
 class StageTimer:
-    """Wall time per stage, in the order the stages ran."""
+    """Wall time per stage, in the order the stages ran; logs each stage's start and end."""
 
     def __init__(self) -> None:
         self.seconds: dict[str, float] = {}
@@ -42,12 +48,16 @@ class StageTimer:
 
     @contextmanager
     def __call__(self, name: str) -> Iterator[None]:
-        log.info("stage: %s", name)
+        progress_log.info("%s: start", name)
         t0 = time.perf_counter()
+        ok = False
         try:
             yield
+            ok = True
         finally:
-            self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - t0
+            dt = time.perf_counter() - t0
+            self.seconds[name] = self.seconds.get(name, 0.0) + dt
+            progress_log.info("%s: %s in %.1f s", name, "done" if ok else "stopped", dt)
 
     def total(self) -> dict[str, float]:
         return {**self.seconds, "total": time.perf_counter() - self.t0}

@@ -125,6 +125,10 @@ class FinetuneSettings:
             raise InputError(f"unknown distill mode {self.distill!r}")
         if self.steps < 0 or self.temperature < 0 or (self.n_data is not None and self.n_data <= 0):
             raise InputError("steps and temperature must be >= 0 and n_data > 0")
+        for name in ("lr", "log_var_lr"):
+            v = float(getattr(self, name))
+            if not 0 < v < float("inf"):
+                raise InputError(f"{name} must be a finite number > 0, got {v}")
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> FinetuneSettings:

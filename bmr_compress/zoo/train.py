@@ -181,8 +181,10 @@ def train_zoo_model(
     *,
     name: str | None = None,
     overwrite: bool = False,
+    ours: bool = False,
 ) -> TrainResult:
-    """Seed, build, train on digits, save in hub layout at ``out_dir`` (atomically)."""
+    """Seed, build, train on digits, save in hub layout at ``out_dir`` (atomically).
+    ``ours``: ``out_dir`` is the tool's own cache, replaced even without its marker."""
     t0 = time.perf_counter()
     torch.manual_seed(settings.seed)
     model = build_model(architecture, arch_kwargs or {}, origin=f"zoo architecture {architecture}")
@@ -192,7 +194,7 @@ def train_zoo_model(
               **asdict(settings), "data": "sklearn-digits (seeded 80/20 split, seed 0)"}
     name = name or architecture
     log.info("trained %s: %d steps, held-out accuracy %.4f", name, steps, acc_ho)
-    with atomic_output_dir(out_dir, overwrite=overwrite) as staging:
+    with atomic_output_dir(out_dir, overwrite=overwrite, ours=ours) as staging:
         save_zoo_checkpoint(
             model.eval(), staging,
             extra_config={"bmr_zoo_recipe": name, "bmr_zoo_training": record},
@@ -216,5 +218,6 @@ def train_recipe(name: str, out: str | Path | None = None, *, overwrite: bool = 
     over = {k: v for k, v in {"epochs": epochs, "seed": seed}.items() if v is not None}
     settings = TrainSettings(**{**dataclasses.asdict(spec), **over})
     target = Path(out) if out is not None else zoo_cache_dir() / r.name
+    in_cache = target.expanduser().absolute() == (zoo_cache_dir() / r.name).absolute()
     return train_zoo_model(r.source.zoo, r.source.arch, target, settings, name=r.name,
-                           overwrite=overwrite)
+                           overwrite=overwrite, ours=in_cache)

@@ -88,7 +88,7 @@ def test_card_snippets_run_and_agree(which: str, request, monkeypatch) -> None:
     assert a.shape == b.shape == (2, 36)
     np.testing.assert_allclose(np.linalg.norm(b, axis=1), 1.0, atol=1e-5)
     assert ((a * b).sum(1) / np.linalg.norm(a, axis=1)).min() >= 1 - 1e-4
-    assert "backend=\"onnx\"" in blocks[1] and "onnx/model_qint8.onnx" in _card(request.getfixturevalue("st_out"))
+    assert "backend=\"onnx\"" in blocks[1] and "model.int8.onnx" in _card(request.getfixturevalue("st_out"))
     pytest.importorskip("optimum.onnxruntime", reason="optimum-onnx needs transformers<4.58")
     onnx_ns = _run(blocks[1], out, monkeypatch)
     assert onnx_ns["embeddings"].shape == (2, 36)

@@ -13,7 +13,7 @@ import pytest
 from tests.snapshots import HIDDEN, SENTENCES, ST_MAX_SEQ
 
 
-def _ort_embeddings(out: Path, texts: list[str], onnx_file: str = "onnx/model.onnx") -> np.ndarray:
+def _ort_embeddings(out: Path, texts: list[str], onnx_file: str = "model.onnx") -> np.ndarray:
     """The card's plain-onnxruntime recipe: tokenizer + mean pooling + L2 normalisation."""
     import onnxruntime as ort
     from transformers import AutoTokenizer
@@ -41,8 +41,9 @@ def _cos(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 def test_layout_is_sentence_transformers(st_out: Path) -> None:
     for name in ("modules.json", "sentence_bert_config.json", "config_sentence_transformers.json",
                  "1_Pooling/config.json", "vocab.txt", "special_tokens_map.json", "tokenizer.json",
-                 "tokenizer_config.json", "onnx/model.onnx", "onnx/model_qint8.onnx", "model.onnx"):
+                 "tokenizer_config.json", "model.int8.onnx", "model.onnx"):
         assert (st_out / name).is_file(), name
+    assert not (st_out / "onnx").exists()  # no second copy: push uploads each file once
     assert json.loads((st_out / "sentence_bert_config.json").read_text())["max_seq_length"] == ST_MAX_SEQ
     assert json.loads((st_out / "1_Pooling/config.json").read_text())["word_embedding_dimension"] == HIDDEN
     tok_cfg = json.loads((st_out / "tokenizer_config.json").read_text())
@@ -76,7 +77,7 @@ def test_sentence_transformer_on_pruned_output(pruned_out: Path) -> None:
 
 
 def test_int8_through_plain_onnxruntime(st_out: Path) -> None:
-    q = _ort_embeddings(st_out, SENTENCES, "onnx/model_qint8.onnx")
+    q = _ort_embeddings(st_out, SENTENCES, "model.int8.onnx")
     assert _cos(q, _ort_embeddings(st_out, SENTENCES)).min() > 0.9
 
 

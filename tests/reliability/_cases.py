@@ -20,6 +20,7 @@ class Spec:
     env: dict[str, str] = field(default_factory=dict)
     subprocess: bool = False  # run through a real `python -m bmr_compress.cli.main` process
     touch: tuple[Path, ...] = ()  # other paths that must be left unchanged (inputs, siblings)
+    absent: tuple[str, ...] = ()  # substrings the error line must not carry (e.g. bad advice)
 
 
 @dataclass(frozen=True)

@@ -86,8 +86,9 @@ def start_compress(out: Path, cache: Path, *, steps: int | None, extra: tuple[st
 
 
 def signal_at(run: Run, stage: str, sig: signal.Signals, *, check=None, delay: float = 0.0) -> bool:
-    """Send `sig` once the `stage: <stage>` line (and `check()`) is seen; False if it ended first."""
-    if not run.wait_for(f"stage: {stage}", check=check):
+    """Send `sig` once the `[bmr-compress] <stage>: start` line (and `check()`) is seen; False if it
+    ended first."""
+    if not run.wait_for(f"[bmr-compress] {stage}: start", check=check):
         return False
     time.sleep(delay)
     if run.proc.poll() is not None:

@@ -16,10 +16,14 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from tests.reliability._cases import CASES, Case, Spec
+from tests.reliability._cases import CASES as TABLE
+from tests.reliability._cases import Case, Spec
+from tests.reliability._cases_trust import TRUST_CASES
+from tests.reliability._cli import log_lines
 from tests.reliability._sources import Sources
 
 REPO = Path(__file__).resolve().parents[2]
+CASES: list[Case] = TABLE + TRUST_CASES  # issue #22's cases in their own file
 SUBPROCESS_RUNS: list[str] = []  # case ids run through a real process (printed in the summary)
 
 
@@ -72,12 +76,14 @@ def test_bad_input(case: Case, sources: Sources, tmp_path: Path, monkeypatch: py
     before = [snapshot(p) for p in watched]
     before_siblings = siblings(spec.out)
     code, output = run_cli(spec, monkeypatch, sources)
-    lines = [ln for ln in output.strip().splitlines() if ln.strip()]
+    lines = log_lines(output)
     assert code == 2, f"{case.id}: exit {code}, output:\n{output}"
     assert "Traceback" not in output, output
     assert len(lines) == 1 and lines[0].startswith("error: "), f"{case.id}: not one error line:\n{output}"
     for want in spec.expect:
         assert want.lower() in lines[0].lower(), f"{case.id}: {want!r} not in {lines[0]!r}"
+    for unwanted in spec.absent:
+        assert unwanted.lower() not in output.lower(), f"{case.id}: {unwanted!r} in {output!r}"
     assert [snapshot(p) for p in watched] == before, f"{case.id}: output/input changed"
     assert siblings(spec.out) == before_siblings, f"{case.id}: left {siblings(spec.out) - before_siblings}"
     assert not Path("/tmp/bmr-pwned").exists(), "a pickle payload ran"
@@ -89,7 +95,7 @@ def test_case_table_covers_every_category() -> None:
         "missing path", "truncated/corrupted safetensors", "truncated/corrupted ONNX", "truncated/corrupted config",
         "shape/dtype vs config", "NaN/Inf in weights", "pickle checkpoint", "trust_remote_code",
         "malformed repo id/revision", "hub unreachable/offline miss", "output directory", "unsupported layer type",
-        "recipe", "data file",
+        "recipe", "data file", "code named by the files", "overwrite", "numeric option",
     }
     assert len({c.id for c in CASES}) == len(CASES)
 

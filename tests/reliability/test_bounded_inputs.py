@@ -15,7 +15,7 @@ import sys
 import time
 from pathlib import Path
 
-from tests.reliability._cli import REPO, one_error_line
+from tests.reliability._cli import REPO, log_lines, one_error_line
 from tests.reliability._sources import Sources, copy_snapshot
 
 LIMIT = 3 * 2**30
@@ -59,7 +59,7 @@ def test_huge_single_line_data_is_streamed(sources: Sources, tmp_path: Path) -> 
     r, wall, rss = _run_limited(["compress", str(sources.bert), "--out", str(tmp_path / "out"), "--steps", "1",
                                  "--data", str(data)], sources)
     assert r.returncode == 2, r.stderr
-    warning, error = r.stderr.strip().splitlines()  # the cut is logged, then one error line
+    warning, error = log_lines(r.stderr)  # the cut is logged, then one error line
     assert "longer than" in warning and "were cut" in warning
     assert error.startswith("error: ") and "need at least 2 examples" in error
     assert wall < 60 and rss < 1.5 * 2**30, (wall, rss)

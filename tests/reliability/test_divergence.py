@@ -15,6 +15,7 @@ from click.testing import CliRunner
 
 from tests.reliability._killer import checkpoints
 from tests.reliability._sources import Sources
+from tests.reliability._cli import log_lines
 
 
 def _finite_checkpoint(d: Path) -> bool:
@@ -47,7 +48,7 @@ def test_divergence_is_one_line_exit_2_and_keeps_last_good_state(
     out = tmp_path / "out"
     r = CliRunner().invoke(cli, ["compress", "zoo:mlp-digits", "--out", str(out), "--steps", "12",
                                  "--max-samples", "200"])
-    lines = [ln for ln in r.stderr.strip().splitlines() if ln.strip()]
+    lines = log_lines(r.stderr)
     assert r.exit_code == 2, r.output
     assert len(lines) == 1 and lines[0].startswith("error: fine-tune diverged"), r.stderr
     assert "Traceback" not in r.output

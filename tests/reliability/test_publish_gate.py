@@ -16,6 +16,7 @@ from click.testing import CliRunner
 
 from tests.reliability._sources import Sources
 from tests.reliability.test_bad_inputs import snapshot
+from tests.reliability._cli import log_lines
 
 
 @pytest.fixture(scope="module")
@@ -96,7 +97,7 @@ def test_damaged_output_is_refused(command: str, damage: str, good_out: Path, tm
     argv = {"push": ["push", str(d), "me/mlp-bmr", "--dry-run"], "validate": ["validate", str(d)],
             "export": ["export", str(d)]}[command]
     r = CliRunner().invoke(cli, argv)
-    lines = [ln for ln in r.stderr.strip().splitlines() if ln.strip()]
+    lines = log_lines(r.stderr)
     assert r.exit_code == code, r.output
     assert len(lines) == 1 and lines[0].startswith("error: ") and str(d / name) in lines[0], r.stderr
     assert snapshot(d) == before
