@@ -17,7 +17,7 @@ from pathlib import Path
 
 log = logging.getLogger(__name__)
 
-_SKIP_DIRS = {"site-packages", "dist-packages", "test", "tests", "idle_test", "lib2to3", "__pycache__",
+SKIP_DIRS = {"site-packages", "dist-packages", "test", "tests", "idle_test", "lib2to3", "__pycache__",
               "turtledemo", "ensurepip", "venv"}
 _MIN_CHARS, _MAX_CHARS = 40, 1200
 
@@ -26,7 +26,7 @@ def stdlib_dir() -> Path:
     return Path(sysconfig.get_paths()["stdlib"])
 
 
-def _paragraphs(doc: str) -> list[str]:
+def paragraphs(doc: str) -> list[str]:
     out = []
     for para in re.split(r"\n\s*\n", doc):
         text = " ".join(para.split())
@@ -36,7 +36,7 @@ def _paragraphs(doc: str) -> list[str]:
     return out
 
 
-def _file_docstrings(path: Path) -> list[str]:
+def file_docstrings(path: Path) -> list[str]:
     try:
         tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
     except (SyntaxError, UnicodeDecodeError, ValueError, OSError):
@@ -46,7 +46,7 @@ def _file_docstrings(path: Path) -> list[str]:
         if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):
             doc = ast.get_docstring(node, clean=True)
             if doc:
-                docs.extend(_paragraphs(doc))
+                docs.extend(paragraphs(doc))
     return docs
 
 
@@ -60,9 +60,9 @@ def docstring_corpus(max_texts: int = 2000, heldout_percent: int = 10) -> tuple[
     seen: set[str] = set()
     texts: list[str] = []
     for path in sorted(stdlib_dir().rglob("*.py")):
-        if _SKIP_DIRS.intersection(path.relative_to(stdlib_dir()).parts[:-1]):
+        if SKIP_DIRS.intersection(path.relative_to(stdlib_dir()).parts[:-1]):
             continue
-        for text in _file_docstrings(path):
+        for text in file_docstrings(path):
             if text not in seen:
                 seen.add(text)
                 texts.append(text)

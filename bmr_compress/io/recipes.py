@@ -10,7 +10,7 @@ as package data in ``bmr_compress.model_zoo`` (the top-level ``model_zoo/`` fold
     [source]   zoo = "mlp"  |  hub = "org/name" + revision = "<sha>"  |  package = "dist-name"
     [source.arch]  widths = [128, 64]    # zoo architecture kwargs
     [train]    epochs = 40 ...           # zoo recipes only: how `zoo train` fits the seed model
-    [data]     kind = "digits" | "docstrings" | "file" | "hf" ...
+    [data]     kind = "digits" | "docstrings" | "docs" | "file" | "hf" ...
     [settings] seed = 0                  # defaults for `compress` (CLI options override):
     [settings.plan] round_to = 8 ...     # one table per stage, see pipeline/config.py
 """
@@ -36,7 +36,7 @@ else:  # pragma: no cover
 
 RECIPE_PACKAGE = "bmr_compress.model_zoo"
 TASKS = ("classification", "regression", "embedding", "causal_lm")
-DATA_KINDS = ("digits", "docstrings", "file", "hf")
+DATA_KINDS = ("digits", "docstrings", "docs", "file", "hf")
 
 
 @dataclass(frozen=True)
