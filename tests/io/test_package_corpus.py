@@ -82,3 +82,25 @@ def test_docs_corpus_on_this_machine() -> None:
     names = dict(corpus.sources)
     assert "stdlib" in names and "torch" in names  # torch is a dependency of the tool
     assert sum(names.values()) == 600
+
+
+def test_docs_data_kind_tokenises_and_describes(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`--data docs`: the corpus's train / held-out sides become the batches, and the
+    description names the sources and the counts (what report.json's "data" states)."""
+    from bmr_compress.io.data import make_dataset
+    from bmr_compress.pipeline.sources import resolve_source
+
+    texts = [f"Paragraph {i} explains how the {w} of a tensor is computed along an axis."
+             for i, w in enumerate(["sum", "mean", "norm", "max", "min"] * 12)]
+    origin = ["torch" if i % 3 else "stdlib" for i in range(len(texts))]
+    monkeypatch.setattr(pc, "all_paragraphs", lambda: (texts, origin))
+    pc.docs_corpus.cache_clear()
+    try:
+        data = make_dataset("docs", resolve_source("zoo:all-minilm-l6-v2"), max_samples=60, batch_size=8)
+    finally:
+        pc.docs_corpus.cache_clear()
+    train, held = pc.split(texts)
+    assert data.name == "installed documentation (torch, stdlib)"
+    assert data.description == f"{data.name}: {len(train)} train / {len(held)} held-out"
+    assert sum(len(b["input_ids"]) for b in data.heldout_batches) == len(held)
+    assert "held out by a stable SHA-256 hash" in data.heldout
