@@ -12,7 +12,7 @@ Equal-sparsity protocol (used by bench/quality.py):
      count)) on its own unit scores, then prunes single weights (global ranking by its own
      per-weight score) among its survivors until its nonzero count of wrapped weights equals
      BMR's exactly;
-  4. every method gets the same `recover_steps` of masked distillation fine-tune afterwards.
+  4. every method gets the same `recover_steps` of the tool's recovery afterwards (zeros kept).
 """
 
 from __future__ import annotations
@@ -212,40 +212,25 @@ def apply_method(plain: nn.Module, groups: list[Any], mp: MethodPlan, *,
 # ----------------------------------------------------------------------------- recovery & eval
 
 
-def _distill_loss(student_out: torch.Tensor, teacher_out: torch.Tensor, task: str,
-                  batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
-    if task == "classification":
-        return torch.nn.functional.kl_div(student_out.log_softmax(-1), teacher_out.log_softmax(-1),
-                                          log_target=True, reduction="batchmean")
-    return torch.nn.functional.mse_loss(student_out, teacher_out)
-
-
 def recover_(model: nn.Module, teacher: nn.Module, batches: list[dict[str, torch.Tensor]],
-             task: str, steps: int, seed: int, lr: float = 1e-3) -> None:
-    """Masked distillation fine-tune: the same budget for every method; zeros stay zero."""
-    from bmr_compress.tasks import output_tensor
+             task: str, steps: int, seed: int, lr: float | None = None) -> None:
+    """The tool's recovery (algorithms/recovery.recover_: its loss, lr, schedule and cached
+    teacher targets) with zeros kept at zero, so masked cuts stay cut: the same budget for
+    every method. `lr` None: the tool's default."""
+    from bmr_compress.pipeline.config import LaplaceSettings
+    from bmr_compress.algorithms.recovery import recover_ as tool_recover_
+    from bmr_compress.scoring.unit_posterior import output_scale
 
     if steps <= 0:
         return
     torch.manual_seed(seed)
-    params = [p for p in model.parameters() if p.dtype.is_floating_point]
-    keep = [(p != 0) for p in params]
-    for p in params:
-        p.requires_grad_(True)
-    opt = torch.optim.Adam(params, lr=lr)
-    model.eval()  # as the tool's recovery: no dropout, frozen normalisation statistics
-    for i in range(steps):
-        b = strip(batches[i % len(batches)])
-        with torch.no_grad():
-            t = output_tensor(teacher(**b)).float()
-        loss = _distill_loss(output_tensor(model(**b)).float(), t, task, b)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        with torch.no_grad():
-            for p, k in zip(params, keep, strict=True):
-                p.mul_(k)
-    for p in params:
+    lap = LaplaceSettings()
+    tool_recover_(model, teacher, batches, task, steps=steps,
+                  lr=lap.recovery_lr if lr is None else lr,
+                  scale=output_scale(teacher, [strip(b) for b in batches[:4]], task),
+                  schedule=lap.recovery_schedule, hidden_weight=lap.recovery_hidden_weight,
+                  keep_zeros=True)
+    for p in model.parameters():
         p.requires_grad_(False)
     model.eval()
 

@@ -186,7 +186,8 @@ def laplace_reduce(original: nn.Module, data: Any, task: str, *, tolerance: floa
                    timer: Any, progress: bool = False,
                    follow: Sequence[Mapping[str, Any]] | None = None,
                    ranking: str = "evidence", compensate: bool = True,
-                   unit_prior: str = "ard") -> LaplaceOutcome:
+                   unit_prior: str = "ard", schedule: str = "constant",
+                   hidden_weight: float = 0.0) -> LaplaceOutcome:
     """Reduce a copy of `original` within `tolerance` (relative output distortion).
 
     `data`: .train_batches (calibration: check, statistics and recovery batches) and
@@ -196,7 +197,9 @@ def laplace_reduce(original: nn.Module, data: Any, task: str, *, tolerance: floa
     width, hence the same latency) at its ν, and `ranking` ("magnitude") chooses which
     units — with the same compensation, cut and recovery (compensate=False: the survivors
     are not moved). `unit_prior`: "ard" (each unit its own prior scale, bmr/ard.py) or "layer"
-    (one empirical-Bayes scale per layer, bmr/structured.py).
+    (one empirical-Bayes scale per layer, bmr/structured.py). `schedule`, `hidden_weight`:
+    the recovery's lr schedule and layer-wise loss weight (algorithms/recovery.recover_); the
+    teacher's targets on the recovery batches are computed once, for every round.
     """
     from bmr_compress.algorithms.curve import SNAPSHOT_MAX_PARAMS
     from bmr_compress.algorithms.recovery import distortion
@@ -214,7 +217,7 @@ def laplace_reduce(original: nn.Module, data: Any, task: str, *, tolerance: floa
     out = LaplaceOutcome(model, {g.name: list(range(g.num_units)) for g in first},
                          {g.name: g.num_units for g in first}, {}, tolerance=tolerance)
     run = _Run(original, example, cal, task, scale, round_to, timer, progress, ranking, compensate,
-               recovery_steps, lr, unit_prior)
+               recovery_steps, lr, unit_prior, schedule, hidden_weight)
     share = 1.0  # of the remaining tolerance a round may spend (halved after an overshoot)
     followed = [r for r in follow if not r.get("undone")] if follow is not None else None
     for r in range(rounds if followed is None else len(followed)):
@@ -256,6 +259,9 @@ class _Run:
     recovery_steps: int
     lr: float
     unit_prior: str
+    schedule: str = "constant"
+    hidden_weight: float = 0.0
+    targets: Any = None  # the teacher's outputs on cal.labelled, computed at the first recovery
 
     def round(self, model: nn.Module, out: LaplaceOutcome, r: int, before: float, budget: float,
               followed: Mapping[str, Any] | None) -> tuple[nn.Module, int, float] | None:
@@ -263,6 +269,7 @@ class _Run:
         in place. Returns (the model to go on with, units removed, distortion after), the
         model being the state before this round when it overshot; None: nothing to do."""
         from bmr_compress.algorithms.recovery import distortion, recover_
+        from bmr_compress.algorithms.targets import TeacherTargets, takes_hidden_states
         from bmr_compress.cutting import apply_plan_
         from bmr_compress.planning.plan import Plan, PlanSettings
         from bmr_compress.planning.sequential import reduce_sequential_
@@ -296,8 +303,12 @@ class _Run:
             if name in out.keep:
                 out.keep[name] = [out.keep[name][i] for i in kept]
         with self.timer("recovery"):
+            if self.targets is None and self.recovery_steps > 0:
+                self.targets = TeacherTargets.compute(
+                    o, cal.labelled, task, hidden=self.hidden_weight > 0 and takes_hidden_states(o))
             rec = recover_(model, o, cal.labelled, task, steps=self.recovery_steps, lr=self.lr,
-                           scale=scale, progress=self.progress)
+                           scale=scale, progress=self.progress, targets=self.targets,
+                           schedule=self.schedule, hidden_weight=self.hidden_weight)
         after = distortion(model, o, cal.check, task, scale)
         out.rounds.append({"round": r + 1, "nu": nu, "distortion_before": before,
                            "removed_units": res.removed, "distortion_cut": cut_distortion,

@@ -4,12 +4,15 @@ The refit of the prune → refit → re-score rounds (Beckers et al.): the survi
 free to move, the original model is the teacher, no labels are needed. The loss is the
 relative output distortion δ = ‖f − f₀‖² / scale² of tasks.probe_output (for normalised
 embeddings 2(1 − cos)), the quantity the user's tolerance bounds; for a classifier whose
-calibration batches carry labels, plus their cross-entropy (supervised when labels are given).
+calibration batches carry labels, plus their cross-entropy (supervised when labels are given);
+optionally plus a layer-wise term on every block's output (algorithms/targets.recovery_loss). The
+teacher's side of the loss is computed once per batch (algorithms/targets.TeacherTargets).
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -17,6 +20,10 @@ from typing import Any
 
 import torch
 from torch import nn
+
+from bmr_compress.algorithms.targets import (
+    TeacherTargets, forward_targets, recovery_loss, takes_hidden_states,
+)
 
 log = logging.getLogger(__name__)
 
@@ -43,20 +50,34 @@ def distortion(model: nn.Module, original: nn.Module, batches: Sequence[Mapping[
     return total / max(n, 1) / scale ** 2
 
 
+SCHEDULES = ("constant", "cosine")
+
+
 def recover_(model: nn.Module, original: nn.Module, batches: Sequence[Mapping[str, Any]],
              task: str, *, steps: int, lr: float = 1e-4, scale: float = 1.0,
-             progress: bool = False) -> RecoveryRecord:
+             progress: bool = False, targets: TeacherTargets | None = None,
+             hidden_weight: float = 0.0, schedule: str = "constant",
+             keep_zeros: bool = False) -> RecoveryRecord:
     """Distil `model` towards `original` for `steps` Adam steps over `batches` (cycled).
 
-    Zero-width or already-removed weights stay removed: the cut model has no slot for them.
-    Gradients flow with the model in eval mode (see below).
+    `targets`: the teacher's outputs on `batches` (algorithms/targets.py), computed here when not
+    given; pass them to reuse one teacher pass over many calls. `hidden_weight` > 0 adds the
+    layer-wise loss (every block's output, normalised by the teacher's; the model must keep
+    its depth and width of the residual stream). `schedule`: "constant" lr, or "cosine"
+    (5 % linear warm-up, then cosine decay to 0). `keep_zeros`: weights that are exactly zero
+    stay zero (masked, unstructured cuts). Removed units stay removed: the cut model has no
+    slot for them. Gradients flow with the model in eval mode (see below).
     """
-    from bmr_compress.tasks import probe_output
-
     if steps <= 0 or not batches:
         return RecoveryRecord(0, 0.0, None, None)
+    if schedule not in SCHEDULES:
+        raise ValueError(f"schedule must be one of {SCHEDULES}, not {schedule!r}")
+    hidden = hidden_weight > 0 and takes_hidden_states(model)
+    if targets is None or len(targets) != len(batches) or (hidden and not targets.hidden):
+        targets = TeacherTargets.compute(original, batches, task, hidden=hidden)
     params = [p for p in model.parameters() if p.is_floating_point()]
     flags = [p.requires_grad for p in params]
+    keep = [p != 0 for p in params] if keep_zeros else None
     for p in params:
         p.requires_grad_(True)
     opt = torch.optim.Adam(params, lr=lr)
@@ -69,22 +90,24 @@ def recover_(model: nn.Module, original: nn.Module, batches: Sequence[Mapping[st
     bar = _bar(steps, progress)
     try:
         for step in range(steps):
-            b = batches[step % len(batches)]
-            inputs = {k: v for k, v in b.items() if k != "labels"}
-            with torch.no_grad():
-                f0 = probe_output(original, inputs, task)
-            f = probe_output(model, inputs, task)
-            loss = ((f - f0) ** 2).sum(-1).mean() / scale ** 2
-            if task == "classification" and "labels" in b:  # supervised when labels are given
-                loss = loss + nn.functional.cross_entropy(f, b["labels"].long(), ignore_index=-100)
+            for group in opt.param_groups:
+                group["lr"] = lr * lr_factor(schedule, step, steps)
+            i = step % len(batches)
+            b = batches[i]
+            loss = recovery_loss(forward_targets(model, b, task, hidden), targets[i], b, task,
+                                 scale, hidden_weight if hidden else 0.0)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
+            if keep is not None:
+                with torch.no_grad():
+                    for p, k in zip(params, keep, strict=True):
+                        p.mul_(k)
             last = float(loss.detach())
             first = last if first is None else first
             if bar is not None:
                 bar.update(1)
-                bar.set_postfix(distortion=f"{last:.3g}")
+                bar.set_postfix(loss=f"{last:.3g}")
     finally:
         if bar is not None:
             bar.close()
@@ -93,9 +116,19 @@ def recover_(model: nn.Module, original: nn.Module, batches: Sequence[Mapping[st
             p.requires_grad_(flag)
             p.grad = None
     seconds = time.perf_counter() - t0
-    log.info("recovery: %d steps in %.0f s, distortion %.3g -> %.3g", steps, seconds,
+    log.info("recovery: %d steps in %.0f s, loss %.3g -> %.3g", steps, seconds,
              first or 0.0, last or 0.0)
     return RecoveryRecord(steps, seconds, first, last)
+
+
+def lr_factor(schedule: str, step: int, steps: int) -> float:
+    """The learning rate of `step` (0-based) of `steps`, as a fraction of the peak."""
+    if schedule == "constant":
+        return 1.0
+    warm = max(1, steps // 20)
+    if step < warm:
+        return (step + 1) / warm
+    return 0.5 * (1.0 + math.cos(math.pi * (step - warm) / max(1, steps - warm)))
 
 
 def _bar(total: int, on: bool) -> Any:

@@ -69,7 +69,7 @@ source_options = _stack(
 
 data_options = _stack(
     click.option("--data", metavar="SPEC",
-                 help="digits | docstrings | hf:NAME[:CONFIG][:SPLIT] | FILE (.npz .pt .txt .jsonl) | IMAGE_DIR. "
+                 help="digits | docstrings | docs | hf:NAME[:CONFIG][:SPLIT] | FILE (.npz .pt .txt .jsonl) | IMAGE_DIR. "
                       "Text lines that are not UTF-8 are skipped with a warning naming them."),
     click.option("--max-samples", type=click.IntRange(2), help="Calibration examples (train + held-out)."),
     click.option("--batch-size", type=click.IntRange(1), help="Examples per batch."),

@@ -19,7 +19,7 @@ from pathlib import Path
 
 log = logging.getLogger(__name__)
 
-_SKIP_DIRS = {"site-packages", "dist-packages", "test", "tests", "idle_test", "lib2to3", "__pycache__",
+SKIP_DIRS = {"site-packages", "dist-packages", "test", "tests", "idle_test", "lib2to3", "__pycache__",
               "turtledemo", "ensurepip", "venv"}
 _MIN_CHARS, _MAX_CHARS = 40, 1200
 
@@ -28,7 +28,7 @@ def stdlib_dir() -> Path:
     return Path(sysconfig.get_paths()["stdlib"])
 
 
-def _paragraphs(doc: str) -> list[str]:
+def paragraphs(doc: str) -> list[str]:
     out = []
     for para in re.split(r"\n\s*\n", doc):
         text = " ".join(para.split())
@@ -38,7 +38,7 @@ def _paragraphs(doc: str) -> list[str]:
     return out
 
 
-def _file_docstrings(path: Path) -> list[str]:
+def file_docstrings(path: Path) -> list[str]:
     try:
         tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
     except (SyntaxError, UnicodeDecodeError, ValueError, OSError):
@@ -48,7 +48,7 @@ def _file_docstrings(path: Path) -> list[str]:
         if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):
             doc = ast.get_docstring(node, clean=True)
             if doc:
-                docs.extend(_paragraphs(doc))
+                docs.extend(paragraphs(doc))
     return docs
 
 
@@ -76,9 +76,9 @@ def _paragraph_stream() -> Iterator[str]:
     """Every de-duplicated docstring paragraph of the standard library, files in sorted order."""
     seen: set[str] = set()
     for path in sorted(stdlib_dir().rglob("*.py")):
-        if _SKIP_DIRS.intersection(path.relative_to(stdlib_dir()).parts[:-1]):
+        if SKIP_DIRS.intersection(path.relative_to(stdlib_dir()).parts[:-1]):
             continue
-        for text in _file_docstrings(path):
+        for text in file_docstrings(path):
             if text not in seen:
                 seen.add(text)
                 yield text

@@ -1,6 +1,6 @@
 """Calibration / evaluation data -> batches (dicts of the model's keyword inputs), train + held-out.
 
-``--data`` specs: ``digits``, ``docstrings``, ``hf:NAME[:CONFIG][:SPLIT]``, or a path (``.npz``,
+``--data`` specs: ``digits``, ``docstrings``, ``docs``, ``hf:NAME[:CONFIG][:SPLIT]``, or a path (``.npz``,
 ``.pt``, ``.txt``, ``.jsonl``, an image folder). Text is tokenised with the checkpoint's own
 tokenizer; images go through its image processor (or are decoded to [0, 1] at the model's
 size when it has none). Labels, when known, ride along as ``labels``.
@@ -82,7 +82,7 @@ def parse_data_spec(spec: str | DataSpec | None, default: DataSpec | None = None
     base = default or DataSpec()
     if spec is None:
         return base
-    if spec in ("digits", "docstrings"):
+    if spec in ("digits", "docstrings", "docs"):
         return dataclasses.replace(base, kind=spec, path=None)
     if spec.startswith("hf:"):
         parts = spec[3:].split(":")
@@ -254,6 +254,15 @@ def _examples(spec: DataSpec, source: LoadedSource) -> tuple[dict[str, np.ndarra
         texts = list(train) + list(held)
         arrays = _text_arrays(texts, source, spec)
         return arrays, np.arange(len(train)), np.arange(len(train), len(texts)), "stdlib docstrings"
+    if spec.kind == "docs":
+        from bmr_compress.io.package_corpus import docs_corpus
+
+        corpus = docs_corpus(max(spec.max_samples, 64))
+        texts = list(corpus.train) + list(corpus.heldout)
+        arrays = _text_arrays(texts, source, spec)
+        desc = "installed documentation (" + ", ".join(name for name, _ in corpus.sources) + ")"
+        log.info("docs corpus paragraphs by source: %s", corpus.describe())
+        return arrays, np.arange(len(corpus.train)), np.arange(len(corpus.train), len(texts)), desc
     if spec.kind == "hf":
         assert spec.name is not None
         values, labels, kind = userdata.load_hf_dataset(spec.name, spec.config, spec.split, spec.column)
@@ -328,6 +337,9 @@ def heldout_note(spec: DataSpec, desc: str, n: int) -> str:
         return (f"{n} paragraphs of the Python {sys.version_info.major}.{sys.version_info.minor} "
                 "standard-library docstrings, held out by a stable SHA-256 hash of their text "
                 "(10 % bucket; never seen in the fine-tune)")
+    if spec.kind == "docs":
+        return (f"{n} paragraphs of the installed documentation ({desc.partition('(')[2].rstrip(')')}), "
+                "held out by a stable SHA-256 hash of their text (10 % bucket; never seen in the fine-tune)")
     if spec.kind == "digits":
         return f"{n} images of the stratified 20 % held-out split (seed 0) of sklearn digits"
     return f"{n} examples, a seeded 20 % split (seed {spec.seed}) of {desc}"

@@ -11,7 +11,7 @@ as package data in ``bmr_compress.model_zoo`` (the top-level ``model_zoo/`` fold
                |  split_zip = ["dist-part-001", ...] + sha256 = "<zip hash>" + extra = "name"
     [source.arch]  widths = [128, 64]    # zoo architecture kwargs
     [train]    epochs = 40 ...           # zoo recipes only: how `zoo train` fits the seed model
-    [data]     kind = "digits" | "docstrings" | "file" | "hf" ...
+    [data]     kind = "digits" | "docstrings" | "docs" | "file" | "hf" ...
     [settings] seed = 0                  # defaults for `compress` (CLI options override):
     [settings.plan] round_to = 8 ...     # one table per stage, see pipeline/config.py
 """
@@ -38,7 +38,7 @@ else:  # pragma: no cover
 
 RECIPE_PACKAGE = "bmr_compress.model_zoo"
 TASKS = ("classification", "regression", "embedding", "causal_lm")
-DATA_KINDS = ("digits", "docstrings", "file", "hf")
+DATA_KINDS = ("digits", "docstrings", "docs", "file", "hf")
 
 
 @dataclass(frozen=True)

@@ -105,7 +105,8 @@ def compress_(model: Any, batches: Sequence[Mapping[str, Any]],
         tolerance=tolerance, rounds=lap.rounds, recovery_steps=lap.recovery_steps,
         lr=lap.recovery_lr, round_to=config.plan.round_to, timer=timer,
         progress=config.progress, compensate=config.plan.compensate,
-        unit_prior=config.plan.unit_prior)
+        unit_prior=config.plan.unit_prior, schedule=lap.recovery_schedule,
+        hidden_weight=lap.recovery_hidden_weight)
     return _finish(model, outcome, example, config, timer)
 
 

@@ -73,12 +73,17 @@ class LaplaceSettings:
     rounds: int = 3  # prune → recover → re-score rounds at most
     recovery_steps: int = 100  # distillation steps after each round's cut
     recovery_lr: float = 1e-4  # Adam learning rate of those steps
+    recovery_schedule: str = "constant"  # "constant" or "cosine" (algorithms/recovery.lr_factor)
+    recovery_hidden_weight: float = 0.0  # weight of the layer-wise loss (0: the output only)
 
     def __post_init__(self) -> None:
         if self.tolerance is not None and not 0 < self.tolerance < float("inf"):
             raise InputError(f"tolerance must be a finite number > 0, got {self.tolerance}")
         if self.rounds < 1 or self.recovery_steps < 0 or not self.recovery_lr > 0:
             raise InputError("laplace: rounds must be >= 1, recovery_steps >= 0, recovery_lr > 0")
+        if self.recovery_schedule not in ("constant", "cosine") or self.recovery_hidden_weight < 0:
+            raise InputError("laplace: recovery_schedule must be 'constant' or 'cosine' and "
+                             "recovery_hidden_weight >= 0")
 
     def tolerance_for(self, task: str) -> float:
         return float(self.tolerance if self.tolerance is not None
