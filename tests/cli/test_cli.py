@@ -62,7 +62,8 @@ def test_zoo_train_writes_hub_layout(tmp_path: Path) -> None:
     assert r.exit_code == 0, r.stderr
     res = json.loads(r.stdout)
     assert res["steps"] == 23 and res["heldout_accuracy"] > 0.5  # 1437 / 64 -> 23 steps
-    assert {p.name for p in out.iterdir()} == {"model.safetensors", "config.json", "README.md"}
+    assert {p.name for p in out.iterdir()} == {"model.safetensors", "config.json", "README.md",
+                                               ".bmr-output.json"}  # the tool's own marker
     again = CliRunner().invoke(cli, ["zoo", "train", "mlp-digits", "--out", str(out), "--epochs", "1"])
     assert again.exit_code == 2 and "--overwrite" in again.stderr
     r = CliRunner().invoke(cli, ["zoo", "train", "gpt2", "--out", str(tmp_path / "g")])

@@ -116,5 +116,9 @@ def run_flow(name: str, root: Path, compress, settings: ValidationSettings = FLO
 
     report[INTEGRITY_KEY] = file_hashes(out)  # as finish_stage seals what it validated
     write_report(out, report, delta_lnz=getattr(compressed, "bmr_scores", None))
+    if res.passed:  # as finish_stage: a real validation signs its record (push checks it)
+        from bmr_compress.io.integrity import seal_report_file
+
+        seal_report_file(out)
     assert st_path.exists()
     return Flow(name, original, compressed, out, art, art0, res, report)
