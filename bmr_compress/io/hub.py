@@ -85,8 +85,8 @@ def push_to_hub(
 
     check_artifacts(d)  # the files themselves: sound, readable, no NaN/Inf (else nothing is pushed)
     check_report_consistent(d, report)  # `passed` agrees with every check it summarises
-    check_signature(d, report)  # written as it stands by this user's real validation
     check_integrity(d, report)  # exactly the files that were validated, unchanged
+    check_signature(d, report)  # written as it stands by this user's real validation
     check_manifest_consistent(d)  # kept units, widths and shapes agree with the weights
     card = build_model_card(report, repo_id, d, with_posterior=with_posterior)
     from bmr_compress.io.integrity import LOCAL_DIRS

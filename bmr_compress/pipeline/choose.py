@@ -89,8 +89,12 @@ def choose_stage(f: Fitted, cut: Cut, timer: Any, work: Path, example: Mapping[s
                     type(e).__name__, e)
         return f, cut, None
     base = ops.point(ops.recommended).base
-    if base != rounds[-1][0]:
+    laplace = getattr(getattr(f.iteration, "outcome", None), "reduction", None) is not None
+    if base != rounds[-1][0] and laplace:
         f, cut = _at(f, cut, base, example)
+    elif base != rounds[-1][0]:  # the variational path ships what its fit chose (seed papers)
+        log.warning("recommended on this CPU: %s; the variational path ships its own cut "
+                    "(see the report's operating points)", ops.recommended)
     return f, cut, ops
 
 

@@ -38,6 +38,10 @@ def _publishable_dir(flow, tmp_path, result):
 
     rep[INTEGRITY_KEY] = file_hashes(d)  # as finish_stage seals what it validated
     write_report(d, rep, plots=False)
+    if result.passed:  # as finish_stage: a real validation signs its record
+        from bmr_compress.io.integrity import seal_report_file
+
+        seal_report_file(d)
     return d
 
 

@@ -135,8 +135,8 @@ def test_bench_results_beside_a_validated_output_keep_it_pushable(
     assert tool_written(d) is None
     (d / "bench" / "notes.txt").write_text("mine")  # not something bench writes
     assert tool_written(d) == "bench/notes.txt is not part of a result"
-    # this output (the variational path) records no operating points: bench says so, writes nothing
+    # its operating points are re-timed here: bench adds its own file, the output stays pushable
     (d / "bench" / "notes.txt").unlink()
     r = run_cli_process(["bench", str(d)], sources.cache)
-    assert r.returncode == 2 and "operating" in one_error_line(r)
-    assert [p.name for p in (d / "bench").iterdir()] == ["0123456789ab.json"]
+    assert r.returncode == 0 and "deploy here:" in r.stdout, r.stderr
+    assert len(list((d / "bench").iterdir())) == 2 and tool_written(d) is None
