@@ -40,7 +40,7 @@ SITES: dict[tuple[str, str], str] = {
         "manifest dtype name, accepted only as a torch.dtype (never called)",
     ("bmr_compress/variational/ddp.py", "_load_builder"): "command line: torchrun ... --builder",
     ("bmr_compress/io/package_corpus.py", "_package_dir"):
-        "literal table of the tool's own dependencies (find_spec locates, never imports)",
+        "module table PACKAGES of the tool's own dependencies (find_spec locates, never imports)",
 }
 
 
