@@ -23,7 +23,8 @@ Rows: the weight seen as (out, in·k) -- output channels first, then the input c
 whatever follows it (kernel positions) -- is what the reduced-means step and the row
 posteriors work on; `input_rows` gives the layer's inputs in the same column order.
 
-Imports only torch, transformers and bmr_compress.errors (a bottom-level module).
+Imports only torch and bmr_compress.errors (a bottom-level module); transformers' classes are
+registered by their dotted path.
 """
 
 from __future__ import annotations
@@ -34,7 +35,6 @@ from collections.abc import Callable, Collection, Mapping
 import torch
 import torch.nn.functional as F
 from torch import nn
-from transformers.pytorch_utils import Conv1D
 
 from bmr_compress.errors import UnsupportedModelError
 
@@ -147,19 +147,27 @@ class LayerType:
                 )
 
 
-LAYER_TYPES: dict[type, LayerType] = {}
+LAYER_TYPES: dict[str, LayerType] = {}  # the class's dotted path -> its layer type
 
 
-def register_layer(*classes: type) -> Callable[[type[LayerType]], type[LayerType]]:
-    """Class decorator: one instance of the decorated LayerType serves every class given."""
+def class_path(cls: type | str) -> str:
+    """A class's dotted path ("module.QualName"): the registries' key, so a class of a heavy
+    library (transformers) is registered by name and that library is imported only by the
+    models that use it."""
+    return cls if isinstance(cls, str) else f"{cls.__module__}.{cls.__qualname__}"
+
+
+def register_layer(*classes: type | str) -> Callable[[type[LayerType]], type[LayerType]]:
+    """Class decorator: one instance of the decorated LayerType serves every class given
+    (a class, or its dotted path)."""
 
     def deco(cls: type[LayerType]) -> type[LayerType]:
-        taken = [c.__qualname__ for c in classes if c in LAYER_TYPES]
+        taken = [class_path(c) for c in classes if class_path(c) in LAYER_TYPES]
         if taken:
             raise ValueError(f"layer type for {', '.join(taken)} registered twice")
         inst = cls()
         for c in classes:
-            LAYER_TYPES[c] = inst
+            LAYER_TYPES[class_path(c)] = inst
         return cls
 
     return deco
@@ -168,8 +176,9 @@ def register_layer(*classes: type) -> Callable[[type[LayerType]], type[LayerType
 def layer_type(module: nn.Module) -> LayerType:
     """The type registered for the nearest class in `module`'s MRO."""
     for cls in type(module).__mro__:
-        if cls in LAYER_TYPES:
-            return LAYER_TYPES[cls]
+        found = LAYER_TYPES.get(class_path(cls))
+        if found is not None:
+            return found
     raise UnsupportedModelError(f"{type(module).__name__} is not a torch module")
 
 
@@ -245,7 +254,7 @@ class Conv2dLayer(ConvLayer):
         return cols.transpose(1, 2)
 
 
-@register_layer(Conv1D)
+@register_layer("transformers.pytorch_utils.Conv1D")
 class HFConv1DLayer(LayerType):
     """transformers' Conv1D (GPT-2): y = x W + b with W stored as (in, out)."""
 

@@ -21,7 +21,9 @@ from torch import nn
 from transformers.pytorch_utils import Conv1D
 
 from bmr_compress.errors import UnsupportedModelError
-from bmr_compress.layers import LAYER_TYPES, LayerType, channel_type, layer_type, register_layer
+from bmr_compress.layers import (
+    LAYER_TYPES, LayerType, channel_type, class_path, layer_type, register_layer,
+)
 from bmr_compress.cutting import apply_plan_, load_compressed, save_compressed
 from bmr_compress.planning import Plan, PlanSettings, structured_masks
 from bmr_compress.scoring import gate_sites, score_groups
@@ -206,13 +208,13 @@ def roundtrip(case: Case, tmp_path, arch: str) -> dict[str, str]:
     return report.coverage
 
 
-def _name(t: type) -> str:
-    return f"{t.__module__.split('.')[0]}.{t.__qualname__}"
+def _name(path: str) -> str:  # "torch.nn.modules.linear.Linear" -> "torch.Linear"
+    return f"{path.split('.')[0]}.{path.rpartition('.')[2]}"
 
 
 @pytest.mark.parametrize("registered", sorted(LAYER_TYPES, key=_name), ids=_name)
 def test_every_registered_type_wraps_scores_compensates_cuts_and_reloads(registered, tmp_path):
-    case = CASES.get(registered)
+    case = {class_path(t): c for t, c in CASES.items()}.get(registered)
     assert case is not None, f"no round-trip case for the registered type {_name(registered)}"
     coverage = roundtrip(case, tmp_path, f"registry-{_name(registered)}")
     holder = next(n for n, m in _build(case).named_modules()
@@ -235,7 +237,7 @@ def test_lookup_follows_the_mro_and_refuses_a_second_registration():
     class MyLinear(nn.Linear):
         pass
 
-    assert layer_type(MyLinear(2, 3)) is LAYER_TYPES[nn.Linear]
+    assert layer_type(MyLinear(2, 3)) is LAYER_TYPES[class_path(nn.Linear)]
     assert layer_type(Gain(3)).generic
     with pytest.raises(ValueError, match="registered twice"):
         register_layer(nn.Linear)(LayerType)
@@ -280,7 +282,7 @@ def registered(cls: type, layer: type[LayerType]):
     try:
         yield
     finally:
-        del LAYER_TYPES[cls]
+        del LAYER_TYPES[class_path(cls)]
 
 
 NEW = Case(lambda: [TransposedLinear(6, 9), nn.Tanh(), TransposedLinear(9, 5)],
@@ -323,3 +325,23 @@ def _local_variance_matches_weight_sampling(layer: nn.Module, n: int = 20_000) -
     v1, v2 = local.var(0), ws.var(0)
     assert ((local.mean(0) - ws.mean(0)).abs() <= 5 * ((v1 + v2) / n).sqrt()).all()
     assert ((v1 - v2).abs() <= 5 * (2 / (n - 1)) ** 0.5 * (v1**2 + v2**2).sqrt()).all()
+
+
+def test_classes_registered_by_name_exist_and_import_nothing_until_used():
+    """transformers' classes are registered by dotted path (importing the layer and adapter
+    registries does not import transformers); every such path names a real class there, so
+    a typo cannot silently leave a family or a layer type unmatched."""
+    import subprocess
+    import sys
+
+    from bmr_compress.coupling import families, family_modernbert, family_mpnet  # noqa: F401
+    from bmr_compress.coupling.adapters import ADAPTERS
+    from bmr_compress.coupling.family_table import resolve
+
+    for path in [*LAYER_TYPES, *ADAPTERS]:
+        assert class_path(resolve(path)) == path, path
+    code = ("import sys; import bmr_compress.layers, bmr_compress.coupling.families, "
+            "bmr_compress.coupling.family_mpnet, bmr_compress.coupling.family_modernbert; "
+            "print('transformers' in sys.modules)")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert r.stdout.strip() == "False"

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from bmr_compress.errors import UnsupportedModelError
-from bmr_compress.layers import LayerType, channel_type
+from bmr_compress.layers import LayerType, channel_type, class_path
 from bmr_compress.coupling.groups import Slice, UnitGroup, blocks, column, count_numel
 
 log = logging.getLogger(__name__)
@@ -90,16 +90,19 @@ class FamilyAdapter:
         return updates
 
 
-ADAPTERS: dict[type, FamilyAdapter] = {}
+ADAPTERS: dict[str, FamilyAdapter] = {}  # the model class's dotted path -> its adapter
 
 
-def register_adapter(*classes: type):
+def register_adapter(*classes: type | str):
+    """Class decorator: one adapter instance for every model class given, as a class or as
+    its dotted path (transformers' classes: registering them imports nothing)."""
+
     def deco(cls: type[FamilyAdapter]) -> type[FamilyAdapter]:
         inst = cls()
         for c in classes:
-            if c in ADAPTERS:
-                raise ValueError(f"adapter for {c.__qualname__} registered twice")
-            ADAPTERS[c] = inst
+            if class_path(c) in ADAPTERS:
+                raise ValueError(f"adapter for {class_path(c)} registered twice")
+            ADAPTERS[class_path(c)] = inst
         return cls
 
     return deco
@@ -107,8 +110,9 @@ def register_adapter(*classes: type):
 
 def adapter_for(model: nn.Module) -> FamilyAdapter | None:
     for cls in type(model).__mro__:
-        if cls in ADAPTERS:
-            return ADAPTERS[cls]
+        found = ADAPTERS.get(class_path(cls))
+        if found is not None:
+            return found
     return None
 
 

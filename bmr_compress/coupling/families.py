@@ -10,15 +10,6 @@ module layout and attribute names of the transformers 5 modeling code, and of tr
 from __future__ import annotations
 
 from torch import nn
-from transformers.models.bert.modeling_bert import BertPreTrainedModel
-from transformers.models.distilbert.modeling_distilbert import DistilBertPreTrainedModel
-from transformers.models.gpt2.modeling_gpt2 import GPT2PreTrainedModel
-from transformers.models.llama.modeling_llama import LlamaPreTrainedModel
-from transformers.models.mistral.modeling_mistral import MistralPreTrainedModel
-from transformers.models.qwen2.modeling_qwen2 import Qwen2PreTrainedModel
-from transformers.models.roberta.modeling_roberta import RobertaPreTrainedModel
-from transformers.models.vit.modeling_vit import ViTPreTrainedModel
-from transformers.models.xlm_roberta.modeling_xlm_roberta import XLMRobertaPreTrainedModel
 
 from bmr_compress.coupling.adapters import (
     FamilyAdapter, Layer, Parts, out_size, register_adapter, uniform,
@@ -106,22 +97,23 @@ def _vit_blocks(base: nn.Module) -> nn.ModuleList:
     return layers if layers is not None else base.encoder.layer
 
 
-@register_adapter(BertPreTrainedModel)
+@register_adapter("transformers.models.bert.modeling_bert.BertPreTrainedModel")
 class BertAdapter(_BertLike):
     family = "bert"
 
 
-@register_adapter(RobertaPreTrainedModel)
+@register_adapter("transformers.models.roberta.modeling_roberta.RobertaPreTrainedModel")
 class RobertaAdapter(_BertLike):
     family = "roberta"
 
 
-@register_adapter(XLMRobertaPreTrainedModel)  # RoBERTa's layout in its own classes
+# RoBERTa's layout in its own classes
+@register_adapter("transformers.models.xlm_roberta.modeling_xlm_roberta.XLMRobertaPreTrainedModel")
 class XLMRobertaAdapter(_BertLike):
     family = "xlm-roberta"
 
 
-@register_adapter(DistilBertPreTrainedModel)
+@register_adapter("transformers.models.distilbert.modeling_distilbert.DistilBertPreTrainedModel")
 class DistilBertAdapter(FamilyAdapter):
     family = "distilbert"
 
@@ -154,7 +146,7 @@ class DistilBertAdapter(FamilyAdapter):
         return updates
 
 
-@register_adapter(ViTPreTrainedModel)
+@register_adapter("transformers.models.vit.modeling_vit.ViTPreTrainedModel")
 class ViTAdapter(FamilyAdapter):
     family = "vit"
 
@@ -210,7 +202,7 @@ class ViTAdapter(FamilyAdapter):
         return updates
 
 
-@register_adapter(GPT2PreTrainedModel)
+@register_adapter("transformers.models.gpt2.modeling_gpt2.GPT2PreTrainedModel")
 class GPT2Adapter(FamilyAdapter):
     family = "gpt2"
 
@@ -243,7 +235,9 @@ class GPT2Adapter(FamilyAdapter):
         return updates
 
 
-@register_adapter(LlamaPreTrainedModel, Qwen2PreTrainedModel, MistralPreTrainedModel)
+@register_adapter("transformers.models.llama.modeling_llama.LlamaPreTrainedModel",
+                  "transformers.models.qwen2.modeling_qwen2.Qwen2PreTrainedModel",
+                  "transformers.models.mistral.modeling_mistral.MistralPreTrainedModel")
 class LlamaAdapter(FamilyAdapter):
     family = "llama"
     units = "KV groups (query heads sharing a key/value head), gated FFN neurons, hidden width"

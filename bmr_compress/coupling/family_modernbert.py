@@ -12,14 +12,13 @@ padded twin (cutting.hf_layout) pads each third of Wqkv and each half of Wi.
 from __future__ import annotations
 
 from torch import nn
-from transformers.models.modernbert.modeling_modernbert import ModernBertPreTrainedModel
 
 from bmr_compress.coupling.adapters import (
     FamilyAdapter, Layer, Parts, ffn_width, register_adapter, uniform,
 )
 
 
-@register_adapter(ModernBertPreTrainedModel)
+@register_adapter("transformers.models.modernbert.modeling_modernbert.ModernBertPreTrainedModel")
 class ModernBertAdapter(FamilyAdapter):
     family = "modernbert"
     units = "attention heads (fused Wqkv), GLU FFN neurons (both halves of Wi), hidden width"

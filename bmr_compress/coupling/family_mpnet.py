@@ -29,7 +29,6 @@ from typing import Any
 
 import torch
 from torch import nn
-from transformers.models.mpnet.modeling_mpnet import MPNetPreTrainedModel
 
 from bmr_compress.coupling.adapters import (
     FamilyAdapter, Layer, Parts, out_size, register_adapter, uniform,
@@ -87,7 +86,7 @@ def _set_heads_(attn: nn.Module, index: torch.Tensor | None) -> None:
         attn.register_forward_pre_hook(_select_heads, with_kwargs=True)
 
 
-@register_adapter(MPNetPreTrainedModel)
+@register_adapter("transformers.models.mpnet.modeling_mpnet.MPNetPreTrainedModel")
 class MPNetAdapter(FamilyAdapter):
     family = "mpnet"
     units = "attention heads (with their relative-position bias columns), FFN neurons, hidden width"

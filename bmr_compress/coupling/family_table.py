@@ -8,6 +8,7 @@ regenerates it and compares). Importing this module imports the adapters.
 
 from __future__ import annotations
 
+import importlib
 from dataclasses import dataclass
 
 from bmr_compress.coupling import (  # noqa: F401  (register the adapters)
@@ -40,11 +41,21 @@ class FamilyRow:
     plain_transformers: str
 
 
+def resolve(path: str) -> type:
+    """The class a registry key names (imports its module)."""
+    module, _, name = path.rpartition(".")
+    cls = getattr(importlib.import_module(module), name)
+    if not isinstance(cls, type):
+        raise TypeError(f"{path} is not a class")
+    return cls
+
+
 def supported() -> list[FamilyRow]:
     rows = []
-    for cls, adapter in ADAPTERS.items():
-        if not cls.__module__.startswith("transformers."):
+    for path, adapter in ADAPTERS.items():
+        if not path.startswith("transformers."):
             continue  # the model zoo's own adapters
+        cls = resolve(path)
         model_type = getattr(cls.config_class, "model_type", "") or cls.__name__
         rows.append(FamilyRow(str(model_type), cls.__name__, adapter.family, adapter.units,
                               adapter.plain_transformers))

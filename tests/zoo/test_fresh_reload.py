@@ -37,14 +37,14 @@ from bmr_compress.cutting.saved import ARCHITECTURES, load_compressed
 d = Path(sys.argv[1])
 assert not ARCHITECTURES, ARCHITECTURES
 assert "bmr_compress.zoo.adapters" not in sys.modules
-zoo_adapters = [c for c in ADAPTERS if c.__module__.startswith("bmr_compress.zoo")]
+zoo_adapters = [c for c in ADAPTERS if c.startswith("bmr_compress.zoo")]
 assert not zoo_adapters, zoo_adapters
 model = load_compressed(d)
 with torch.no_grad():
     out = model(load_file(str(d.parent / "x.safetensors"))["x"])
 save_file({"y": out.contiguous()}, str(d.parent / "y_child.safetensors"))
-print(type(model).__name__, sorted(c.__name__ for c in ADAPTERS
-                                  if c.__module__.startswith("bmr_compress.zoo")))
+print(type(model).__name__, sorted(c.rpartition(".")[2] for c in ADAPTERS
+                                  if c.startswith("bmr_compress.zoo")))
 """
 
 
