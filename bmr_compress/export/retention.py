@@ -39,13 +39,14 @@ class RetrievalRetention:
     metric = "retrieval MRR@10"
 
     def __init__(self, tokenizer: Any, pairs: Mapping[str, Pairs], reference: str | Path, *,
-                 max_length: int = 128) -> None:
+                 max_length: int = 128, source: str = "") -> None:
         self.tokenizer, self.pairs, self.max_length = tokenizer, dict(pairs), max_length
+        self.source = source
         self.reference = self._metrics(reference)
 
     def describe(self) -> dict[str, Any]:
         return {"metric": self.metric, "pairs": {k: len(v) for k, v in self.pairs.items()},
-                "reference": self.reference}
+                "pairs_from": self.source, "reference": self.reference}
 
     def _metrics(self, path: str | Path) -> dict[str, dict[str, float]]:
         encode, names = onnx_encoder(_session(path))

@@ -238,6 +238,18 @@ def split(texts: Iterable[str], heldout_percent: int = 10) -> tuple[tuple[str, .
 
 
 @functools.lru_cache(maxsize=4)
+def split_texts(split: str, heldout_percent: int = 10) -> tuple[str, ...]:
+    """Every paragraph of the whole interleaved corpus in one `text_split` bucket, in corpus
+    order: the source of the retrieval pairs ("selection" chooses among operating points,
+    "heldout" is reported; neither ever trains). Thousands per bucket, where the standard
+    library alone gives a few hundred."""
+    if split not in ("heldout", "selection", "train"):
+        raise ValueError(f"unknown split {split!r}")
+    texts, _ = all_paragraphs()
+    return tuple(t for t in texts if text_split(t, heldout_percent) == split)
+
+
+@functools.lru_cache(maxsize=4)
 def docs_corpus(max_texts: int = 4096, heldout_percent: int = 10) -> Corpus:
     """The first ``max_texts`` paragraphs of the interleaved corpus, split by hash."""
     texts, origin = all_paragraphs()

@@ -18,7 +18,7 @@ from bmr_compress.pipeline.stages import Cut, Fitted
 
 log = logging.getLogger(__name__)
 
-MAX_PAIRS = 1000  # retrieval pairs per split (selection, held-out)
+MAX_PAIRS = 1000  # retrieval pairs per split (selection, held-out), from the installed docs
 RETRIEVAL_TOKENS = 128  # queries and documents are cut to this many tokens
 AUTO_INT8_MIN_PARAMS = 1_000_000  # int8 is considered by default from this model size on
 
@@ -43,16 +43,20 @@ def evaluator_for(f: Fitted, original_onnx: Path) -> Any:
     if str(f.source.task) == "embedding" and tok is not None and callable(tok) \
             and "input_ids" in f.data.heldout_batches[0]:
         from bmr_compress.export.retrieval import make_pairs
-        from bmr_compress.io.corpus import split_texts
+        from bmr_compress.io.package_corpus import split_texts
 
         pairs = {s: make_pairs(split_texts(s), MAX_PAIRS) for s in ("selection", "heldout")}
         from bmr_compress.export.validation import max_positions
 
         seq = min(RETRIEVAL_TOKENS, max_positions(f.original) or RETRIEVAL_TOKENS,
                   int(getattr(tok, "model_max_length", RETRIEVAL_TOKENS) or RETRIEVAL_TOKENS))
-        log.info("retention: retrieval on %d selection / %d held-out query-document pairs",
+        log.info("retention: retrieval on %d selection / %d held-out query-document pairs "
+                 "(installed documentation, hash buckets that never train)",
                  len(pairs["selection"]), len(pairs["heldout"]))
-        return RetrievalRetention(tok, pairs, original_onnx, max_length=seq)
+        return RetrievalRetention(tok, pairs, original_onnx, max_length=seq, source=(
+            "installed documentation (standard library, the installed packages' docstrings and "
+            "READMEs, man pages): each paragraph's first sentence as the query, the rest as its "
+            "document; selection and held-out are hash buckets that never train"))
     from bmr_compress.algorithms.laplace_reduce import CHECK_BATCHES
 
     train = f.data.train_batches

@@ -106,3 +106,24 @@ def test_docs_data_kind_tokenises_and_describes(monkeypatch: pytest.MonkeyPatch)
     assert data.description == f"{data.name}: {len(train)} train / {len(held)} held-out"
     assert sum(len(b["input_ids"]) for b in data.heldout_batches) == len(held)
     assert "held out by a stable SHA-256 hash" in data.heldout
+
+
+def test_split_texts_are_the_whole_corpus_buckets(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The retrieval pairs' source: every paragraph of the corpus in one hash bucket, in
+    corpus order; selection and held-out never meet each other or the training side."""
+    texts = [f"Function {i} returns the {w} of its argument. It raises ValueError when the "
+             f"argument is empty, and accepts any iterable of numbers." for i, w in
+             enumerate(["sum", "mean", "norm", "max", "min"] * 400)]
+    monkeypatch.setattr(pc, "all_paragraphs", lambda: (texts, ["torch"] * len(texts)))
+    pc.split_texts.cache_clear()
+    try:
+        sel, held, train = pc.split_texts("selection"), pc.split_texts("heldout"), pc.split_texts("train")
+        with pytest.raises(ValueError):
+            pc.split_texts("test")
+    finally:
+        pc.split_texts.cache_clear()
+    assert len(sel) + len(held) + len(train) == len(texts)
+    assert not set(sel) & set(held) and not (set(sel) | set(held)) & set(train)
+    assert list(sel) == [t for t in texts if text_split(t) == "selection"]  # corpus order
+    assert 150 < len(sel) < 250 and 150 < len(held) < 250  # two 10 % buckets of 2,000
+    assert set(pc.split(texts)[0]) == set(train)  # the docs data kind trains on exactly these
