@@ -11,7 +11,7 @@ batches) are reshuffled, so every seed sees a different calibration split; the h
 - magnitude: the same rounds keeping the *same number of units per layer* at the same ν (so
   the same widths, hence the same latency), but choosing which by the group L2 norm of the
   unit's weights (Torch-Pruning's magnitude importance) — then the same compensation, cut and
-  recovery (`laplace_reduce(follow=..., ranking="magnitude")`);
+  recovery (`laplace_reduce(ranking=MAGNITUDE.following(rounds))`);
 - magnitude without compensation: the same choice, survivors left as they were.
 
 Reports held-out accuracy per method, and strict wins / ties / losses of BMR per seed
@@ -64,10 +64,10 @@ def _params(model) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-METHODS = {"magnitude + compensation": dict(ranking="magnitude"),
-           "OBS saliency + compensation": dict(ranking="distortion"),
-           "magnitude, no compensation": dict(ranking="magnitude", compensate=False),
-           "BMR's choice, no compensation": dict(ranking="evidence", compensate=False)}
+METHODS = {"magnitude + compensation": ("magnitude", True),  # (Ranking.by, compensate)
+           "OBS saliency + compensation": ("distortion", True),
+           "magnitude, no compensation": ("magnitude", False),
+           "BMR's choice, no compensation": ("evidence", False)}
 
 
 def _header(tol: float, seeds: int) -> list[str]:
@@ -92,6 +92,7 @@ def _one_seed(original, data, config) -> dict:
 
     from bmr_compress import compress_
     from bmr_compress.algorithms.laplace_reduce import laplace_reduce
+    from bmr_compress.planning import Ranking
 
     lap = config.laplace
     kw = dict(tolerance=lap.tolerance, rounds=lap.rounds, recovery_steps=lap.recovery_steps,
@@ -99,10 +100,10 @@ def _one_seed(original, data, config) -> dict:
     bmr = compress_(copy.deepcopy(original), data.train_batches, config, task="classification",
                     example=data.heldout_batches[0])
     outs = {"BMR (ΔlnZ)": bmr}
-    for name, extra in METHODS.items():
+    for name, (by, compensate) in METHODS.items():
         torch.manual_seed(config.seed)
-        outs[name] = laplace_reduce(original, data, "classification", follow=bmr.rounds,
-                                    **extra, **kw)
+        ranking = Ranking(by, compensate=compensate).following(bmr.rounds)
+        outs[name] = laplace_reduce(original, data, "classification", ranking=ranking, **kw)
     return outs
 
 

@@ -11,7 +11,7 @@ Per tolerance T, on the docstring corpus exactly as `compress zoo:all-minilm-l6-
 - magnitude (Torch-Pruning's group L2 importance) and OBS saliency (the compensated output
   error of removing the unit, SparseGPT-style): the same rounds keeping the same number of
   units per layer at the same ν — hence the same widths and latency — then the same
-  compensation, cut and recovery (`laplace_reduce(follow=..., ranking=...)`);
+  compensation, cut and recovery (`laplace_reduce(ranking=Ranking(...).following(rounds))`);
 - Torch-Pruning's own pruner (global group-magnitude ranking, its own per-layer allocation,
   FFN layers only where it cannot follow head reshapes) to BMR's parameter count, then the
   recovery BMR got in total (its pruner has no compensation step);
@@ -95,6 +95,7 @@ def _tolerance_rows(cached: _Cache, original, data, task: str, tol: float, defau
     from bmr_compress import compress_
     from bmr_compress.algorithms.laplace_reduce import laplace_reduce
     from bmr_compress.algorithms.recovery import recover_
+    from bmr_compress.planning import Ranking
     from bmr_compress.tasks import strip_labels
 
     lap = defaults.laplace
@@ -108,9 +109,9 @@ def _tolerance_rows(cached: _Cache, original, data, task: str, tol: float, defau
             out = compress_(copy.deepcopy(original), data.train_batches, config, task=task,
                             example=data.heldout_batches[0])
         else:  # the same rounds at BMR's widths and ν, another ranking
+            followed = Ranking(ranking).following(cached.info[f"BMR T={tol:g}"]["rounds"])
             out = laplace_reduce(original, data, task, tolerance=tol, timer=_Timer(),
-                                 follow=cached.info[f"BMR T={tol:g}"]["rounds"], ranking=ranking,
-                                 **kw)
+                                 ranking=followed, **kw)
         rs = [{k: v for k, v in r.items()} for r in out.rounds]
         return out.model, {"rounds": rs, "check_distortion": out.final_distortion}
 

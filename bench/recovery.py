@@ -70,7 +70,7 @@ def _cut(src, data, work: Path) -> torch.nn.Module:
     from bmr_compress.algorithms.laplace_reduce import laplace_reduce
     from bmr_compress.coupling import discover_groups
     from bmr_compress.cutting import apply_plan_
-    from bmr_compress.planning.plan import Plan, PlanSettings
+    from bmr_compress.planning import FollowedRound, Plan, PlanSettings, Ranking
 
     path = work / "cut.pt"
     model = copy.deepcopy(src.model).eval()
@@ -93,7 +93,8 @@ def _cut(src, data, work: Path) -> torch.nn.Module:
     counts = {f"layers.{i}.ffn": w for i, w in enumerate(DEFAULT_WIDTHS)}
     counts |= {f"layers.{i}.attention": 12 for i in range(len(DEFAULT_WIDTHS))}
     out = laplace_reduce(src.model, data, "embedding", tolerance=0.1, rounds=1, recovery_steps=0,
-                         lr=1e-4, round_to=8, timer=_T(), follow=[{"nu": nu, "kept_counts": counts}])
+                         lr=1e-4, round_to=8, timer=_T(),
+                         ranking=Ranking(follow=(FollowedRound(nu, counts),)))
     keep = {g: list(k) for g, k in out.keep.items()}
     work.mkdir(parents=True, exist_ok=True)
     torch.save({"keep": keep, "state": out.model.state_dict(), "nu": nu}, path)

@@ -13,7 +13,8 @@ Layers, top to bottom. A module may import its own subpackage and any subpackage
     zoo            (registers its source kinds in io and its adapters in coupling)
     algorithms     (Laplace reduction, recovery, variational refit rounds, operating points)
     cutting        (compensate, cut for real, the transformers layout, save and reload)
-    planning       (which units go: one-shot plan, sequential reduction, iterative rounds)
+    planning       (which units go: one-shot plan, sequential reduction, the ranking object,
+                    iterative rounds)
     scoring        (ΔlnZ per weight and unit, the Laplace row posteriors, tolerance, unit costs)
     coupling       (which slices each unit owns: family adapters, traced graph)
     export

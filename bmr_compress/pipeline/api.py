@@ -87,6 +87,7 @@ def compress_(model: Any, batches: Sequence[Mapping[str, Any]],
     """
     from bmr_compress.errors import InputError
     from bmr_compress.algorithms.laplace_reduce import laplace_reduce
+    from bmr_compress.planning import Ranking
 
     config = config if config is not None else CompressConfig()
     if config.posterior != "laplace":
@@ -104,7 +105,7 @@ def compress_(model: Any, batches: Sequence[Mapping[str, Any]],
         model, SimpleNamespace(train_batches=list(batches), heldout_batches=[example]), task,
         tolerance=tolerance, rounds=lap.rounds, recovery_steps=lap.recovery_steps,
         lr=lap.recovery_lr, round_to=config.plan.round_to, timer=timer,
-        progress=config.progress, compensate=config.plan.compensate,
+        progress=config.progress, ranking=Ranking(compensate=config.plan.compensate),
         unit_prior=config.plan.unit_prior, schedule=lap.recovery_schedule,
         hidden_weight=lap.recovery_hidden_weight)
     return _finish(model, outcome, example, config, timer)
