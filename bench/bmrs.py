@@ -7,7 +7,7 @@ BMRS_U-8 and BMRS_U-4 (a' = 2^-23, b' = 2^-p1) and with the SNR-threshold baseli
 fine-tune for all; report parameter compression and held-out accuracy next to the paper's
 Table 1 (MNIST / FashionMNIST). Writes the "bmrs" section of BENCHMARKS.md.
 
-    python bench/bmrs.py [--quick] [--seeds 0,1,2]
+    python -m bench.bmrs [--quick] [--seeds 0,1,2]
 """
 
 from __future__ import annotations
@@ -15,16 +15,13 @@ from __future__ import annotations
 import argparse
 import logging
 import math
-import sys
-from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import torch  # noqa: E402
+import torch
 
-from bench import common as C  # noqa: E402
-from bench._report import write_section  # noqa: E402
+from bench import common as C
+from bench.report import write_section
 
 MODELS = ("mlp-digits", "lenet5-digits")
 RULES = ("bmrs_n", "bmrs_u8", "bmrs_u4", "snr")

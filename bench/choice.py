@@ -1,6 +1,6 @@
 """BMR's choice against magnitude's, everything else identical (digits zoo models).
 
-    python bench/choice.py              # MLP and LeNet-5, 5 seeds (about 2-4 min on 2 cores)
+    python -m bench.choice              # MLP and LeNet-5, 5 seeds (about 2-4 min on 2 cores)
 
 For each seed the calibration examples (the training split: statistics, check and recovery
 batches) are reshuffled, so every seed sees a different calibration split; the held-out
@@ -23,13 +23,10 @@ from __future__ import annotations
 
 import argparse
 import copy
-import sys
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench._report import write_section  # noqa: E402
+from bench.report import write_section
 
 
 class _Timer:
@@ -91,7 +88,7 @@ def _one_seed(original, data, config) -> dict:
     import torch
 
     from bmr_compress import compress_
-    from bmr_compress.algorithms.laplace_reduce import laplace_reduce
+    from bmr_compress.algorithms import laplace_reduce
     from bmr_compress.planning import Ranking
 
     lap = config.laplace
@@ -111,10 +108,10 @@ def _recipe_rows(recipe_name: str, tol: float, seeds: int) -> list[str]:
     import torch
 
     from bmr_compress import CompressConfig
-    from bmr_compress.io.data import make_dataset
-    from bmr_compress.io.recipes import load_recipe
-    from bmr_compress.pipeline.sources import resolve_source
-    from bmr_compress.pipeline.config import LaplaceSettings, PlanConfig, from_recipe
+    from bmr_compress.io import make_dataset
+    from bmr_compress.io import load_recipe
+    from bmr_compress.pipeline import resolve_source
+    from bmr_compress.pipeline import LaplaceSettings, PlanConfig, from_recipe
 
     recipe = load_recipe(recipe_name)
     src = resolve_source(f"zoo:{recipe_name}")
@@ -155,7 +152,7 @@ def _recipe_rows(recipe_name: str, tol: float, seeds: int) -> list[str]:
 
 
 def main() -> None:
-    from bmr_compress.pipeline.config import DEFAULT_TOLERANCE
+    from bmr_compress.pipeline import DEFAULT_TOLERANCE
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--recipes", default="mlp-digits,lenet5-digits")

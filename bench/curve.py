@@ -1,8 +1,8 @@
 """all-MiniLM-L6-v2 at several tolerances: BMR's choice beside the choices a user would make
 instead, every one given the same treatment after its choice.
 
-    python bench/curve.py                       # tolerances 0.1 (the default) and 0.2
-    python bench/curve.py --tolerances 0.1      # one operating point (~25 min on 2 cores)
+    python -m bench.curve                       # tolerances 0.1 (the default) and 0.2
+    python -m bench.curve --tolerances 0.1      # one operating point (~25 min on 2 cores)
 
 Per tolerance T, on the docstring corpus exactly as `compress zoo:all-minilm-l6-v2` builds it:
 
@@ -30,15 +30,13 @@ import argparse
 import copy
 import dataclasses
 import json
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench._report import write_section  # noqa: E402
-from bench.references import _drop_layers, _embed_onnx, _quality  # noqa: E402
+from bench.report import write_section
+from bench.references import drop_layers, embed_onnx, embedding_quality
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -93,8 +91,8 @@ def _tolerance_rows(cached: _Cache, original, data, task: str, tol: float, defau
     import torch
 
     from bmr_compress import compress_
-    from bmr_compress.algorithms.laplace_reduce import laplace_reduce
-    from bmr_compress.algorithms.recovery import recover_
+    from bmr_compress.algorithms import laplace_reduce
+    from bmr_compress.algorithms import recover_
     from bmr_compress.planning import Ranking
     from bmr_compress.tasks import strip_labels
 
@@ -120,7 +118,7 @@ def _tolerance_rows(cached: _Cache, original, data, task: str, tol: float, defau
     cached(f"OBS saliency T={tol:g}", lambda: run("distortion"), tol)
 
     def tp_row():
-        from bench.common import tp_magnitude
+        from bench.baselines import tp_magnitude
 
         total = lap.rounds * lap.recovery_steps
         target = sum(p.numel() for p in cached.models[f"BMR T={tol:g}"].parameters())
@@ -141,7 +139,7 @@ def _layer_drop_rows(cached: _Cache, original, data, task: str, defaults) -> Non
 
     import torch
 
-    from bmr_compress.algorithms.recovery import distortion, recover_
+    from bmr_compress.algorithms import distortion, recover_
     from bmr_compress.tasks import strip_labels
 
     lap = defaults.laplace
@@ -150,7 +148,7 @@ def _layer_drop_rows(cached: _Cache, original, data, task: str, defaults) -> Non
     check, fit = train[:4], train[4:]
     for n_keep in (3, 4):
         def drop(n_keep=n_keep):
-            cands = {k: _drop_layers(original, list(k))
+            cands = {k: drop_layers(original, list(k))
                      for k in itertools.combinations(range(6), n_keep)}
             choice = min(cands, key=lambda k: distortion(cands[k], original, check, task))
             m = cands[choice]
@@ -167,7 +165,7 @@ def _measure(original, models: dict, held: list) -> tuple[dict, dict, dict]:
     import torch
 
     from bmr_compress.export import export_onnx, quantize_int8
-    from bmr_compress.export.latency import measure_latency
+    from bmr_compress.export import measure_latency
 
     example = {k: v[:1] for k, v in held[0].items()}
     with tempfile.TemporaryDirectory() as tmp:
@@ -178,8 +176,8 @@ def _measure(original, models: dict, held: list) -> tuple[dict, dict, dict]:
         for name in list(paths):
             paths[f"{name} + int8"] = quantize_int8(
                 paths[name], t / f"{Path(paths[name]).stem}.int8.onnx").path
-        e0 = _embed_onnx(paths["original"], held)
-        quality = {k: _quality(e0, _embed_onnx(p, held)) for k, p in paths.items()}
+        e0 = embed_onnx(paths["original"], held)
+        quality = {k: embedding_quality(e0, embed_onnx(p, held)) for k, p in paths.items()}
         seq = 128
         ids = torch.full((1, seq), 1000, dtype=torch.long).numpy()
         feeds = {"input_ids": ids, "attention_mask": ids * 0 + 1, "token_type_ids": ids * 0}
@@ -237,9 +235,9 @@ def _table(lat: dict, quality: dict, sizes: dict, params: dict, info: dict, n_he
 
 def main() -> None:
     from bmr_compress import CompressConfig
-    from bmr_compress.io.data import make_dataset
-    from bmr_compress.io.recipes import load_recipe
-    from bmr_compress.pipeline.sources import resolve_source
+    from bmr_compress.io import make_dataset
+    from bmr_compress.io import load_recipe
+    from bmr_compress.pipeline import resolve_source
     from bmr_compress.tasks import strip_labels
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])

@@ -10,7 +10,7 @@ same masked distillation recovery → held-out metric, with strict wins / ties /
 seed. ONNX bytes and ORT CPU latency are measured on the seed-0 models, side by side. Writes
 the "quality" section of BENCHMARKS.md.
 
-    python bench/quality.py [--quick] [--models mlp-digits,...] [--seeds 0,1,2,3,4]
+    python -m bench.quality [--quick] [--models mlp-digits,...] [--seeds 0,1,2,3,4]
 """
 
 from __future__ import annotations
@@ -19,16 +19,15 @@ import argparse
 import json
 import logging
 import statistics
-import sys
 import tempfile
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench import common as C  # noqa: E402
-from bench._report import write_section  # noqa: E402
-from bmr_compress.pipeline.stages import CALIBRATION_BATCHES  # noqa: E402
+from bench import baselines as B
+from bench import common as C
+from bench.report import write_section
+from bmr_compress.pipeline import CALIBRATION_BATCHES
 
 MODELS = ("mlp-digits", "lenet5-digits", "mixer-digits", "vit-digits", "all-minilm-l6-v2")
 BASELINES = ("magnitude", "snr", "wanda", "random", "tp_magnitude")
@@ -54,8 +53,8 @@ def profile(name: str, quick: bool) -> dict[str, Any]:
     BMR model and the one that is better on calibration batches held back from the recovery
     is used for every method and seed (`choose_recovery`).
     """
-    from bmr_compress.io.recipes import load_recipe
-    from bmr_compress.pipeline.config import from_recipe
+    from bmr_compress.io import load_recipe
+    from bmr_compress.pipeline import from_recipe
 
     r = load_recipe(name)
     ft = from_recipe(r.settings, r.path).finetune
@@ -118,7 +117,7 @@ def run_model(name: str, seeds: list[int], prof: dict[str, Any], fit_kw: dict[st
         ref = C.bmr_plan(case.groups, score_groups(case.groups, post), score_weights(post), shapes)
         plans = {"bmr": ref}
         for b in BASELINES[:-1]:
-            units, weights = C.baseline_scores(b, case.groups, post, plain, case.train[:8], seed)
+            units, weights = B.baseline_scores(b, case.groups, post, plain, case.train[:8], seed)
             plans[b] = C.equal_plan(case.groups, units, weights, shapes, ref)
         zeroed = {m: C.apply_method(plain, case.groups, p)[0] for m, p in plans.items()}
         moved = {m: C.apply_method(plain, case.groups, plans[m], reduced_means=(post, calib))[0]
@@ -127,9 +126,9 @@ def run_model(name: str, seeds: list[int], prof: dict[str, Any], fit_kw: dict[st
                   **{m: v for m, v in zeroed.items() if m != "bmr"},
                   **{f"{m}_comp": moved[m] for m in COMPENSATED}}
         try:
-            models["tp_magnitude"] = C.tp_magnitude(plain, example, C.count_nonzero(models["bmr"]),
+            models["tp_magnitude"] = B.tp_magnitude(plain, example, C.count_nonzero(models["bmr"]),
                                                     iters=prof["tp_iters"])
-            res["tp_ffn_only"] = C._TP_FFN_ONLY.get(type(plain).__name__, False)
+            res["tp_ffn_only"] = B.TP_FFN_ONLY.get(type(plain).__name__, False)
         except Exception as e:  # noqa: BLE001 - reported in the table, never hidden
             res["tp_error"] = f"{type(e).__name__}: {str(e)[:160]}"
         if "recover_steps" not in res:  # chosen once, on the first seed's BMR model

@@ -26,6 +26,7 @@ BUILTIN_CODE = {"eval", "exec", "compile"}
 SITES: dict[tuple[str, str], str] = {
     ("bmr_compress/__init__.py", "__getattr__"): "literal table _LAZY (the package's own modules)",
     ("bmr_compress/cli/main.py", "get_command"): "literal table of commands (the CLI's own modules)",
+    ("bmr_compress/algorithms/__init__.py", "__getattr__"): "literal table _EXPORTS (own submodules)",
     ("bmr_compress/export/__init__.py", "__getattr__"): "literal table _EXPORTS (own submodules)",
     ("bmr_compress/io/__init__.py", "__getattr__"): "literal table _EXPORTS (own submodules)",
     ("bmr_compress/zoo/__init__.py", "__getattr__"): "literal table _EXPORTS (own submodules)",

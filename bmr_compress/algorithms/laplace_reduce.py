@@ -139,7 +139,7 @@ def _bisect_near(measured: Any, budget: float, near: float) -> tuple[float, floa
 
 
 @dataclass
-class _Batches:
+class CalibrationBatches:
     """The calibration batches split by use: `check` only judges distortion, `stats` give A
     and b, `labelled` (with labels, when given) train the recovery."""
 
@@ -148,14 +148,16 @@ class _Batches:
     labelled: list[Mapping[str, Any]]
 
 
-def _split(batches: Sequence[Mapping[str, Any]]) -> _Batches:
+def split_calibration(batches: Sequence[Mapping[str, Any]]) -> CalibrationBatches:
+    """The calibration batches as laplace_reduce splits them (up to CHECK_BATCHES judge,
+    STATS_BATCHES give the statistics, the rest with labels train the recovery)."""
     from bmr_compress.tasks import strip_labels
 
     train = [strip_labels(b) for b in batches]
     n_check = min(CHECK_BATCHES, max(1, len(train) // 5)) if len(train) > 1 else 0
     check, fit = train[:n_check] or train, train[n_check:] or train
     labelled = list(batches[n_check:]) or list(batches)
-    return _Batches(check, fit[:STATS_BATCHES], labelled)
+    return CalibrationBatches(check, fit[:STATS_BATCHES], labelled)
 
 
 def _posterior(model: nn.Module, example: Mapping[str, Any], stats: Sequence[Mapping[str, Any]],
@@ -205,7 +207,7 @@ def laplace_reduce(original: nn.Module, data: Any, task: str, *, tolerance: floa
     from bmr_compress.coupling import discover_groups
     from bmr_compress.scoring.unit_posterior import output_scale
 
-    cal = _split(data.train_batches)
+    cal = split_calibration(data.train_batches)
     example = strip_labels(data.heldout_batches[0])
     model = copy.deepcopy(original)
     scale = output_scale(original, cal.stats, task)
@@ -246,7 +248,7 @@ class _Run:
 
     original: nn.Module
     example: Mapping[str, Any]
-    cal: _Batches
+    cal: CalibrationBatches
     task: str
     scale: float
     round_to: int
