@@ -104,7 +104,8 @@ def run(name: str, seed: int, steps: int, recover: int) -> dict[str, Any]:
         mp = C.MethodPlan(plan.keep, {k: torch.ones(s, dtype=torch.bool) for k, s in shapes.items()},
                           plan)
         model, _ = C.apply_method(plain, case.groups, mp)
-        C.recover_(model, case.original, case.train, case.task, recover, seed)
+        C.recover_(model, case.original, case.train, case.task, recover, seed,
+                   C.recovery_settings(name))
         units = sum(len(v) for v in plan.keep.values())
         out["rules"][rule] = {"comp": 1 - C.count_params(model) / n0, "acc": C.metric(case, model),
                               "units_kept": units,
@@ -140,8 +141,8 @@ def main(argv: list[str] | None = None) -> None:
         f"Ours: pretrained digits seed model, one truncated log-normal gate per neuron/filter "
         f"(library gate sites, log-uniform prior on [e^-20, 1]), {steps}-step variational "
         "fine-tune, one post-training decision per rule from the same posterior (units with "
-        f"ΔlnZ ≥ 0 removed; SNR: E[θ]/std[θ] ≤ 1), physical cut, then {recover} steps of masked "
-        f"distillation fine-tune for every rule. Seeds {seeds}, median [min–max]. Comp. = "
+        f"ΔlnZ ≥ 0 removed; SNR: E[θ]/std[θ] ≤ 1), physical cut, then {recover} steps of the tool's "
+        f"masked distillation recovery (the recipe's settings) for every rule. Seeds {seeds}, median [min–max]. Comp. = "
         "parameter compression % of the whole model. Paper (Table 1, 10 seeds): continuous "
         "pruning after every epoch of training from scratch, then 10 fine-tuning epochs, on "
         "28x28 MNIST / FashionMNIST with larger networks; the paper column gives "

@@ -208,21 +208,30 @@ def apply_method(plain: nn.Module, groups: list[Any], mp: MethodPlan, *,
 # ----------------------------------------------------------------------------- recovery & eval
 
 
+def recovery_settings(recipe: str) -> Any:
+    """The recovery `compress zoo:<recipe>` runs: the recipe's `[settings.laplace]` table
+    (LaplaceSettings; the library defaults where the recipe sets nothing)."""
+    from bmr_compress.io import load_recipe
+    from bmr_compress.pipeline import from_recipe
+
+    r = load_recipe(recipe)
+    return from_recipe(r.settings, r.path).laplace
+
+
 def recover_(model: nn.Module, teacher: nn.Module, batches: list[dict[str, torch.Tensor]],
-             task: str, steps: int, seed: int, lr: float | None = None) -> None:
-    """The tool's recovery (algorithms/recovery.recover_: its loss, lr, schedule and cached
-    teacher targets) with zeros kept at zero, so masked cuts stay cut: the same budget for
-    every method. `lr` None: the tool's default."""
-    from bmr_compress.pipeline import LaplaceSettings
+             task: str, steps: int, seed: int, settings: Any = None) -> None:
+    """`steps` of the tool's one recovery (bmr_compress.algorithms.recover_ with the lr,
+    schedule and layer-wise weight of `settings`, a LaplaceSettings; None: the library
+    defaults), zeros kept at zero so masked cuts stay cut. Every method gets the same call."""
     from bmr_compress.algorithms import recover_ as tool_recover_
+    from bmr_compress.pipeline import LaplaceSettings
     from bmr_compress.scoring import output_scale
 
     if steps <= 0:
         return
     torch.manual_seed(seed)
-    lap = LaplaceSettings()
-    tool_recover_(model, teacher, batches, task, steps=steps,
-                  lr=lap.recovery_lr if lr is None else lr,
+    lap = settings if settings is not None else LaplaceSettings()
+    tool_recover_(model, teacher, batches, task, steps=steps, lr=lap.recovery_lr,
                   scale=output_scale(teacher, [strip(b) for b in batches[:4]], task),
                   schedule=lap.recovery_schedule, hidden_weight=lap.recovery_hidden_weight,
                   keep_zeros=True)
