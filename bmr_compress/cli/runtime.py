@@ -27,7 +27,7 @@ def setup_logging(verbose: bool, debug: bool) -> None:
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr,
                         format="%(levelname)s %(name)s: %(message)s", force=True)
     logging.getLogger("bmr_compress").setLevel(level)
-    # stage start/end lines (pipeline.settings.progress_log) at every verbosity, one line each
+    # stage start/end lines (pipeline.shared.progress_log) at every verbosity, one line each
     progress = logging.getLogger("bmr_compress.progress")
     progress.handlers.clear()
     handler = logging.StreamHandler(sys.stderr)

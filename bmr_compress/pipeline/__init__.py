@@ -21,7 +21,7 @@ from bmr_compress.pipeline.config import (
     PlanConfig, SourceConfig, build_config, flat_record, from_recipe, with_options,
 )
 from bmr_compress.pipeline.finish import LATENCY_SEQ, finish_stage, validation_settings
-from bmr_compress.pipeline.settings import FIT_RECORD, CompressResult, StageTimer
+from bmr_compress.pipeline.shared import FIT_RECORD, CompressResult, StageTimer
 from bmr_compress.pipeline.sources import resolve_source
 from bmr_compress.pipeline.stages import (
     CALIBRATION_BATCHES, Cut, Fitted, checkpoint_dir, cut_stage, fit_, fit_stage, load_stage,

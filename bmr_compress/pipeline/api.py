@@ -21,7 +21,7 @@ from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any
 
 from bmr_compress.pipeline.config import CompressConfig
-from bmr_compress.pipeline.settings import StageTimer
+from bmr_compress.pipeline.shared import StageTimer
 from bmr_compress.tasks import strip_labels
 
 if TYPE_CHECKING:

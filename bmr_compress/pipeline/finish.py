@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from bmr_compress.io.jsonsafe import to_jsonable
 from bmr_compress.pipeline.config import flat_record
-from bmr_compress.pipeline.settings import (
+from bmr_compress.pipeline.shared import (
     CompressResult, StageTimer, recipe_for,
 )
 from bmr_compress.tasks import strip_labels
@@ -172,7 +172,7 @@ def _validate(f: Fitted, stage: Path, files: _Files, example: Mapping[str, Any]
     """The validation gate on onnxruntime (+ the sentence-transformers check of an ST
     folder). Returns (ValidationResult, sentence-transformers info or None)."""
     from bmr_compress.export import validate
-    from bmr_compress.export.checks import check_st_embeddings
+    from bmr_compress.export.validation_checks import check_st_embeddings
     from bmr_compress.export.st_layout import texts_from_batch
 
     result = validate(

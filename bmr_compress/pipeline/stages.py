@@ -16,7 +16,7 @@ log = logging.getLogger(__name__)
 from bmr_compress.io.jsonsafe import to_jsonable
 from bmr_compress.pipeline.budgets import plan_settings
 from bmr_compress.pipeline.config import CompressConfig, flat_record
-from bmr_compress.pipeline.settings import (
+from bmr_compress.pipeline.shared import (
     DISTILL, StageTimer, recipe_for,
 )
 from bmr_compress.tasks import strip_labels

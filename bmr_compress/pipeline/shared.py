@@ -1,6 +1,5 @@
-"""The pipeline's shared small pieces: result type, stage timer, recipe lookup, batch helpers.
-
-The settings themselves are pipeline/config.py (CompressConfig)."""
+"""Small pieces the pipeline's stages share: the result type, the stage timer and progress
+log, the recipe lookup, the fit record's file name. (The settings are pipeline/config.py.)"""
 
 from __future__ import annotations
 
@@ -33,7 +32,7 @@ class CompressResult:
                 "report": self.report}
 
 
-# one line per stage start and end, shown by the CLI at every verbosity (cli.options
+# one line per stage start and end, shown by the CLI at every verbosity (cli.runtime
 # setup_logging: "[bmr-compress] calibrate: done in 122.3 s"), so a run whose stderr is a
 # file, a pipe or a notebook shows where it is
 progress_log = logging.getLogger("bmr_compress.progress")
