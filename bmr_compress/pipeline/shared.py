@@ -9,7 +9,10 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from bmr_compress.io.recipes import Recipe
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +65,8 @@ class StageTimer:
         return {**self.seconds, "total": time.perf_counter() - self.t0}
 
 
-def recipe_for(recipe: str | None, source: str) -> Any | None:
+def recipe_for(recipe: str | None, source: str) -> Recipe | None:
+    """The recipe named by --recipe, else the one a zoo:NAME source names, else None."""
     from bmr_compress.io.recipes import load_recipe
 
     if recipe:
