@@ -1,4 +1,4 @@
-"""Baseline scorers for the benchmarks (split from bench/common.py, which re-exports them):
+"""Baseline scorers for the benchmarks (imported by the scripts that compare against them):
 per-weight / per-unit scores in the format of scoring.score_weights / score_groups (higher =
 prune first) for magnitude, SNR, Wanda and random, and Torch-Pruning's magnitude pruner.
 """
@@ -116,7 +116,7 @@ def _wanda(groups: list[Any], mu: Scores, norms: Mapping[str, torch.Tensor]) -> 
     return units, weights
 
 
-_TP_FFN_ONLY: dict[str, bool] = {}  # model class -> Torch-Pruning needs the FFN-only fallback
+TP_FFN_ONLY: dict[str, bool] = {}  # model class -> Torch-Pruning needs the FFN-only fallback
 
 
 def tp_magnitude(plain: nn.Module, example: dict[str, torch.Tensor], target_params: int,
@@ -150,14 +150,14 @@ def tp_magnitude(plain: nn.Module, example: dict[str, torch.Tensor], target_para
         return m
 
     key = type(plain).__name__
-    ffn_only = _TP_FFN_ONLY.get(key, False)
-    if key not in _TP_FFN_ONLY:
+    ffn_only = TP_FFN_ONLY.get(key, False)
+    if key not in TP_FFN_ONLY:
         try:
             prune(0.5)
         except (RuntimeError, IndexError, ValueError):  # head reshapes TP cannot follow
             ffn_only = True
-        _TP_FFN_ONLY[key] = ffn_only
-    from bench.common import count_params
+        TP_FFN_ONLY[key] = ffn_only
+    from bmr_compress.io import count_params
 
     need = max(0.0, 1.0 - target_params / count_params(plain))  # fraction of parameters
     lo, hi, best = 0.0, min(0.95, 3 * need + 0.02), None  # channel ratio bracket

@@ -8,7 +8,7 @@ held-out ELBO drops (algorithms.refit.iterate_with_finetune); pruned fraction pe
 (2) the ranking comparison: one-shot pruning of the same number of weights by BMR ΔF, SNR
 |μ|/σ and SPR |μ|+σ, held-out ELBO and R² of each. Writes the "beckers" section.
 
-    python bench/beckers.py [--quick] [--seeds 0,1,2]
+    python -m bench.beckers [--quick] [--seeds 0,1,2]
 """
 
 from __future__ import annotations
@@ -16,17 +16,14 @@ from __future__ import annotations
 import argparse
 import copy
 import logging
-import sys
-from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import torch  # noqa: E402
-from torch import nn  # noqa: E402
+import torch
+from torch import nn
 
-from bench import common as C  # noqa: E402
-from bench._report import write_section  # noqa: E402
+from bench import common as C
+from bench.report import write_section
 
 
 class TabularMLP(nn.Module):
@@ -60,7 +57,7 @@ def r2(model: nn.Module, batches: list[dict]) -> float:
 def run(seed: int, train_steps: int, steps: int, refit: int) -> dict[str, Any]:
     from bmr_compress.planning import PlanSettings
     from bmr_compress.scoring import score_weights
-    from bmr_compress.algorithms.refit import iterate_with_finetune
+    from bmr_compress.algorithms import iterate_with_finetune
     from bmr_compress.variational import (
         FinetuneSettings, PosteriorSpec, finetune, heldout_elbo, posterior_tensors, set_masks_,
         unwrap_, wrap_,

@@ -6,7 +6,7 @@ parameter, so the bandwidth limit is (copy rate in bytes read+written per second
 The copy rate is measured in the same run, interleaved with the scoring repeats (this
 machine is shared; interleaving exposes every method to the same load). Medians reported.
 
-Run from the repository root:  python bench/bmr_throughput.py [--n 50000000] [--repeats 7]
+Run from the repository root:  python -m bench.bmr_throughput [--n 50000000] [--repeats 7]
 """
 
 from __future__ import annotations
@@ -14,18 +14,13 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
-import sys
 import time
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
 
-import torch  # noqa: E402
+import torch
 
-from bench._report import write_section  # noqa: E402
-from bmr_compress.bmr import score_spike_, spike_delta_lnz  # noqa: E402
+from bench.report import write_section
+from bmr_compress.bmr import score_spike_, spike_delta_lnz
 
 BYTES_PER_PARAM = 12  # read μ (4) + read ln σ² (4) + write ΔlnZ (4), float32
 
@@ -55,7 +50,7 @@ def main() -> None:
     t0 = time.perf_counter()
     score_spike_(torch.empty(1 << 22), mu[: 1 << 22], log_var[: 1 << 22], v0, backend="compiled")
     compile_s = time.perf_counter() - t0
-    from bmr_compress.bmr import _fast
+    from bmr_compress.bmr import COMPILE_MIN_NUMEL, compile_failed
 
     methods = {
         "naive eager expression": naive,
@@ -85,7 +80,7 @@ def main() -> None:
         med = statistics.median(ts)
         rate = n / med
         rows.append(f"| {name} | {med * 1e3:.1f} | {rate / 1e6:.0f} | {100 * rate / limit:.0f} % |")
-    backend = "compiled" if not _fast._compile_failed else "chunked (compile failed)"
+    backend = "compiled" if not compile_failed() else "chunked (compile failed)"
     md = "\n".join([
         "## bmr_throughput: per-weight spike ΔlnZ scoring (float32, CPU)",
         "",
@@ -99,7 +94,7 @@ def main() -> None:
         "|---|---:|---:|---:|",
         *rows,
         "",
-        f"Library default backend for tensors ≥ {_fast.COMPILE_MIN_NUMEL:,} elements: {backend} "
+        f"Library default backend for tensors ≥ {COMPILE_MIN_NUMEL:,} elements: {backend} "
         f"(first-call compile incl. cache lookup: {compile_s:.1f} s, once per process; "
         "`BMR_COMPILE=0` forces the chunked path). Max relative error vs float64: "
         f"{max_err:.1e}. torch threads: {torch.get_num_threads()}; 1-min load average at the "

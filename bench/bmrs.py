@@ -7,7 +7,7 @@ BMRS_U-8 and BMRS_U-4 (a' = 2^-23, b' = 2^-p1) and with the SNR-threshold baseli
 fine-tune for all; report parameter compression and held-out accuracy next to the paper's
 Table 1 (MNIST / FashionMNIST). Writes the "bmrs" section of BENCHMARKS.md.
 
-    python bench/bmrs.py [--quick] [--seeds 0,1,2]
+    python -m bench.bmrs [--quick] [--seeds 0,1,2]
 """
 
 from __future__ import annotations
@@ -15,16 +15,13 @@ from __future__ import annotations
 import argparse
 import logging
 import math
-import sys
-from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import torch  # noqa: E402
+import torch
 
-from bench import common as C  # noqa: E402
-from bench._report import write_section  # noqa: E402
+from bench import common as C
+from bench.report import write_section
 
 MODELS = ("mlp-digits", "lenet5-digits")
 RULES = ("bmrs_n", "bmrs_u8", "bmrs_u4", "snr")
@@ -107,7 +104,8 @@ def run(name: str, seed: int, steps: int, recover: int) -> dict[str, Any]:
         mp = C.MethodPlan(plan.keep, {k: torch.ones(s, dtype=torch.bool) for k, s in shapes.items()},
                           plan)
         model, _ = C.apply_method(plain, case.groups, mp)
-        C.recover_(model, case.original, case.train, case.task, recover, seed)
+        C.recover_(model, case.original, case.train, case.task, recover, seed,
+                   C.recovery_settings(name))
         units = sum(len(v) for v in plan.keep.values())
         out["rules"][rule] = {"comp": 1 - C.count_params(model) / n0, "acc": C.metric(case, model),
                               "units_kept": units,
@@ -143,8 +141,8 @@ def main(argv: list[str] | None = None) -> None:
         f"Ours: pretrained digits seed model, one truncated log-normal gate per neuron/filter "
         f"(library gate sites, log-uniform prior on [e^-20, 1]), {steps}-step variational "
         "fine-tune, one post-training decision per rule from the same posterior (units with "
-        f"ΔlnZ ≥ 0 removed; SNR: E[θ]/std[θ] ≤ 1), physical cut, then {recover} steps of masked "
-        f"distillation fine-tune for every rule. Seeds {seeds}, median [min–max]. Comp. = "
+        f"ΔlnZ ≥ 0 removed; SNR: E[θ]/std[θ] ≤ 1), physical cut, then {recover} steps of the tool's "
+        f"masked distillation recovery (the recipe's settings) for every rule. Seeds {seeds}, median [min–max]. Comp. = "
         "parameter compression % of the whole model. Paper (Table 1, 10 seeds): continuous "
         "pruning after every epoch of training from scratch, then 10 fine-tuning epochs, on "
         "28x28 MNIST / FashionMNIST with larger networks; the paper column gives "

@@ -1,6 +1,6 @@
 """BMR's choice against magnitude's, everything else identical (digits zoo models).
 
-    python bench/choice.py              # MLP and LeNet-5, 5 seeds (about 2-4 min on 2 cores)
+    python -m bench.choice              # MLP and LeNet-5, 5 seeds (about 2-4 min on 2 cores)
 
 For each seed the calibration examples (the training split: statistics, check and recovery
 batches) are reshuffled, so every seed sees a different calibration split; the held-out
@@ -11,7 +11,7 @@ batches) are reshuffled, so every seed sees a different calibration split; the h
 - magnitude: the same rounds keeping the *same number of units per layer* at the same ν (so
   the same widths, hence the same latency), but choosing which by the group L2 norm of the
   unit's weights (Torch-Pruning's magnitude importance) — then the same compensation, cut and
-  recovery (`laplace_reduce(follow=..., ranking="magnitude")`);
+  recovery (`laplace_reduce(ranking=MAGNITUDE.following(rounds))`);
 - magnitude without compensation: the same choice, survivors left as they were.
 
 Reports held-out accuracy per method, and strict wins / ties / losses of BMR per seed
@@ -23,13 +23,10 @@ from __future__ import annotations
 
 import argparse
 import copy
-import sys
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench._report import write_section  # noqa: E402
+from bench.report import write_section
 
 
 class _Timer:
@@ -64,10 +61,10 @@ def _params(model) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-METHODS = {"magnitude + compensation": dict(ranking="magnitude"),
-           "OBS saliency + compensation": dict(ranking="distortion"),
-           "magnitude, no compensation": dict(ranking="magnitude", compensate=False),
-           "BMR's choice, no compensation": dict(ranking="evidence", compensate=False)}
+METHODS = {"magnitude + compensation": ("magnitude", True),  # (Ranking.by, compensate)
+           "OBS saliency + compensation": ("distortion", True),
+           "magnitude, no compensation": ("magnitude", False),
+           "BMR's choice, no compensation": ("evidence", False)}
 
 
 def _header(tol: float, seeds: int) -> list[str]:
@@ -91,7 +88,8 @@ def _one_seed(original, data, config) -> dict:
     import torch
 
     from bmr_compress import compress_
-    from bmr_compress.algorithms.laplace_reduce import laplace_reduce
+    from bmr_compress.algorithms import laplace_reduce
+    from bmr_compress.planning import Ranking
 
     lap = config.laplace
     kw = dict(tolerance=lap.tolerance, rounds=lap.rounds, recovery_steps=lap.recovery_steps,
@@ -99,10 +97,10 @@ def _one_seed(original, data, config) -> dict:
     bmr = compress_(copy.deepcopy(original), data.train_batches, config, task="classification",
                     example=data.heldout_batches[0])
     outs = {"BMR (ΔlnZ)": bmr}
-    for name, extra in METHODS.items():
+    for name, (by, compensate) in METHODS.items():
         torch.manual_seed(config.seed)
-        outs[name] = laplace_reduce(original, data, "classification", follow=bmr.rounds,
-                                    **extra, **kw)
+        ranking = Ranking(by, compensate=compensate).following(bmr.rounds)
+        outs[name] = laplace_reduce(original, data, "classification", ranking=ranking, **kw)
     return outs
 
 
@@ -110,10 +108,10 @@ def _recipe_rows(recipe_name: str, tol: float, seeds: int) -> list[str]:
     import torch
 
     from bmr_compress import CompressConfig
-    from bmr_compress.io.data import make_dataset
-    from bmr_compress.io.recipes import load_recipe
-    from bmr_compress.pipeline.sources import resolve_source
-    from bmr_compress.pipeline.config import LaplaceSettings, PlanConfig, from_recipe
+    from bmr_compress.io import make_dataset
+    from bmr_compress.io import load_recipe
+    from bmr_compress.pipeline import resolve_source
+    from bmr_compress.pipeline import LaplaceSettings, PlanConfig, from_recipe
 
     recipe = load_recipe(recipe_name)
     src = resolve_source(f"zoo:{recipe_name}")
@@ -154,7 +152,7 @@ def _recipe_rows(recipe_name: str, tol: float, seeds: int) -> list[str]:
 
 
 def main() -> None:
-    from bmr_compress.pipeline.config import DEFAULT_TOLERANCE
+    from bmr_compress.pipeline import DEFAULT_TOLERANCE
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--recipes", default="mlp-digits,lenet5-digits")

@@ -20,19 +20,15 @@ from __future__ import annotations
 import copy
 import dataclasses
 import statistics
-import sys
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
 
-import torch  # noqa: E402
-from torch import nn  # noqa: E402
+import torch
+from torch import nn
 
 Scores = dict[str, torch.Tensor]
 
@@ -57,9 +53,9 @@ def strip(batch: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 def load_case(recipe: str, *, max_samples: int | None = None, batch_size: int | None = None,
               seq_len: int | None = None) -> Case:
     """Resolve `zoo:<recipe>` (zoo models train once into the cache) and build its data."""
-    from bmr_compress.io.data import make_dataset
-    from bmr_compress.io.recipes import load_recipe
-    from bmr_compress.pipeline.sources import resolve_source
+    from bmr_compress.io import make_dataset
+    from bmr_compress.io import load_recipe
+    from bmr_compress.pipeline import resolve_source
     from bmr_compress.coupling import discover_groups
 
     r = load_recipe(recipe)
@@ -81,7 +77,7 @@ def fit_posterior(case: Case, steps: int, seed: int, *, spec: Any = None,
                   **overrides: Any) -> tuple[nn.Module, Any]:
     """Wrap a copy of the original and run the library's variational fine-tune (the fit
     stage of `compress --posterior variational`, pipeline.stages.fit_)."""
-    from bmr_compress.pipeline.stages import fit_
+    from bmr_compress.pipeline import fit_
     from bmr_compress.variational import FinetuneSettings
 
     torch.manual_seed(seed)
@@ -136,7 +132,7 @@ def owned_params(groups: list[Any], keep: Mapping[str, list[int]]) -> int:
     return int(sum(g.numel_per_unit * len(keep.get(g.name, range(g.num_units))) for g in groups))
 
 
-def _masks(groups: list[Any], plan: Any, shapes: Mapping[str, torch.Size],
+def keep_masks(groups: list[Any], plan: Any, shapes: Mapping[str, torch.Size],
            weight_masks: Mapping[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
     """Keep-masks over every tensor in `shapes` (all True where the plan prunes nothing)."""
     from bmr_compress.planning import plan_masks
@@ -150,7 +146,7 @@ def bmr_plan(groups: list[Any], unit_scores: Scores, weight_scores: Scores,
     from bmr_compress.planning import PlanSettings, make_plan, unstructured_masks
 
     plan = make_plan(groups, unit_scores, weight_scores, PlanSettings(round_to=1, **plan_kw))
-    masks = _masks(groups, plan, shapes, unstructured_masks(plan, weight_scores))
+    masks = keep_masks(groups, plan, shapes, unstructured_masks(plan, weight_scores))
     return MethodPlan(plan.keep, masks, plan)
 
 
@@ -168,7 +164,7 @@ def equal_plan(groups: list[Any], unit_scores: Scores, weight_scores: Scores,
         settings = PlanSettings(round_to=1, unstructured=False, structured=structured,
                                 max_params=budget)  # smallest budget that still keeps
         plan = make_plan(groups, shifted, None, settings)  # at least BMR's nonzero count
-        masks = _masks(groups, plan, shapes)
+        masks = keep_masks(groups, plan, shapes)
         surviving = sum(int(m.sum()) for m in masks.values())
         if budget is None or surviving >= target:
             break
@@ -198,7 +194,7 @@ def apply_method(plain: nn.Module, groups: list[Any], mp: MethodPlan, *,
     reduced_means=(posterior, calibration batches): first move the survivors to BMR's reduced
     posterior mean (cutting/compensate.py, what `compress` does by default)."""
     from bmr_compress.cutting import apply_plan_
-    from bmr_compress.cutting.compensate import compensate_
+    from bmr_compress.cutting import compensate_
 
     m = copy.deepcopy(plain)
     if reduced_means is not None:
@@ -212,21 +208,30 @@ def apply_method(plain: nn.Module, groups: list[Any], mp: MethodPlan, *,
 # ----------------------------------------------------------------------------- recovery & eval
 
 
+def recovery_settings(recipe: str) -> Any:
+    """The recovery `compress zoo:<recipe>` runs: the recipe's `[settings.laplace]` table
+    (LaplaceSettings; the library defaults where the recipe sets nothing)."""
+    from bmr_compress.io import load_recipe
+    from bmr_compress.pipeline import from_recipe
+
+    r = load_recipe(recipe)
+    return from_recipe(r.settings, r.path).laplace
+
+
 def recover_(model: nn.Module, teacher: nn.Module, batches: list[dict[str, torch.Tensor]],
-             task: str, steps: int, seed: int, lr: float | None = None) -> None:
-    """The tool's recovery (algorithms/recovery.recover_: its loss, lr, schedule and cached
-    teacher targets) with zeros kept at zero, so masked cuts stay cut: the same budget for
-    every method. `lr` None: the tool's default."""
-    from bmr_compress.pipeline.config import LaplaceSettings
-    from bmr_compress.algorithms.recovery import recover_ as tool_recover_
-    from bmr_compress.scoring.unit_posterior import output_scale
+             task: str, steps: int, seed: int, settings: Any = None) -> None:
+    """`steps` of the tool's one recovery (bmr_compress.algorithms.recover_ with the lr,
+    schedule and layer-wise weight of `settings`, a LaplaceSettings; None: the library
+    defaults), zeros kept at zero so masked cuts stay cut. Every method gets the same call."""
+    from bmr_compress.algorithms import recover_ as tool_recover_
+    from bmr_compress.pipeline import LaplaceSettings
+    from bmr_compress.scoring import output_scale
 
     if steps <= 0:
         return
     torch.manual_seed(seed)
-    lap = LaplaceSettings()
-    tool_recover_(model, teacher, batches, task, steps=steps,
-                  lr=lap.recovery_lr if lr is None else lr,
+    lap = settings if settings is not None else LaplaceSettings()
+    tool_recover_(model, teacher, batches, task, steps=steps, lr=lap.recovery_lr,
                   scale=output_scale(teacher, [strip(b) for b in batches[:4]], task),
                   schedule=lap.recovery_schedule, hidden_weight=lap.recovery_hidden_weight,
                   keep_zeros=True)
@@ -237,7 +242,7 @@ def recover_(model: nn.Module, teacher: nn.Module, batches: list[dict[str, torch
 
 def metric(case: Case, model: nn.Module) -> float:
     """Held-out accuracy (classification), cosine agreement (embedding) or R² (regression)."""
-    from bmr_compress.export.metrics import task_metric
+    from bmr_compress.export import task_metric
 
     r = task_metric(case.original, model, case.heldout, case.task)
     comp = r["compressed"]
@@ -255,7 +260,7 @@ def onnx_and_latency(models: Mapping[str, nn.Module], example: dict[str, torch.T
                      work: Path, runs: int = 20) -> dict[str, dict[str, float]]:
     """Export each model to ONNX and time them side by side on onnxruntime CPU (1 thread)."""
     from bmr_compress.export import export_onnx
-    from bmr_compress.export.latency import measure_latency
+    from bmr_compress.export import measure_latency
 
     paths = {}
     for name, m in models.items():
@@ -273,12 +278,6 @@ def count_nonzero(model: nn.Module) -> int:
 
 def count_params(model: nn.Module) -> int:
     return int(sum(p.numel() for p in model.parameters()))
-
-
-# the baseline scorers live in bench/baselines.py; re-exported for the bench scripts
-from bench.baselines import (  # noqa: E402,F401
-    _TP_FFN_ONLY, _wanda, activation_norms, baseline_scores, tp_magnitude,
-)
 
 
 def med_spread(xs: list[float], fmt: str = "{:.3f}") -> str:

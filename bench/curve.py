@@ -1,8 +1,8 @@
 """all-MiniLM-L6-v2 at several tolerances: BMR's choice beside the choices a user would make
 instead, every one given the same treatment after its choice.
 
-    python bench/curve.py                       # tolerances 0.1 (the default) and 0.2
-    python bench/curve.py --tolerances 0.1      # one operating point (~25 min on 2 cores)
+    python -m bench.curve                       # tolerances 0.1 (the default) and 0.2
+    python -m bench.curve --tolerances 0.1      # one operating point (~25 min on 2 cores)
 
 Per tolerance T, on the docstring corpus exactly as `compress zoo:all-minilm-l6-v2` builds it:
 
@@ -11,7 +11,7 @@ Per tolerance T, on the docstring corpus exactly as `compress zoo:all-minilm-l6-
 - magnitude (Torch-Pruning's group L2 importance) and OBS saliency (the compensated output
   error of removing the unit, SparseGPT-style): the same rounds keeping the same number of
   units per layer at the same ν — hence the same widths and latency — then the same
-  compensation, cut and recovery (`laplace_reduce(follow=..., ranking=...)`);
+  compensation, cut and recovery (`laplace_reduce(ranking=Ranking(...).following(rounds))`);
 - Torch-Pruning's own pruner (global group-magnitude ranking, its own per-layer allocation,
   FFN layers only where it cannot follow head reshapes) to BMR's parameter count, then the
   recovery BMR got in total (its pruner has no compensation step);
@@ -30,15 +30,13 @@ import argparse
 import copy
 import dataclasses
 import json
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench._report import write_section  # noqa: E402
-from bench.references import _drop_layers, _embed_onnx, _quality  # noqa: E402
+from bench.report import write_section
+from bench.references import drop_layers, embed_onnx, embedding_quality
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -93,8 +91,9 @@ def _tolerance_rows(cached: _Cache, original, data, task: str, tol: float, defau
     import torch
 
     from bmr_compress import compress_
-    from bmr_compress.algorithms.laplace_reduce import laplace_reduce
-    from bmr_compress.algorithms.recovery import recover_
+    from bmr_compress.algorithms import laplace_reduce
+    from bmr_compress.algorithms import recover_
+    from bmr_compress.planning import Ranking
     from bmr_compress.tasks import strip_labels
 
     lap = defaults.laplace
@@ -108,9 +107,9 @@ def _tolerance_rows(cached: _Cache, original, data, task: str, tol: float, defau
             out = compress_(copy.deepcopy(original), data.train_batches, config, task=task,
                             example=data.heldout_batches[0])
         else:  # the same rounds at BMR's widths and ν, another ranking
+            followed = Ranking(ranking).following(cached.info[f"BMR T={tol:g}"]["rounds"])
             out = laplace_reduce(original, data, task, tolerance=tol, timer=_Timer(),
-                                 follow=cached.info[f"BMR T={tol:g}"]["rounds"], ranking=ranking,
-                                 **kw)
+                                 ranking=followed, **kw)
         rs = [{k: v for k, v in r.items()} for r in out.rounds]
         return out.model, {"rounds": rs, "check_distortion": out.final_distortion}
 
@@ -119,7 +118,7 @@ def _tolerance_rows(cached: _Cache, original, data, task: str, tol: float, defau
     cached(f"OBS saliency T={tol:g}", lambda: run("distortion"), tol)
 
     def tp_row():
-        from bench.common import tp_magnitude
+        from bench.baselines import tp_magnitude
 
         total = lap.rounds * lap.recovery_steps
         target = sum(p.numel() for p in cached.models[f"BMR T={tol:g}"].parameters())
@@ -140,7 +139,7 @@ def _layer_drop_rows(cached: _Cache, original, data, task: str, defaults) -> Non
 
     import torch
 
-    from bmr_compress.algorithms.recovery import distortion, recover_
+    from bmr_compress.algorithms import distortion, recover_
     from bmr_compress.tasks import strip_labels
 
     lap = defaults.laplace
@@ -149,7 +148,7 @@ def _layer_drop_rows(cached: _Cache, original, data, task: str, defaults) -> Non
     check, fit = train[:4], train[4:]
     for n_keep in (3, 4):
         def drop(n_keep=n_keep):
-            cands = {k: _drop_layers(original, list(k))
+            cands = {k: drop_layers(original, list(k))
                      for k in itertools.combinations(range(6), n_keep)}
             choice = min(cands, key=lambda k: distortion(cands[k], original, check, task))
             m = cands[choice]
@@ -166,7 +165,7 @@ def _measure(original, models: dict, held: list) -> tuple[dict, dict, dict]:
     import torch
 
     from bmr_compress.export import export_onnx, quantize_int8
-    from bmr_compress.export.latency import measure_latency
+    from bmr_compress.export import measure_latency
 
     example = {k: v[:1] for k, v in held[0].items()}
     with tempfile.TemporaryDirectory() as tmp:
@@ -177,8 +176,8 @@ def _measure(original, models: dict, held: list) -> tuple[dict, dict, dict]:
         for name in list(paths):
             paths[f"{name} + int8"] = quantize_int8(
                 paths[name], t / f"{Path(paths[name]).stem}.int8.onnx").path
-        e0 = _embed_onnx(paths["original"], held)
-        quality = {k: _quality(e0, _embed_onnx(p, held)) for k, p in paths.items()}
+        e0 = embed_onnx(paths["original"], held)
+        quality = {k: embedding_quality(e0, embed_onnx(p, held)) for k, p in paths.items()}
         seq = 128
         ids = torch.full((1, seq), 1000, dtype=torch.long).numpy()
         feeds = {"input_ids": ids, "attention_mask": ids * 0 + 1, "token_type_ids": ids * 0}
@@ -236,9 +235,9 @@ def _table(lat: dict, quality: dict, sizes: dict, params: dict, info: dict, n_he
 
 def main() -> None:
     from bmr_compress import CompressConfig
-    from bmr_compress.io.data import make_dataset
-    from bmr_compress.io.recipes import load_recipe
-    from bmr_compress.pipeline.sources import resolve_source
+    from bmr_compress.io import make_dataset
+    from bmr_compress.io import load_recipe
+    from bmr_compress.pipeline import resolve_source
     from bmr_compress.tasks import strip_labels
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])

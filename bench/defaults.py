@@ -1,6 +1,6 @@
 """Default settings on the digits zoo models: `bmr-compress compress zoo:NAME` with no option.
 
-    python bench/defaults.py            # MLP and LeNet-5 (about 1-2 min each on 2 cores)
+    python -m bench.defaults            # MLP and LeNet-5 (about 1-2 min each on 2 cores)
 
 Target (issue 12): at least 1.5x fewer parameters at no more than 1 point of held-out
 accuracy lost. Writes the `defaults` section of BENCHMARKS.md.
@@ -15,9 +15,8 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench._report import write_section  # noqa: E402
+from bench.report import write_section
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -35,7 +34,7 @@ def run(recipe: str, out: Path) -> tuple[dict, float]:
 
 
 def main() -> None:
-    from bmr_compress.pipeline.config import DEFAULT_TOLERANCE
+    from bmr_compress.pipeline import DEFAULT_TOLERANCE
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--recipes", default="mlp-digits,lenet5-digits")

@@ -8,7 +8,7 @@ included): per-step times recorded by `finetune` itself. Each repeat runs n+1 st
 drops the first (optimizer-state allocation); medians over all kept steps, the two kinds
 measured alternately in one run. Writes the "finetune_step" section of BENCHMARKS.md.
 
-    python bench/finetune_step.py [--batch 16] [--seq 128] [--steps 4] [--repeats 5] [--threads 1]
+    python -m bench.finetune_step [--batch 16] [--seq 128] [--steps 4] [--repeats 5] [--threads 1]
 """
 
 from __future__ import annotations
@@ -16,19 +16,17 @@ from __future__ import annotations
 import argparse
 import copy
 import statistics
-import sys
 import time
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench._report import write_section  # noqa: E402
-from bmr_compress.tasks import output_tensor  # noqa: E402
-from bmr_compress.variational import FinetuneSettings, finetune, fit_mode_, wrap_  # noqa: E402
-from bmr_compress.variational.objective import hidden_gaussian  # noqa: E402
-from bmr_compress.variational.trainer import adam_kwargs  # noqa: E402
+from bench.report import write_section
+from bmr_compress.tasks import output_tensor
+from bmr_compress.variational import FinetuneSettings, finetune, fit_mode_, wrap_
+from bmr_compress.variational import hidden_gaussian
+from bmr_compress.variational import adam_kwargs
 
 
 def minilm() -> torch.nn.Module:

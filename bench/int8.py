@@ -8,24 +8,21 @@ int8 model (per-channel int8 weights dequantised to float, float activations) sh
 weights' rounding alone costs. No fine-tune, no pruning: this isolates the quantisation. Writes the
 "int8" section of BENCHMARKS.md.
 
-    python bench/int8.py [--runs 20] [--quick]
+    python -m bench.int8 [--runs 20] [--quick]
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
-import sys
 import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
 
-from bench._report import write_section  # noqa: E402
+from bench.report import write_section
 
 TARGETS = {"cosine": 0.99, "nn": 0.95, "size_ratio": 3.5}
 DEFAULT = "int8 blockwise (the tool's default)"
@@ -33,7 +30,7 @@ DEFAULT = "int8 blockwise (the tool's default)"
 
 def embed(path: Path, enc: dict[str, np.ndarray], batch: int = 32) -> np.ndarray:
     """Mean-pooled, L2-normalised embeddings (the model's sentence-transformers pipeline)."""
-    from bmr_compress.export.latency import cpu_session
+    from bmr_compress.export import cpu_session
 
     sess = cpu_session(path, threads=2)
     names = [i.name for i in sess.get_inputs()]
@@ -116,9 +113,9 @@ def main() -> None:
     import torch
 
     from bmr_compress.export import export_onnx, measure_latency, quantize_int8
-    from bmr_compress.export.validation import make_inputs_like
-    from bmr_compress.io.corpus import docstring_corpus
-    from bmr_compress.pipeline.sources import resolve_source
+    from bmr_compress.export import make_inputs_like
+    from bmr_compress.io import docstring_corpus
+    from bmr_compress.pipeline import resolve_source
 
     src = resolve_source("zoo:all-minilm-l6-v2")
     _, held = docstring_corpus(1024)  # the recipe's corpus: its held-out split is the tool's

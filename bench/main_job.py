@@ -3,8 +3,8 @@ recommended artefact against every reference measured in the same run (is it dom
 its speed-up and held-out retrieval retention against the target (>= 1.8x at >= 99 %), its
 int8 file against the fp32 original, and the wall time (<= 15 min on 2 cores).
 
-    python bench/main_job.py                 # runs the main job into bench/out/minilm
-    python bench/main_job.py --from out/minilm   # reads an existing run's report.json
+    python -m bench.main_job                 # runs the main job into bench/out/minilm
+    python -m bench.main_job --from out/minilm   # reads an existing run's report.json
 
 Writes the `main_job` section of BENCHMARKS.md with the figures reached, honestly, met or not.
 """
@@ -18,9 +18,8 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench._report import write_section  # noqa: E402
+from bench.report import write_section
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -7,7 +7,7 @@ zero → refit → rescore (planning.iterate_bmr with the library's refit). Accu
 posterior-mean network and the pruned fraction are reported per round next to the paper's
 FashionMNIST figures. Writes the "markovic" section of BENCHMARKS.md.
 
-    python bench/markovic.py [--quick] [--seeds 0]
+    python -m bench.markovic [--quick] [--seeds 0]
 """
 
 from __future__ import annotations
@@ -15,14 +15,11 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import logging
-import sys
-from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench import common as C  # noqa: E402
-from bench._report import write_section  # noqa: E402
+from bench import common as C
+from bench.report import write_section
 
 MODELS = ("mlp-digits", "lenet5-digits", "vit-digits", "mixer-digits")
 # FashionMNIST, Config B (50 epochs), BMR-S&S: accuracy and pruned fraction at epochs

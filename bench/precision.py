@@ -13,7 +13,7 @@ texts (never used for statistics) against the predicted one, and ORT CPU latency
 batch 1, sequence 128, interleaved). The size-recommended artefact is the smallest whose
 measured check distortion is within 0.02 (cosine ≥ 0.99): a choice made on calibration data.
 
-    nice python bench/precision.py [--runs 20] [--tolerances 0.005,0.01,0.02] [--no-write]
+    nice python -m bench.precision [--runs 20] [--tolerances 0.005,0.01,0.02] [--no-write]
 """
 
 from __future__ import annotations
@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import copy
 import logging
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -29,11 +28,9 @@ from typing import Any
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
 
-from bench._report import write_section  # noqa: E402
-from bench.int8 import compare, embed  # noqa: E402
+from bench.report import write_section
+from bench.int8 import compare, embed
 
 CHECK_BAR = 0.02  # measured check distortion 2(1 − cos) of a recommendable artefact
 SEQ = 128
@@ -58,15 +55,15 @@ def _pairs(n: int) -> Any:
     """Held-out query/document pairs (first sentence -> rest) of the corpus' held-out bucket."""
     if n <= 0:
         return None
-    from bmr_compress.export.retrieval import make_pairs
-    from bmr_compress.io.corpus import split_texts
+    from bmr_compress.export import make_pairs
+    from bmr_compress.io import split_texts
 
     return make_pairs(split_texts("heldout"), max_pairs=n)
 
 
 def _retrieval(path: Path, tok: Any, pairs: Any) -> dict[str, float]:
-    from bmr_compress.export.latency import cpu_session
-    from bmr_compress.export.retrieval import onnx_encoder, retrieval_metrics
+    from bmr_compress.export import cpu_session
+    from bmr_compress.export import onnx_encoder, retrieval_metrics
 
     encode, names = onnx_encoder(cpu_session(path, threads=2))
     return retrieval_metrics(encode, tok, pairs, input_names=names)
@@ -85,16 +82,16 @@ def main() -> None:
 
     import torch
 
-    from bmr_compress.bmr.precision import GRIDS, KEEP
+    from bmr_compress.bmr import GRIDS, KEEP
     from bmr_compress.export import export_onnx, measure_latency
-    from bmr_compress.export.mixed_precision import match_initializers, quantize_mixed
-    from bmr_compress.export.validation import make_inputs_like
-    from bmr_compress.io.corpus import docstring_corpus
-    from bmr_compress.pipeline.sources import resolve_source
-    from bmr_compress.scoring.precision import (
+    from bmr_compress.export import match_initializers, quantize_mixed
+    from bmr_compress.export import make_inputs_like
+    from bmr_compress.io import docstring_corpus
+    from bmr_compress.pipeline import resolve_source
+    from bmr_compress.scoring import (
         calibrate_precisions, matrix_posteriors, round_weights_,
     )
-    from bmr_compress.scoring.unit_posterior import output_scale
+    from bmr_compress.scoring import output_scale
 
     torch.set_num_threads(1)
     src = resolve_source("zoo:all-minilm-l6-v2")
@@ -150,7 +147,7 @@ def main() -> None:
             r = {"bytes": p.stat().st_size, **compare(ref_held, embed(p, enc_held)),
                  "check_distortion": float(np.mean(2 * (1 - (ref_check * got_check).sum(1))))}
             if ref_ret is not None:
-                from bmr_compress.export.retrieval import retention
+                from bmr_compress.export import retention
 
                 r["retention"] = retention(_retrieval(p, tok, pairs), ref_ret)
             counts = {}
@@ -161,7 +158,7 @@ def main() -> None:
                 r.update(info[name])
                 tmp = copy.deepcopy(model)
                 round_weights_(tmp, info[name]["grids"])
-                from bmr_compress.algorithms.recovery import distortion
+                from bmr_compress.algorithms import distortion
                 r["torch_distortion"] = distortion(tmp, model, _batches(tok, check_texts, 16),
                                                    "embedding", scale)
             rows[name] = r

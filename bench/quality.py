@@ -10,7 +10,7 @@ same masked distillation recovery → held-out metric, with strict wins / ties /
 seed. ONNX bytes and ORT CPU latency are measured on the seed-0 models, side by side. Writes
 the "quality" section of BENCHMARKS.md.
 
-    python bench/quality.py [--quick] [--models mlp-digits,...] [--seeds 0,1,2,3,4]
+    python -m bench.quality [--quick] [--models mlp-digits,...] [--seeds 0,1,2,3,4]
 """
 
 from __future__ import annotations
@@ -19,16 +19,15 @@ import argparse
 import json
 import logging
 import statistics
-import sys
 import tempfile
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench import common as C  # noqa: E402
-from bench._report import write_section  # noqa: E402
-from bmr_compress.pipeline.stages import CALIBRATION_BATCHES  # noqa: E402
+from bench import baselines as B
+from bench import common as C
+from bench.report import write_section
+from bmr_compress.pipeline import CALIBRATION_BATCHES
 
 MODELS = ("mlp-digits", "lenet5-digits", "mixer-digits", "vit-digits", "all-minilm-l6-v2")
 BASELINES = ("magnitude", "snr", "wanda", "random", "tp_magnitude")
@@ -49,24 +48,25 @@ def profile(name: str, quick: bool) -> dict[str, Any]:
     The variational fine-tune uses the recipe's own steps and mean learning rate (what
     `bmr-compress compress zoo:NAME --posterior variational` runs); only MiniLM's calibration
     data are smaller in --quick (short sequences, so its 120 steps take about 45 s per seed on
-    2 CPU cores). The recovery budget is one list per model: digits models get 20 steps (100
-    full), fixed beforehand; for MiniLM 0 or 4 steps at lr 1e-5 are tried on the first seed's
-    BMR model and the one that is better on calibration batches held back from the recovery
-    is used for every method and seed (`choose_recovery`).
+    2 CPU cores). The recovery is the tool's, with the recipe's settings (what `compress
+    zoo:NAME` runs). Its budget is one list per model: digits models get 20 steps (100 full),
+    fixed beforehand; for MiniLM 0 or 4 steps are tried on the first seed's BMR model and the
+    one that is better on calibration batches held back from the recovery is used for every
+    method and seed (`choose_recovery`).
     """
-    from bmr_compress.io.recipes import load_recipe
-    from bmr_compress.pipeline.config import from_recipe
+    from bmr_compress.io import load_recipe
+    from bmr_compress.pipeline import from_recipe
 
     r = load_recipe(name)
     ft = from_recipe(r.settings, r.path).finetune
-    fit = dict(steps=ft.steps, lr=ft.lr)
+    fit = dict(steps=ft.steps, lr=ft.lr, recovery=C.recovery_settings(name))
     if name == "all-minilm-l6-v2":
         data = dict(max_samples=512, seq_len=32, batch_size=8) if quick else \
             dict(max_samples=1024, seq_len=128, batch_size=32)
-        return dict(fit, recover=(0, 4), recover_lr=1e-5, data=data, tp_iters=4 if quick else 10,
+        return dict(fit, recover=(0, 4), data=data, tp_iters=4 if quick else 10,
                     onnx=("bmr", "tp_magnitude") if quick else None,
                     max_seeds=3 if quick else None)  # ~2.5 min per seed on 2 idle cores
-    return dict(fit, recover=(20,) if quick else (100,), recover_lr=1e-3, data={},
+    return dict(fit, recover=(20,) if quick else (100,), data={},
                 tp_iters=8 if quick else 12, onnx=None, max_seeds=None)
 
 
@@ -91,7 +91,7 @@ def choose_recovery(case: C.Case, model: Any, prof: dict[str, Any], seed: int) -
     scores = {}
     for n in cands:
         m = copy.deepcopy(model)
-        C.recover_(m, case.original, fit, case.task, n, seed, lr=prof["recover_lr"])
+        C.recover_(m, case.original, fit, case.task, n, seed, prof["recovery"])
         scores[n] = C.metric(probe, m)
     return max(cands, key=lambda n: (scores[n], -n)), scores
 
@@ -118,7 +118,7 @@ def run_model(name: str, seeds: list[int], prof: dict[str, Any], fit_kw: dict[st
         ref = C.bmr_plan(case.groups, score_groups(case.groups, post), score_weights(post), shapes)
         plans = {"bmr": ref}
         for b in BASELINES[:-1]:
-            units, weights = C.baseline_scores(b, case.groups, post, plain, case.train[:8], seed)
+            units, weights = B.baseline_scores(b, case.groups, post, plain, case.train[:8], seed)
             plans[b] = C.equal_plan(case.groups, units, weights, shapes, ref)
         zeroed = {m: C.apply_method(plain, case.groups, p)[0] for m, p in plans.items()}
         moved = {m: C.apply_method(plain, case.groups, plans[m], reduced_means=(post, calib))[0]
@@ -127,9 +127,9 @@ def run_model(name: str, seeds: list[int], prof: dict[str, Any], fit_kw: dict[st
                   **{m: v for m, v in zeroed.items() if m != "bmr"},
                   **{f"{m}_comp": moved[m] for m in COMPENSATED}}
         try:
-            models["tp_magnitude"] = C.tp_magnitude(plain, example, C.count_nonzero(models["bmr"]),
+            models["tp_magnitude"] = B.tp_magnitude(plain, example, C.count_nonzero(models["bmr"]),
                                                     iters=prof["tp_iters"])
-            res["tp_ffn_only"] = C._TP_FFN_ONLY.get(type(plain).__name__, False)
+            res["tp_ffn_only"] = B.TP_FFN_ONLY.get(type(plain).__name__, False)
         except Exception as e:  # noqa: BLE001 - reported in the table, never hidden
             res["tp_error"] = f"{type(e).__name__}: {str(e)[:160]}"
         if "recover_steps" not in res:  # chosen once, on the first seed's BMR model
@@ -137,7 +137,7 @@ def run_model(name: str, seeds: list[int], prof: dict[str, Any], fit_kw: dict[st
                                                                          seed)
         for m, model in models.items():
             C.recover_(model, case.original, case.train, case.task, res["recover_steps"], seed,
-                       lr=prof["recover_lr"])
+                       prof["recovery"])
             r = res["runs"].setdefault(m, {"metric": [], "params": [], "nonzero": []})
             r["metric"].append(C.metric(case, model))
             r["params"].append(C.count_params(model))
@@ -289,8 +289,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         f"input-coupled posterior, {CALIBRATION_BATCHES} calibration batches; "
         "bmr_compress/bmr/correlated.py) for BMR and for magnitude, SNR and Wanda ('+ reduced "
         "means' rows; the plain rows are each rule's choice alone, zeroed), then the same "
-        f"masked distillation recovery (Adam lr {p0['recover_lr']} on digits, {pm['recover_lr']} "
-        f"on MiniLM; steps per model, chosen on calibration data: {rec}). "
+        "masked distillation recovery, the tool's own (algorithms.recover_ with the recipe's "
+        f"settings: Adam lr {p0['recovery'].recovery_lr:g} on digits, "
+        f"{pm['recovery'].recovery_lr:g} on MiniLM; steps per model, chosen on calibration data: {rec}). "
         f"Seeds {seeds} (MiniLM: the first {pm['max_seeds'] or len(seeds)}); metric shown as median [min–max] over seeds; wins / ties / losses are "
         "strict per seed (equal metrics are ties). ONNX bytes (sparse initialisers where "
         "smaller) and onnxruntime CPU latency (1 thread, interleaved, median of 20 runs) are "

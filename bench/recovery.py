@@ -1,7 +1,7 @@
 """Recovery side by side at one cut of all-MiniLM-L6-v2: output-only vs layer-wise loss, on the
 standard-library docstrings vs the broader installed-documentation corpus (issue #26).
 
-    nice -n 10 python bench/recovery.py --steps 150 --batch-size 16
+    nice -n 10 python -m bench.recovery --steps 150 --batch-size 16
 
 1. One cut, shared by every row: a laplace round at the default tolerance (no recovery) gives
    ν; the cut then keeps the default main job's FFN widths (BENCHMARKS.md main_job) at that
@@ -21,15 +21,13 @@ import argparse
 import copy
 import json
 import re
-import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import torch  # noqa: E402
+import torch
 
-from bench._report import write_section  # noqa: E402
+from bench.report import write_section
 
 DEFAULT_WIDTHS = [552, 688, 544, 712, 808, 1064]  # main_job, commit 4d5b6ce
 ROWS = (("docstrings", 0.0), ("docs", 0.0), ("docs", 1.0), ("docstrings", 1.0))
@@ -67,10 +65,10 @@ def _retrieval(q: torch.Tensor, d: torch.Tensor) -> tuple[float, float]:
 
 
 def _cut(src, data, work: Path) -> torch.nn.Module:
-    from bmr_compress.algorithms.laplace_reduce import laplace_reduce
+    from bmr_compress.algorithms import laplace_reduce
     from bmr_compress.coupling import discover_groups
     from bmr_compress.cutting import apply_plan_
-    from bmr_compress.planning.plan import Plan, PlanSettings
+    from bmr_compress.planning import FollowedRound, Plan, PlanSettings, Ranking
 
     path = work / "cut.pt"
     model = copy.deepcopy(src.model).eval()
@@ -93,7 +91,8 @@ def _cut(src, data, work: Path) -> torch.nn.Module:
     counts = {f"layers.{i}.ffn": w for i, w in enumerate(DEFAULT_WIDTHS)}
     counts |= {f"layers.{i}.attention": 12 for i in range(len(DEFAULT_WIDTHS))}
     out = laplace_reduce(src.model, data, "embedding", tolerance=0.1, rounds=1, recovery_steps=0,
-                         lr=1e-4, round_to=8, timer=_T(), follow=[{"nu": nu, "kept_counts": counts}])
+                         lr=1e-4, round_to=8, timer=_T(),
+                         ranking=Ranking(follow=(FollowedRound(nu, counts),)))
     keep = {g: list(k) for g, k in out.keep.items()}
     work.mkdir(parents=True, exist_ok=True)
     torch.save({"keep": keep, "state": out.model.state_dict(), "nu": nu}, path)
@@ -112,12 +111,12 @@ def main() -> None:
     ap.add_argument("--work", type=Path, default=Path("/tmp/bmr-recovery-bench"))
     ap.add_argument("--write", action="store_true", help="write the section of BENCHMARKS.md")
     a = ap.parse_args()
-    from bmr_compress.io.data import make_dataset
-    from bmr_compress.io.package_corpus import docs_corpus
-    from bmr_compress.algorithms.laplace_reduce import _split
-    from bmr_compress.algorithms.recovery import distortion, recover_
-    from bmr_compress.pipeline.sources import resolve_source
-    from bmr_compress.algorithms.targets import TeacherTargets
+    from bmr_compress.io import make_dataset
+    from bmr_compress.io import docs_corpus
+    from bmr_compress.algorithms import split_calibration
+    from bmr_compress.algorithms import distortion, recover_
+    from bmr_compress.pipeline import resolve_source
+    from bmr_compress.algorithms import TeacherTargets
 
     torch.set_num_threads(2)
     src = resolve_source("zoo:all-minilm-l6-v2")
@@ -127,7 +126,7 @@ def main() -> None:
     cut = _cut(src, old, a.work)
     log = {"cut_seconds": time.perf_counter() - t0}
     # check batches: the first calibration batches of the main job's data, never trained on
-    check = _split(old.train_batches).check
+    check = split_calibration(old.train_batches).check
     check_ids = {tuple(r[m.bool()].tolist()) for b in check for r, m in zip(b["input_ids"], b["attention_mask"])}
 
     def train_batches(kind: str) -> list[dict]:

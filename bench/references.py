@@ -1,6 +1,6 @@
 """The main job's result next to what a user would do instead, measured side by side.
 
-    python bench/references.py --from bench/out/minilm   # a finished `compress` output
+    python -m bench.references --from bench/out/minilm   # a finished `compress` output
     (run_all.py runs it after main_job.py in full mode)
 
 Rows, all on the same held-out docstrings and timed interleaved in one onnxruntime run
@@ -19,19 +19,17 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import sys
 import tempfile
 from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench._report import write_section  # noqa: E402
+from bench.report import write_section
 
 
-def _embed_onnx(path: Path, batches: list[dict]) -> np.ndarray:
-    from bmr_compress.export.latency import cpu_session
+def embed_onnx(path: Path, batches: list[dict]) -> np.ndarray:
+    from bmr_compress.export import cpu_session
 
     s = cpu_session(path, threads=2)
     names = [i.name for i in s.get_inputs()]
@@ -45,7 +43,7 @@ def _embed_onnx(path: Path, batches: list[dict]) -> np.ndarray:
     return np.concatenate(out)
 
 
-def _quality(e0: np.ndarray, e: np.ndarray) -> tuple[float, float]:
+def embedding_quality(e0: np.ndarray, e: np.ndarray) -> tuple[float, float]:
     cos = float((e0 * e).sum(1).mean())
 
     def nearest(x: np.ndarray) -> np.ndarray:
@@ -56,7 +54,7 @@ def _quality(e0: np.ndarray, e: np.ndarray) -> tuple[float, float]:
     return cos, float((nearest(e0) == nearest(e)).mean())
 
 
-def _drop_layers(original, keep: list[int]):
+def drop_layers(original, keep: list[int]):
     import torch
 
     m = copy.deepcopy(original)
@@ -69,11 +67,11 @@ def main() -> None:
     import torch
 
     from bmr_compress.export import export_onnx, quantize_int8
-    from bmr_compress.export.latency import measure_latency
-    from bmr_compress.io.data import make_dataset
-    from bmr_compress.io.recipes import load_recipe
-    from bmr_compress.pipeline.sources import resolve_source
-    from bmr_compress.algorithms.recovery import distortion, recover_
+    from bmr_compress.export import measure_latency
+    from bmr_compress.io import make_dataset
+    from bmr_compress.io import load_recipe
+    from bmr_compress.pipeline import resolve_source
+    from bmr_compress.algorithms import distortion, recover_
     from bmr_compress.tasks import strip_labels
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -93,7 +91,7 @@ def main() -> None:
     train = [strip_labels(b) for b in data.train_batches]
     check, fit = train[:4], train[4:]
     held = [strip_labels(b) for b in data.heldout_batches]
-    cands = {str(k): _drop_layers(original, k) for k in ([0, 2, 4], [1, 3, 5])}
+    cands = {str(k): drop_layers(original, k) for k in ([0, 2, 4], [1, 3, 5])}
     choice = min(cands, key=lambda k: distortion(cands[k], original, check, "embedding"))
     dropped = cands[choice]
     rec = recover_(dropped, original, fit, "embedding", steps=steps, lr=lr)
@@ -106,8 +104,8 @@ def main() -> None:
         paths["BMR (this tool)"] = args.src / "model.onnx"
         if (args.src / "model.int8.onnx").is_file():
             paths["BMR + int8"] = args.src / "model.int8.onnx"
-        e0 = _embed_onnx(paths["original fp32"], held)
-        quality = {k: _quality(e0, _embed_onnx(p, held)) for k, p in paths.items()}
+        e0 = embed_onnx(paths["original fp32"], held)
+        quality = {k: embedding_quality(e0, embed_onnx(p, held)) for k, p in paths.items()}
         seq = 128
         ids = np.full((1, seq), 1000, dtype=np.int64)
         feeds = {"input_ids": ids, "attention_mask": np.ones_like(ids),

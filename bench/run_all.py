@@ -1,10 +1,10 @@
 """Run every benchmark and regenerate BENCHMARKS.md; prints the wall time of each and the total.
 
-    python bench/run_all.py --quick     # a few minutes on 2 CPU cores (target ≤ 20 min)
-    python bench/run_all.py             # full settings, meant for a GPU/large machine
+    python -m bench.run_all --quick     # a few minutes on 2 CPU cores (target ≤ 20 min)
+    python -m bench.run_all             # full settings, meant for a GPU/large machine
 
 Each script runs in its own process (a failure is reported and the others still run) and
-writes its own section of BENCHMARKS.md through bench._report.write_section.
+writes its own section of BENCHMARKS.md through bench.report.write_section.
 """
 
 from __future__ import annotations
@@ -18,7 +18,6 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
 
 SCRIPTS = ("quality", "markovic", "bmrs", "beckers", "speed", "int8", "defaults", "choice")
 FULL_ONLY = ("main_job", "references", "curve")  # the README main job (~12 min), its references
@@ -36,7 +35,7 @@ def main() -> int:
     times, failed = {}, []
     for name in args.only.split(","):
         quick = ["--quick"] if args.quick and name not in FULL_ONLY else []
-        cmd = [sys.executable, f"bench/{name}.py"] + quick
+        cmd = [sys.executable, "-m", f"bench.{name}"] + quick
         print(f"== {' '.join(cmd[1:])}", flush=True)
         t = time.perf_counter()
         rc = subprocess.run(cmd, cwd=ROOT).returncode
@@ -48,7 +47,7 @@ def main() -> int:
     ru = resource.getrusage(resource.RUSAGE_CHILDREN)
     cpu = ru.ru_utime + ru.ru_stime  # CPU seconds of every script: load on a shared machine
     load = os.getloadavg()[1]  # inflates wall time but not this
-    from bench._report import write_section
+    from bench.report import write_section
 
     rows = "\n".join(f"| bench/{n}.py | {s:.0f} |" for n, s in times.items())
     write_section("run_all", (

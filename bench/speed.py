@@ -3,7 +3,7 @@ the two micro-benchmarks written by others (bench/bmr_throughput.py, bench/finet
 run as subprocesses with quick or full settings. Writes the "speed" section (the
 micro-benchmarks write their own sections).
 
-    python bench/speed.py [--quick] [--skip-micro]
+    python -m bench.speed [--quick] [--skip-micro]
 """
 
 from __future__ import annotations
@@ -18,10 +18,9 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
 
-from bench import common as C  # noqa: E402
-from bench._report import write_section  # noqa: E402
+from bench import common as C
+from bench.report import write_section
 
 
 def compress_report(source: str, steps: int, extra: dict[str, Any]) -> dict[str, Any]:
@@ -57,9 +56,9 @@ def micro(quick: bool) -> list[str]:
     """Run the throughput and fine-tune-step scripts; return a line per script."""
     py = sys.executable
     jobs = {
-        "bmr_throughput": [py, "bench/bmr_throughput.py"]
+        "bmr_throughput": [py, "-m", "bench.bmr_throughput"]
         + (["--n", "5000000", "--repeats", "3", "--no-write"] if quick else []),
-        "finetune_step": [py, "bench/finetune_step.py"]
+        "finetune_step": [py, "-m", "bench.finetune_step"]
         + (["--batch", "4", "--seq", "32", "--steps", "2", "--repeats", "3", "--no-write"]
            if quick else []),
     }
@@ -70,7 +69,7 @@ def micro(quick: bool) -> list[str]:
         status = "ok" if r.returncode == 0 else f"FAILED (exit {r.returncode}): {r.stderr.strip()[-300:]}"
         where = ("smoke run only: its section keeps the full-setting figures" if quick
                  else "see its own section")
-        lines.append(f"- `{' '.join(cmd[1:])}`: {status}, {sw():.0f} s ({where})")
+        lines.append(f"- `python {' '.join(cmd[1:])}`: {status}, {sw():.0f} s ({where})")
     return lines
 
 

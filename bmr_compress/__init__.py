@@ -26,6 +26,7 @@ _LAZY = {
     "PlanConfig": "bmr_compress.pipeline.config",
     "ExportConfig": "bmr_compress.pipeline.config",
     "compress": "bmr_compress.pipeline.commands",
+    "Ranking": "bmr_compress.planning.ranking",
 }
 
 

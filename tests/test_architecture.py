@@ -13,7 +13,8 @@ Layers, top to bottom. A module may import its own subpackage and any subpackage
     zoo            (registers its source kinds in io and its adapters in coupling)
     algorithms     (Laplace reduction, recovery, variational refit rounds, operating points)
     cutting        (compensate, cut for real, the transformers layout, save and reload)
-    planning       (which units go: one-shot plan, sequential reduction, iterative rounds)
+    planning       (which units go: one-shot plan, sequential reduction, the ranking object,
+                    iterative rounds)
     scoring        (ΔlnZ per weight and unit, the Laplace row posteriors, tolerance, unit costs)
     coupling       (which slices each unit owns: family adapters, traced graph)
     export
@@ -22,6 +23,10 @@ Layers, top to bottom. A module may import its own subpackage and any subpackage
     bmr, layers    (pure math; layer types)
     tasks
     errors, bmr_compress/__init__.py (the version)
+
+bench/ (the benchmarks, a client of the package) is checked too: no `sys.path` edits, no
+circle between its files, no private names across them, and bmr_compress only through its
+public faces (see FACES below).
 """
 
 from __future__ import annotations
@@ -265,3 +270,142 @@ def test_files_and_functions_stay_small() -> None:
                     long_functions.append(f"{path.relative_to(ROOT.parent)}:{node.lineno} "
                                           f"{node.name}: {n} lines")
     assert not long_files and not long_functions, "\n".join(long_files + long_functions)
+
+
+# ----------------------------------------------------------------------------- bench/
+#
+# The benchmarks are a client of the package: they run as `python -m bench.NAME` from the
+# repository root and see bmr_compress only through its public faces, i.e.
+#   `bmr_compress` itself: the names its __init__ binds or resolves lazily (`_LAZY`), and
+#   `bmr_compress.X` for a direct subpackage X: the names X/__init__.py binds or resolves
+#       lazily (`_EXPORTS`); for a top-level module X (tasks, errors, layers): its public names;
+# never a deeper module (`bmr_compress.algorithms.recovery`) and never a name starting with `_`.
+
+BENCH = ROOT.parent / "bench"
+
+
+def _exported(init: Path) -> frozenset[str]:
+    """Names a package's __init__.py binds at top level, plus the string keys of its lazy
+    tables (a dict literal assigned to a top-level name, resolved by __getattr__)."""
+    names: set[str] = set()
+    for node in ast.parse(init.read_text(encoding="utf-8")).body:
+        if isinstance(node, (ast.Import, ast.ImportFrom)):
+            names.update((a.asname or a.name).split(".")[0] for a in node.names)
+        elif isinstance(node, (ast.FunctionDef, ast.ClassDef)):
+            names.add(node.name)
+        elif isinstance(node, (ast.Assign, ast.AnnAssign)):
+            targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+            names.update(t.id for t in targets if isinstance(t, ast.Name))
+            if isinstance(node.value, ast.Dict):
+                names.update(k.value for k in node.value.keys
+                             if isinstance(k, ast.Constant) and isinstance(k.value, str))
+    return frozenset(n for n in names if not n.startswith("_"))
+
+
+def _public_faces() -> dict[str, frozenset[str] | None]:
+    """Importable face -> the names it offers (None: every name not starting with `_`)."""
+    children = {p.name for p in ROOT.iterdir() if (p / "__init__.py").is_file()}
+    faces: dict[str, frozenset[str] | None] = {PKG: _exported(ROOT / "__init__.py") | children}
+    for p in ROOT.iterdir():
+        if p.name in children:
+            faces[f"{PKG}.{p.name}"] = _exported(p / "__init__.py")
+        elif p.suffix == ".py" and not p.name.startswith("_"):
+            faces[f"{PKG}.{p.stem}"] = None
+    return faces
+
+
+FACES = _public_faces()
+
+
+def _bench_files() -> dict[str, Path]:
+    return {("bench" if p.stem == "__init__" else f"bench.{p.stem}"): p
+            for p in sorted(BENCH.glob("*.py"))}
+
+
+@dataclass(frozen=True)
+class BenchImport:
+    src: str  # the importing bench module
+    module: str  # the module named by the statement (absolute)
+    name: str | None  # `from module import name`; None for `import module`
+    where: str
+
+    def __str__(self) -> str:
+        return f"{self.where}: " + (f"from {self.module} import {self.name}" if self.name
+                                    else f"import {self.module}")
+
+
+def _bench_imports() -> list[BenchImport]:
+    out = []
+    for mod, path in _bench_files().items():
+        tree = ast.parse(path.read_text(encoding="utf-8"), str(path))
+        skip = _type_checking_nodes(tree)
+        for node in ast.walk(tree):
+            if id(node) in skip:
+                continue
+            where = f"{path.relative_to(ROOT.parent)}:{getattr(node, 'lineno', 0)}"
+            if isinstance(node, ast.Import):
+                out += [BenchImport(mod, a.name, None, where) for a in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                module = node.module or ""
+                if node.level:  # relative: within bench
+                    module = ".".join(["bench"] + ([module] if module else []))
+                out += [BenchImport(mod, module, a.name, where) for a in node.names]
+    return out
+
+
+BENCH_IMPORTS = _bench_imports()
+
+
+def _bench_target(imp: BenchImport) -> str | None:
+    """The bench module an import reaches (`from bench import common` -> bench.common)."""
+    files = _bench_files()
+    if imp.module.split(".")[0] != "bench":
+        return None
+    if imp.name and f"{imp.module}.{imp.name}" in files:
+        return f"{imp.module}.{imp.name}"
+    return imp.module if imp.module in files else None
+
+
+def test_bench_does_not_edit_sys_path() -> None:
+    bad = []
+    for path in _bench_files().values():
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if (isinstance(node, ast.Attribute) and node.attr == "path"
+                    and isinstance(node.value, ast.Name) and node.value.id == "sys"):
+                bad.append(f"{path.relative_to(ROOT.parent)}:{node.lineno}: sys.path")
+    assert not bad, ("bench/ runs as `python -m bench.NAME` from the repository root; no "
+                     "sys.path edits:\n  " + "\n  ".join(bad))
+
+
+def test_bench_imports_only_public_faces() -> None:
+    bad = []
+    for imp in BENCH_IMPORTS:
+        if imp.module.split(".")[0] != PKG:
+            continue
+        if imp.module not in FACES:
+            bad.append(f"{imp}  [below the package faces]")
+            continue
+        offered = FACES[imp.module]
+        if imp.name is None:
+            continue
+        if imp.name.startswith("_") or (offered is not None and imp.name not in offered):
+            bad.append(f"{imp}  [not a name {imp.module} exports]")
+    assert not bad, ("bench/ may import only bmr_compress's public faces (the package and its "
+                     "subpackages' exported names; re-export what is missing):\n  "
+                     + "\n  ".join(bad))
+
+
+def test_bench_imports_no_private_names_of_other_bench_files() -> None:
+    bad = [str(imp) for imp in BENCH_IMPORTS
+           if _bench_target(imp) not in (None, imp.src)
+           and (any(p.startswith("_") and p != "__init__" for p in imp.module.split("."))
+                or (imp.name or "").startswith("_"))]
+    assert not bad, "private bench names imported across files:\n  " + "\n  ".join(bad)
+
+
+def test_no_import_cycle_between_bench_files() -> None:
+    edges = [Edge(imp.src, target, imp.name, imp.where, imp.module) for imp in BENCH_IMPORTS
+             if (target := _bench_target(imp)) is not None and target != "bench"]
+    found = _cycles(edges)
+    lines = [f"cycle: {', '.join(c)}" for c in found]
+    assert not found, "import cycles between bench files:\n" + "\n".join(lines)

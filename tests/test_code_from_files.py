@@ -26,10 +26,11 @@ BUILTIN_CODE = {"eval", "exec", "compile"}
 SITES: dict[tuple[str, str], str] = {
     ("bmr_compress/__init__.py", "__getattr__"): "literal table _LAZY (the package's own modules)",
     ("bmr_compress/cli/main.py", "get_command"): "literal table of commands (the CLI's own modules)",
+    ("bmr_compress/algorithms/__init__.py", "__getattr__"): "literal table _EXPORTS (own submodules)",
     ("bmr_compress/export/__init__.py", "__getattr__"): "literal table _EXPORTS (own submodules)",
     ("bmr_compress/io/__init__.py", "__getattr__"): "literal table _EXPORTS (own submodules)",
     ("bmr_compress/zoo/__init__.py", "__getattr__"): "literal table _EXPORTS (own submodules)",
-    ("bmr_compress/export/checks.py", "check_st_embeddings"): "literal package names",
+    ("bmr_compress/export/validation_checks.py", "check_st_embeddings"): "literal package names",
     ("bmr_compress/io/userdata.py", "load_hf_dataset"): "literal package name",
     ("bmr_compress/cutting/saved.py", "builder_from_ref"):
         "registry: reached only through trusted_builder (PROJECT_BUILDERS or register_architecture) "

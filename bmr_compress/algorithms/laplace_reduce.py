@@ -31,6 +31,7 @@ import torch
 from torch import nn
 
 from bmr_compress.io.checks import count_params
+from bmr_compress.planning.ranking import EVIDENCE, FollowedRound, Ranking
 
 log = logging.getLogger(__name__)
 
@@ -138,7 +139,7 @@ def _bisect_near(measured: Any, budget: float, near: float) -> tuple[float, floa
 
 
 @dataclass
-class _Batches:
+class CalibrationBatches:
     """The calibration batches split by use: `check` only judges distortion, `stats` give A
     and b, `labelled` (with labels, when given) train the recovery."""
 
@@ -147,14 +148,16 @@ class _Batches:
     labelled: list[Mapping[str, Any]]
 
 
-def _split(batches: Sequence[Mapping[str, Any]]) -> _Batches:
+def split_calibration(batches: Sequence[Mapping[str, Any]]) -> CalibrationBatches:
+    """The calibration batches as laplace_reduce splits them (up to CHECK_BATCHES judge,
+    STATS_BATCHES give the statistics, the rest with labels train the recovery)."""
     from bmr_compress.tasks import strip_labels
 
     train = [strip_labels(b) for b in batches]
     n_check = min(CHECK_BATCHES, max(1, len(train) // 5)) if len(train) > 1 else 0
     check, fit = train[:n_check] or train, train[n_check:] or train
     labelled = list(batches[n_check:]) or list(batches)
-    return _Batches(check, fit[:STATS_BATCHES], labelled)
+    return CalibrationBatches(check, fit[:STATS_BATCHES], labelled)
 
 
 def _posterior(model: nn.Module, example: Mapping[str, Any], stats: Sequence[Mapping[str, Any]],
@@ -183,20 +186,17 @@ def _posterior(model: nn.Module, example: Mapping[str, Any], stats: Sequence[Map
 
 def laplace_reduce(original: nn.Module, data: Any, task: str, *, tolerance: float,
                    rounds: int, recovery_steps: int, lr: float, round_to: int,
-                   timer: Any, progress: bool = False,
-                   follow: Sequence[Mapping[str, Any]] | None = None,
-                   ranking: str = "evidence", compensate: bool = True,
+                   timer: Any, progress: bool = False, ranking: Ranking = EVIDENCE,
                    unit_prior: str = "ard", schedule: str = "constant",
                    hidden_weight: float = 0.0) -> LaplaceOutcome:
     """Reduce a copy of `original` within `tolerance` (relative output distortion).
 
     `data`: .train_batches (calibration: check, statistics and recovery batches) and
-    .heldout_batches (the first one only traces the unit groups). Side-by-side baselines
-    (bench/references.py): `follow` = the `rounds` of an earlier outcome; each round then
-    keeps exactly the counts that round kept per group (so every layer ends with the same
-    width, hence the same latency) at its ν, and `ranking` ("magnitude") chooses which
-    units — with the same compensation, cut and recovery (compensate=False: the survivors
-    are not moved). `unit_prior`: "ard" (each unit its own prior scale, bmr/ard.py) or "layer"
+    .heldout_batches (the first one only traces the unit groups). `ranking`
+    (planning/ranking.py): which units stay and whether the survivors are compensated. A
+    ranking that follows an earlier outcome's rounds runs exactly those rounds, each at its
+    ν keeping the counts it kept per group (every layer ends at the same width, hence the
+    same latency), with no tolerance stop and no undo. `unit_prior`: "ard" (each unit its own prior scale, bmr/ard.py) or "layer"
     (one empirical-Bayes scale per layer, bmr/structured.py). `schedule`, `hidden_weight`:
     the recovery's lr schedule and layer-wise loss weight (algorithms/recovery.recover_); the
     teacher's targets on the recovery batches are computed once, for every round.
@@ -207,29 +207,29 @@ def laplace_reduce(original: nn.Module, data: Any, task: str, *, tolerance: floa
     from bmr_compress.coupling import discover_groups
     from bmr_compress.scoring.unit_posterior import output_scale
 
-    cal = _split(data.train_batches)
+    cal = split_calibration(data.train_batches)
     example = strip_labels(data.heldout_batches[0])
     model = copy.deepcopy(original)
     scale = output_scale(original, cal.stats, task)
     first = discover_groups(model, example)
-    snapshots = (follow is None
-                 and count_params(original) <= SNAPSHOT_MAX_PARAMS)
+    following = bool(ranking.follow)
+    snapshots = not following and count_params(original) <= SNAPSHOT_MAX_PARAMS
     out = LaplaceOutcome(model, {g.name: list(range(g.num_units)) for g in first},
                          {g.name: g.num_units for g in first}, {}, tolerance=tolerance)
-    run = _Run(original, example, cal, task, scale, round_to, timer, progress, ranking, compensate,
+    run = _Run(original, example, cal, task, scale, round_to, timer, progress, ranking,
                recovery_steps, lr, unit_prior, schedule, hidden_weight)
     share = 1.0  # of the remaining tolerance a round may spend (halved after an overshoot)
-    followed = [r for r in follow if not r.get("undone")] if follow is not None else None
-    for r in range(rounds if followed is None else len(followed)):
+    for r in range(len(ranking.follow) if following else rounds):
         before = distortion(model, original, cal.check, task, scale)
         budget = (tolerance - before) * share
-        if followed is None and budget <= 0.05 * tolerance:
+        if not following and budget <= 0.05 * tolerance:
             break
-        step = run.round(model, out, r, before, budget, followed[r] if followed else None)
+        step = run.round(model, out, r, before, budget,
+                         ranking.follow[r] if following else None)
         if step is None:
             break
         model, removed, after = step
-        if followed is None and after > tolerance:  # overshot: undo, next round spends half
+        if not following and after > tolerance:  # overshot: undo, next round spends half
             share *= 0.5
             continue
         if snapshots and removed:
@@ -248,14 +248,13 @@ class _Run:
 
     original: nn.Module
     example: Mapping[str, Any]
-    cal: _Batches
+    cal: CalibrationBatches
     task: str
     scale: float
     round_to: int
     timer: Callable[[str], AbstractContextManager[None]]  # stage name -> timing context
     progress: bool
-    ranking: str
-    compensate: bool
+    ranking: Ranking
     recovery_steps: int
     lr: float
     unit_prior: str
@@ -264,7 +263,7 @@ class _Run:
     targets: Any = None  # the teacher's outputs on cal.labelled, computed at the first recovery
 
     def round(self, model: nn.Module, out: LaplaceOutcome, r: int, before: float, budget: float,
-              followed: Mapping[str, Any] | None) -> tuple[nn.Module, int, float] | None:
+              followed: FollowedRound | None) -> tuple[nn.Module, int, float] | None:
         """Score, calibrate ν (or take the followed round's), reduce, cut and recover `model`
         in place. Returns (the model to go on with, units removed, distortion after), the
         model being the state before this round when it overshot; None: nothing to do."""
@@ -280,9 +279,8 @@ class _Run:
         if post is None:
             return None
         groups, sites, factors, a_in, b = post
-        counts = None
         if followed is not None:
-            nu, counts = float(followed["nu"]), dict(followed["kept_counts"])
+            nu = followed.nu
         else:
             with self.timer("calibrate"):
                 nu = _calibrate(model, o, sites, factors, a_in, {g.name: g for g in groups},
@@ -293,8 +291,8 @@ class _Run:
         undo = copy.deepcopy(model), {k: list(v) for k, v in out.keep.items()}
         with self.timer("reduce"):
             res = reduce_sequential_(model, groups, sites, b, cal.stats, nu,
-                                     round_to=self.round_to, counts=counts, ranking=self.ranking,
-                                     compensate=self.compensate, prior=self.unit_prior)
+                                     round_to=self.round_to, prior=self.unit_prior,
+                                     ranking=self.ranking, round_index=r)
             plan = Plan({g.name: res.keep.get(g.name, list(range(g.num_units))) for g in groups},
                         {}, PlanSettings(unstructured=False, round_to=self.round_to), {})
             apply_plan_(model, groups, plan)

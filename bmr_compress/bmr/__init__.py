@@ -20,14 +20,19 @@ from .correlated import joint_spike_delta_lnz, reduced_row_means, row_scales
 from .dirichlet import dirichlet_delta_lnz, model_posterior
 from .gates import bmrs_n_delta_lnz, bmrs_u_delta_lnz, trunc_lognormal_kl, trunc_lognormal_mean
 from .gaussian import GaussianReduction, gaussian_delta_lnz, group_delta_lnz, spike_delta_lnz
-from ._fast import score_spike_
+from ._fast import COMPILE_MIN_NUMEL, compile_failed, score_spike_
+from .precision import GRIDS, KEEP
 from .threshold import beta_bernoulli_threshold
 
 __all__ = [
+    "COMPILE_MIN_NUMEL",
+    "GRIDS",
     "GaussianReduction",
+    "KEEP",
     "beta_bernoulli_threshold",
     "bmrs_n_delta_lnz",
     "bmrs_u_delta_lnz",
+    "compile_failed",
     "dirichlet_delta_lnz",
     "gaussian_delta_lnz",
     "joint_spike_delta_lnz",

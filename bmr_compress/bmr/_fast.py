@@ -35,6 +35,11 @@ _compiled: Callable[[Tensor, Tensor, Tensor, Tensor], None] | None = None
 _compile_failed = False
 
 
+def compile_failed() -> bool:
+    """Whether compiling the fused kernel failed in this process (the chunked path is used)."""
+    return _compile_failed
+
+
 def fast_path_ok(
     mu: Tensor, log_var: Tensor, prior_log_var: Tensor | float, out: Tensor | None
 ) -> bool:

@@ -8,7 +8,8 @@ from typing import Any
 
 import click
 
-from bmr_compress.cli.options import common_options, emit, run_command
+from bmr_compress.cli.options import common_options
+from bmr_compress.cli.runtime import emit, run_command
 
 EPILOG = """\b
 Examples:

@@ -7,9 +7,9 @@ from typing import Any
 import click
 
 from bmr_compress.cli.options import (
-    common_options, compress_config, data_options, emit, export_options, fit_options, out_options,
-    plan_options, run_command, source_options,
+    common_options, compress_config, data_options, export_options, fit_options, out_options, plan_options, source_options,
 )
+from bmr_compress.cli.runtime import emit, run_command
 
 EPILOG = """\b
 Examples:

@@ -6,7 +6,8 @@ from pathlib import Path
 
 import click
 
-from bmr_compress.cli.options import common_options, emit, pipeline_function, run_command
+from bmr_compress.cli.options import common_options
+from bmr_compress.cli.runtime import emit, run_command
 
 EPILOG = """\b
 Examples:
@@ -26,6 +27,7 @@ def command(directory: Path, int8: bool, compact_zeros: bool, as_json: bool, deb
     """Reload DIRECTORY with the project's own loader and write model.onnx (+ int8) into it,
     each checked against onnxruntime."""
     from bmr_compress.io.checks import check_artifacts
+    from bmr_compress.pipeline import export_directory
 
     check_artifacts(directory, onnx=False)  # model.onnx is rewritten, the rest must be sound
-    emit(pipeline_function("export_directory")(directory, int8=int8, compact_zeros=compact_zeros), as_json)
+    emit(export_directory(directory, int8=int8, compact_zeros=compact_zeros), as_json)

@@ -7,9 +7,9 @@ from typing import Any
 import click
 
 from bmr_compress.cli.options import (
-    common_options, compress_config, data_options, emit, fit_options, out_options,
-    pipeline_function, run_command, source_options,
+    common_options, compress_config, data_options, fit_options, out_options, source_options,
 )
+from bmr_compress.cli.runtime import emit, run_command
 
 EPILOG = """\b
 Examples:
@@ -29,6 +29,7 @@ Then: bmr-compress reduce fit/mlp --out out/mlp --size-budget 0.5
 def command(as_json: bool, debug: bool, verbose: bool, **opts: Any) -> None:
     """Wrap SOURCE in a Gaussian posterior, fine-tune it briefly and write
     posterior.safetensors (+ the settings needed to reload the source) into --out."""
+    from bmr_compress.pipeline import finetune_only
+
     config = compress_config(opts, what="finetune")
-    emit(pipeline_function("finetune_only")(config, str(opts["out"]),
-                                            overwrite=bool(opts["overwrite"])), as_json)
+    emit(finetune_only(config, str(opts["out"]), overwrite=bool(opts["overwrite"])), as_json)

@@ -6,7 +6,8 @@ from typing import Any
 
 import click
 
-from bmr_compress.cli.options import common_options, emit, run_command, source_options
+from bmr_compress.cli.options import common_options, source_options
+from bmr_compress.cli.runtime import emit, run_command
 
 EPILOG = """\b
 Examples:

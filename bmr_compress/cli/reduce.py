@@ -8,9 +8,9 @@ from typing import Any
 import click
 
 from bmr_compress.cli.options import (
-    common_options, emit, export_options, out_options, pipeline_function, plan_options,
-    reload_options, run_command,
+    common_options, export_options, out_options, plan_options, reload_options,
 )
+from bmr_compress.cli.runtime import emit, run_command
 
 EPILOG = """\b
 Examples:
@@ -34,10 +34,10 @@ def command(posterior_dir: Path, as_json: bool, debug: bool, verbose: bool, **op
     """Re-plan from POSTERIOR_DIR/posterior.safetensors (written by `compress` or `finetune`)
     with new planning options, cut, export and validate into --out, without refitting."""
     from bmr_compress.cli.compress import human_summary
+    from bmr_compress.pipeline import reduce
 
     trust = {k: opts.pop(k) for k in ("original", "trust_remote_code", "allow_pickle",
                                       "use_recorded_source")}
     out, overwrite = str(opts.pop("out")), bool(opts.pop("overwrite"))
-    result = pipeline_function("reduce")(posterior_dir, out, overwrite=overwrite, **trust,
-                                         options=opts)
+    result = reduce(posterior_dir, out, overwrite=overwrite, **trust, options=opts)
     emit(result, as_json, human_summary)

@@ -7,9 +7,8 @@ from typing import Any
 
 import click
 
-from bmr_compress.cli.options import (
-    common_options, emit, pipeline_function, reload_options, run_command,
-)
+from bmr_compress.cli.options import common_options, reload_options
+from bmr_compress.cli.runtime import emit, run_command
 
 EPILOG = """\b
 Examples:
@@ -33,6 +32,7 @@ def command(directory: Path, data: str | None, as_json: bool, debug: bool, verbo
     """Re-run the checks on DIRECTORY: ONNX checker, ORT parity at other shapes, task metric,
     sizes and latency. Raises exit code 1 if any check fails."""
     from bmr_compress.io.checks import check_artifacts
+    from bmr_compress.pipeline import validate_directory
 
     check_artifacts(directory)  # unreadable files: exit 2 naming the file; NaN/Inf: exit 1
-    emit(pipeline_function("validate_directory")(directory, data=data, **reload), as_json)
+    emit(validate_directory(directory, data=data, **reload), as_json)

@@ -7,8 +7,9 @@ save_compressed / load_compressed.
 """
 
 from bmr_compress.cutting.apply import SurgeryRecord, apply_plan_, coverage_report
+from bmr_compress.cutting.compensate import compensate_
 from bmr_compress.cutting.saved import (
     load_compressed, read_manifest, register_architecture, save_compressed, write_manifest,
 )
 
-__all__ = ["SurgeryRecord", "apply_plan_", "coverage_report", "load_compressed", "read_manifest", "register_architecture", "save_compressed", "write_manifest"]
+__all__ = ["SurgeryRecord", "apply_plan_", "compensate_", "coverage_report", "load_compressed", "read_manifest", "register_architecture", "save_compressed", "write_manifest"]

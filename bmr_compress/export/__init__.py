@@ -16,7 +16,10 @@ _EXPORTS = {
     "quantize_int8": "quantize",
     "validate": "gate", "ValidationResult": "validation", "ValidationSettings": "validation",
     "Check": "validation", "make_inputs_like": "validation",
-    "task_metric": "metrics", "measure_latency": "latency",
+    "task_metric": "metrics", "measure_latency": "latency", "cpu_session": "latency",
+    "make_pairs": "retrieval", "onnx_encoder": "retrieval", "retrieval_metrics": "retrieval",
+    "retention": "retrieval",
+    "match_initializers": "mixed_precision", "quantize_mixed": "mixed_precision",
     "build_report": "report", "write_report": "report", "sparsity_stats": "report",
     "param_count": "report",
 }

@@ -1,4 +1,5 @@
-"""The validation gate: every check of export.checks on one export (docs/INTERNALS.md).
+"""The validation gate: every check of export.validation_checks on one export
+(docs/INTERNALS.md).
 
 See export.validation for the settings, the result and the parity tolerance.
 """
@@ -9,7 +10,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from bmr_compress.export import checks
+from bmr_compress.export import validation_checks as checks
 from bmr_compress.export.validation import ValidationResult, ValidationSettings
 from bmr_compress.tasks import Task
 

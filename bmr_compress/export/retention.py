@@ -78,7 +78,7 @@ class BatchRetention:
         return {"metric": self.metric, "batches": {k: len(v) for k, v in self.batches.items()}}
 
     def measure(self, path: str | Path) -> dict[str, dict[str, float]]:
-        from bmr_compress.export.checks import OrtModule
+        from bmr_compress.export.validation_checks import OrtModule
         from bmr_compress.export.metrics import task_metric
 
         ort = OrtModule(_session(path))

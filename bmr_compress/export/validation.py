@@ -1,5 +1,5 @@
-"""Validation gate data: settings, results, and the inputs the checks run at (export.checks
-runs the checks, export.gate.validate runs them all).
+"""Validation gate data: settings, results, and the inputs the checks run at
+(export.validation_checks runs the checks, export.gate.validate runs them all).
 
 `validate` returns a `ValidationResult` with one `Check` per gate; by default it raises
 `ValidationFailed` (exit code 1; the result is attached as ``err.result``) when any check fails,

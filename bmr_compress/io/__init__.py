@@ -20,7 +20,8 @@ _EXPORTS = {
     "load_recipe": "recipes", "Recipe": "recipes", "recipe_names": "recipes",
     "DataSpec": "recipes", "SourceSpec": "recipes", "TrainSpec": "recipes",
     "make_dataset": "data", "DataBundle": "data", "parse_data_spec": "data",
-    "digits_split": "digits", "docstring_corpus": "corpus",
+    "digits_split": "digits", "docstring_corpus": "corpus", "split_texts": "corpus",
+    "docs_corpus": "package_corpus",
     "atomic_output_dir": "atomic", "check_output_dir": "atomic",
     "push_to_hub": "hub", "PushResult": "hub",
 }

@@ -21,18 +21,19 @@ from bmr_compress.pipeline.config import (
     PlanConfig, SourceConfig, build_config, flat_record, from_recipe, with_options,
 )
 from bmr_compress.pipeline.finish import LATENCY_SEQ, finish_stage, validation_settings
-from bmr_compress.pipeline.settings import FIT_RECORD, CompressResult, StageTimer
+from bmr_compress.pipeline.shared import FIT_RECORD, CompressResult, StageTimer
+from bmr_compress.pipeline.sources import resolve_source
 from bmr_compress.pipeline.stages import (
-    Cut, Fitted, checkpoint_dir, cut_stage, fit_stage, load_stage,
+    CALIBRATION_BATCHES, Cut, Fitted, checkpoint_dir, cut_stage, fit_, fit_stage, load_stage,
 )
 from bmr_compress.pipeline.summary import format_summary, summary_of
 
 __all__ = [
-    "DEFAULT_TOLERANCE", "FIT_RECORD", "LATENCY_SEQ", "OPTIONS", "CompressConfig",
+    "CALIBRATION_BATCHES", "DEFAULT_TOLERANCE", "FIT_RECORD", "LATENCY_SEQ", "OPTIONS", "CompressConfig",
     "CompressRecord", "CompressResult", "Cut", "DataConfig", "ExportConfig", "Fitted",
     "LaplaceSettings", "PlanConfig", "SourceConfig", "StageTimer", "build_config",
     "checkpoint_dir", "compress", "compress_", "cut_stage", "export_directory",
-    "finetune_only", "finish_stage", "fit_stage", "flat_record", "format_summary",
-    "from_recipe", "load_stage", "reduce", "summary_of", "validate_directory",
+    "finetune_only", "finish_stage", "fit_", "fit_stage", "flat_record", "format_summary",
+    "from_recipe", "load_stage", "reduce", "resolve_source", "summary_of", "validate_directory",
     "validation_settings", "with_options",
 ]

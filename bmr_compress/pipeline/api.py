@@ -21,11 +21,14 @@ from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any
 
 from bmr_compress.pipeline.config import CompressConfig
-from bmr_compress.pipeline.settings import StageTimer
+from bmr_compress.pipeline.shared import StageTimer
 from bmr_compress.tasks import strip_labels
 
 if TYPE_CHECKING:
     from torch import Tensor, nn
+
+    from bmr_compress.algorithms.laplace_reduce import LaplaceOutcome
+    from bmr_compress.pipeline.stages import Cut, Fitted
 
     from bmr_compress.cutting.apply import SurgeryRecord
     from bmr_compress.planning.plan import Plan
@@ -56,7 +59,7 @@ class CompressRecord:
     delta_lnz: dict[str, Tensor]  # the last scored round's ΔlnZ per unit and group
     snapshots: list[tuple[str, nn.Module]] = field(default_factory=list)  # kept rounds' models
     stage_seconds: dict[str, float] = field(default_factory=dict)
-    reduction: Any = None  # the LaplaceOutcome (re-plans the record at an earlier round)
+    reduction: LaplaceOutcome | None = None  # re-plans the record at an earlier round
 
     def to_json(self) -> dict[str, Any]:
         """What report.json's `iterative` entry says about the rounds."""
@@ -65,7 +68,7 @@ class CompressRecord:
                 "rounds": self.rounds}
 
 
-def compress_(model: Any, batches: Sequence[Mapping[str, Any]],
+def compress_(model: nn.Module, batches: Sequence[Mapping[str, Any]],
               config: CompressConfig | None = None, *, task: str,
               example: Mapping[str, Any] | None = None,
               timer: StageTimer | None = None) -> CompressRecord:
@@ -87,6 +90,7 @@ def compress_(model: Any, batches: Sequence[Mapping[str, Any]],
     """
     from bmr_compress.errors import InputError
     from bmr_compress.algorithms.laplace_reduce import laplace_reduce
+    from bmr_compress.planning import Ranking
 
     config = config if config is not None else CompressConfig()
     if config.posterior != "laplace":
@@ -104,13 +108,13 @@ def compress_(model: Any, batches: Sequence[Mapping[str, Any]],
         model, SimpleNamespace(train_batches=list(batches), heldout_batches=[example]), task,
         tolerance=tolerance, rounds=lap.rounds, recovery_steps=lap.recovery_steps,
         lr=lap.recovery_lr, round_to=config.plan.round_to, timer=timer,
-        progress=config.progress, compensate=config.plan.compensate,
+        progress=config.progress, ranking=Ranking(compensate=config.plan.compensate),
         unit_prior=config.plan.unit_prior, schedule=lap.recovery_schedule,
         hidden_weight=lap.recovery_hidden_weight)
     return _finish(model, outcome, example, config, timer)
 
 
-def _finish(model: Any, outcome: Any, example: Mapping[str, Any], config: CompressConfig,
+def _finish(model: nn.Module, outcome: LaplaceOutcome, example: Mapping[str, Any], config: CompressConfig,
             timer: StageTimer) -> CompressRecord:
     """The record, then `model` and the reduced copy swap contents (no tensor is copied)."""
     from bmr_compress.algorithms.laplace_reduce import final_record
@@ -132,7 +136,7 @@ def _finish(model: Any, outcome: Any, example: Mapping[str, Any], config: Compre
                           reduction=outcome)
 
 
-def _swap_(a: Any, b: Any) -> None:
+def _swap_(a: nn.Module, b: nn.Module) -> None:
     """Exchange the state of two modules of the same class (parameters, submodules, hooks,
     config: everything an nn.Module keeps in its __dict__)."""
     if type(a) is not type(b):  # pragma: no cover - laplace_reduce deep-copies its input
@@ -142,7 +146,7 @@ def _swap_(a: Any, b: Any) -> None:
     object.__setattr__(b, "__dict__", state)
 
 
-def laplace_stage(config: CompressConfig, timer: StageTimer, work: Path) -> tuple[Any, Any]:
+def laplace_stage(config: CompressConfig, timer: StageTimer, work: Path) -> tuple[Fitted, Cut]:
     """load → compress_ → (Fitted, Cut) for finish_stage (pipeline/finish.py)."""
     from bmr_compress.pipeline.stages import Cut, Fitted, load_stage
 

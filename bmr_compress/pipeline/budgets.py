@@ -3,15 +3,20 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    from torch import nn
+
+    from bmr_compress.coupling.groups import UnitGroup
     from bmr_compress.pipeline.config import PlanConfig
+    from bmr_compress.planning.plan import PlanSettings
 
 
-def plan_settings(plan: PlanConfig, original: Any,
+def plan_settings(plan: PlanConfig, original: nn.Module,
                    mac_weights: Mapping[str, float] | None = None,
-                   groups: list[Any] | None = None, task: str | None = None) -> Any:
+                   groups: list[UnitGroup] | None = None,
+                   task: str | None = None) -> PlanSettings:
     """planning.PlanSettings from the pipeline's PlanConfig. `--size-budget` is a share (≤ 1)
     or count of the model's parameters and `--latency-budget` a share of its dense-layer
     MACs; both are turned into budgets on what the unit groups own, counted exactly (costs.CostLedger):

@@ -19,7 +19,7 @@ from bmr_compress.pipeline.config import OPTIONS, CompressConfig, build_config, 
 from bmr_compress.pipeline.finish import (
     fit_summary, provenance, finish_stage, validation_settings,
 )
-from bmr_compress.pipeline.settings import (
+from bmr_compress.pipeline.shared import (
     FIT_RECORD, CompressResult, StageTimer,
 )
 from bmr_compress.tasks import strip_labels

@@ -324,7 +324,7 @@ def build_config(values: Mapping[str, Any], *, what: str = "compress") -> Compre
     [settings] (the --recipe, or SOURCE's when it is zoo:NAME) > the dataclass defaults."""
     import logging
 
-    from bmr_compress.pipeline.settings import recipe_for
+    from bmr_compress.pipeline.shared import recipe_for
 
     recipe = recipe_for(values.get("recipe"), str(values.get("source") or ""))
     config = from_recipe(recipe.settings, recipe.path) if recipe is not None else CompressConfig()

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from bmr_compress.io.jsonsafe import to_jsonable
 from bmr_compress.pipeline.config import flat_record
-from bmr_compress.pipeline.settings import (
+from bmr_compress.pipeline.shared import (
     CompressResult, StageTimer, recipe_for,
 )
 from bmr_compress.tasks import strip_labels
@@ -20,7 +20,9 @@ from bmr_compress.pipeline.stages import Cut, Fitted
 from bmr_compress.pipeline.summary import recommended_of, summary_of
 
 if TYPE_CHECKING:
+    from bmr_compress.algorithms.curve import OperatingPoints
     from bmr_compress.export.onnx_export import OnnxArtifact
+    from bmr_compress.export.validation import ValidationResult
 
 log = logging.getLogger(__name__)
 
@@ -84,8 +86,8 @@ class _Files:
     sentence_transformers: bool
 
 
-def _export(f: Fitted, cut: Cut, stage: Path, base_art: Any, example: Mapping[str, Any],
-            prov: Mapping[str, Any], ops: Any) -> _Files:
+def _export(f: Fitted, cut: Cut, stage: Path, base_art: OnnxArtifact, example: Mapping[str, Any],
+            prov: Mapping[str, Any], ops: OperatingPoints | None) -> _Files:
     """Write the weights (+ transformers twin, tokenizer, companions, posterior), model.onnx,
     the int8 file the operating points chose (or the forced scheme) and the candidates into
     `stage`; `base_art`: the original's ONNX (exported once, by the caller)."""
@@ -119,7 +121,8 @@ def _export(f: Fitted, cut: Cut, stage: Path, base_art: Any, example: Mapping[st
     return _Files(art, base_art, Path(base_st), int8, st_source)
 
 
-def _int8(f: Fitted, onnx_path: Path, out: Path, ops: Any) -> tuple[Path | None, str | None]:
+def _int8(f: Fitted, onnx_path: Path, out: Path,
+          ops: OperatingPoints | None) -> tuple[Path | None, str | None]:
     """model.int8.onnx and its scheme: the forced scheme, else the fastest int8 of the shipped
     model that met the budget and beat its fp32 here (none when none did)."""
     from bmr_compress.export import quantize_int8
@@ -141,7 +144,7 @@ def _int8(f: Fitted, onnx_path: Path, out: Path, ops: Any) -> tuple[Path | None,
     return quantize_int8(onnx_path, out, scheme=scheme).path, scheme
 
 
-def ship_candidates_(ops: Any, stage: Path, original_onnx: Path, int8_scheme: str | None,
+def ship_candidates_(ops: OperatingPoints, stage: Path, original_onnx: Path, int8_scheme: str | None,
                      copy_files: bool) -> None:
     """Set each point's `file` (where it lies in the output). model.onnx / model.int8.onnx
     are the shipped model's; with `copy_files`, candidates/ holds the original's ONNX (the
@@ -172,7 +175,7 @@ def _validate(f: Fitted, stage: Path, files: _Files, example: Mapping[str, Any]
     """The validation gate on onnxruntime (+ the sentence-transformers check of an ST
     folder). Returns (ValidationResult, sentence-transformers info or None)."""
     from bmr_compress.export import validate
-    from bmr_compress.export.checks import check_st_embeddings
+    from bmr_compress.export.validation_checks import check_st_embeddings
     from bmr_compress.export.st_layout import texts_from_batch
 
     result = validate(
@@ -258,7 +261,7 @@ def finish_stage(f: Fitted, cut: Cut, timer: StageTimer, work: Path, out: Path, 
 GATE_FACTOR = 5.0  # the held-out retention gate: 1 - GATE_FACTOR x the budget
 
 
-def retention_check(result: Any, ops: Any) -> None:
+def retention_check(result: ValidationResult, ops: OperatingPoints) -> None:
     """Gate: the recommended artefact's held-out retention. It was chosen on selection data
     within the budget, and on a few hundred retrieval pairs the two sets differ by about
     ±2 % (measured on all-MiniLM-L6-v2: 100.8 % on selection, 97.7 % held-out for the same

@@ -6,7 +6,7 @@ import copy
 import dataclasses
 import json
 import logging
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -16,7 +16,7 @@ log = logging.getLogger(__name__)
 from bmr_compress.io.jsonsafe import to_jsonable
 from bmr_compress.pipeline.budgets import plan_settings
 from bmr_compress.pipeline.config import CompressConfig, flat_record
-from bmr_compress.pipeline.settings import (
+from bmr_compress.pipeline.shared import (
     DISTILL, StageTimer, recipe_for,
 )
 from bmr_compress.tasks import strip_labels
@@ -31,6 +31,7 @@ if TYPE_CHECKING:
     from bmr_compress.coupling.groups import UnitGroup
     from bmr_compress.planning.iterate import IterationResult
     from bmr_compress.planning.plan import Plan
+    from bmr_compress.variational.settings import FinetuneSettings, PosteriorSpec
     from bmr_compress.variational.trainer import FitResult
 
 
@@ -59,7 +60,7 @@ class Cut:
     compensation: dict[str, float] | None = None  # reduced-means summary (None: not run)
 
 
-def load_stage(config: CompressConfig, timer: StageTimer) -> tuple[Any, Any]:
+def load_stage(config: CompressConfig, timer: StageTimer) -> tuple[LoadedSource, DataBundle]:
     """Seed torch, resolve the source and build the data bundle. Returns (source, data)."""
     import torch
 
@@ -95,7 +96,8 @@ def checkpoint_dir(config: CompressConfig, out: str | Path) -> Path:
     return out.parent / f".{out.name}.bmr-ckpt-{hashlib.sha256(key.encode()).hexdigest()[:12]}"
 
 
-def fit_settings(config: CompressConfig, task: str, checkpoints: Path | None = None) -> Any:
+def fit_settings(config: CompressConfig, task: str,
+                 checkpoints: Path | None = None) -> FinetuneSettings:
     """The fine-tune's FinetuneSettings: config.finetune with the run's seed, device and
     progress, checkpoints every ~10 % of the steps (when a directory is given) and, for
     embedding models, the pooled-embedding likelihood unless a distill mode was chosen."""
@@ -108,7 +110,8 @@ def fit_settings(config: CompressConfig, task: str, checkpoints: Path | None = N
                                progress=config.progress, distill=distill, **ckpt)
 
 
-def fit_(model: Any, teacher: Any, batches: Any, ft: Any, spec: Any = None) -> Any:
+def fit_(model: nn.Module, teacher: nn.Module, batches: Sequence[Mapping[str, Any]],
+         ft: FinetuneSettings, spec: PosteriorSpec | None = None) -> FitResult:
     """Wrap `model` in place in a Gaussian posterior (variational.wrap_) and fine-tune it
     towards `teacher` on `batches`. Returns variational.finetune's FitResult."""
     from bmr_compress.variational import PosteriorSpec, finetune, wrap_
@@ -154,7 +157,7 @@ def _rule(config: CompressConfig) -> str:
     return {"none": "spike", "bmrs_n": "bmrs_n", "bmrs_u": "bmrs_u"}[config.plan.gates]
 
 
-def _iterate(f: Fitted, ft: Any, timer: StageTimer) -> Any:
+def _iterate(f: Fitted, ft: FinetuneSettings, timer: StageTimer) -> IterationResult:
     """Beckers et al.: prune → pin at zero → refit → rescore, until nothing more goes."""
     from bmr_compress.algorithms.refit import iterate_with_finetune
 

@@ -23,6 +23,7 @@ from bmr_compress.bmr.structured import LayerFactors, column_reduced_means
 from bmr_compress.layers import layer_type
 from bmr_compress.coupling.groups import UnitGroup
 from bmr_compress.planning.plan import keep_top, rounded_count
+from bmr_compress.planning.ranking import EVIDENCE, Ranking
 from bmr_compress.scoring.unit_posterior import (
     Site, input_moments, layer_weight, prior_variance,
 )
@@ -65,10 +66,9 @@ def reduce_sequential_(
     round_to: int = 8,
     min_units: int = 1,
     progress: Callable[[str], None] | None = None,
-    counts: Mapping[str, int] | None = None,
-    ranking: str = "evidence",
-    compensate: bool = True,
     prior: str = "ard",
+    ranking: Ranking = EVIDENCE,
+    round_index: int = 0,
 ) -> SequentialResult:
     """Zero and compensate, site by site, every unit whose ΔlnZ ≥ 0 at precision ν.
 
@@ -76,14 +76,11 @@ def reduce_sequential_(
     kept indices per scored group. Sites are visited in module order (forward order for the
     supported families).
 
-    For side-by-side baselines (bench/references.py): `counts` (group -> units to keep)
-    overrides how many stay, and ranking="magnitude" chooses which by `unit_magnitude`
-    instead of ΔlnZ; the compensation and everything after are unchanged. compensate=False
-    zeroes the removed columns and leaves the survivors as they are. `prior`: how each unit's
-    prior scale is set (bmr.ard.UNIT_PRIORS; "ard" by default).
+    `prior`: how each unit's prior scale is set (bmr.ard.UNIT_PRIORS; "ard" by default).
+    `ranking` (planning/ranking.py): which units stay and whether the survivors are
+    compensated; when it follows an earlier reduction, that reduction's round `round_index`
+    fixes how many units of each group stay.
     """
-    if ranking not in RANKINGS:
-        raise ValueError(f"ranking must be one of {RANKINGS}, got {ranking!r}")
     by_name = {g.name: g for g in groups}
     result = SequentialResult()
     order = [n for n, _ in model.named_modules() if n in sites]
@@ -101,16 +98,15 @@ def reduce_sequential_(
         s2 = prior_variance(model, name)
         b = row_scale[name].double()
         fac = LayerFactors.build(w, a_in, b, s2)
-        rank = ({g: unit_magnitude(model, by_name[g]) for g in site.columns}
-                if ranking == "magnitude" else "distortion" if ranking == "distortion" else None)
         keep, scores, drop = decide_site(fac, site, by_name, nu, round_to, min_units,
-                                         counts=counts, rank=rank, prior=prior)
+                                         prior=prior, ranking=ranking, model=model,
+                                         round_index=round_index)
         result.keep.update(keep)
         result.delta_lnz.update(scores)
         # the survivors make up for the removed columns: the conditional mean of the Laplace
         # posterior centred on the current weights (the prior's shrinkage decides what goes,
         # it is not written into the units that stay)
-        new = (column_reduced_means(w, drop, a_in, nu * b, 1.0 / s2) if compensate
+        new = (column_reduced_means(w, drop, a_in, nu * b, 1.0 / s2) if ranking.compensate
                else w * (~drop).to(w.dtype))
         err_new = _rel_error(w, new, a_in, b)
         err_zero = _rel_error(w, w * (~drop).to(w.dtype), a_in, b)
@@ -122,35 +118,19 @@ def reduce_sequential_(
     return result
 
 
-RANKINGS = ("evidence", "magnitude", "distortion")
-
-
-def unit_magnitude(model: nn.Module, group: UnitGroup) -> torch.Tensor:
-    """Per-unit L2 norm over every tensor slice the unit owns (producer rows, bias, consumer
-    columns, norm entries): Torch-Pruning's group magnitude importance. Higher = keep."""
-    state = model.state_dict()
-    sq = torch.zeros(group.num_units, dtype=torch.float64)
-    for s in group.slices:
-        t = state.get(s.param)
-        if t is None or not t.is_floating_point():
-            continue
-        t = t.detach().double().movedim(s.dim, 0)
-        per_index = (t.reshape(t.shape[0], -1) ** 2).sum(1)
-        sq += per_index[s.index].sum(1)
-    return sq.sqrt()
-
-
 def decide_site(fac: LayerFactors, site: Site, groups: Mapping[str, UnitGroup], nu: float,
-                round_to: int, min_units: int = 1, *, counts: Mapping[str, int] | None = None,
-                rank: Mapping[str, torch.Tensor] | str | None = None, prior: str = "ard",
+                round_to: int, min_units: int = 1, *, prior: str = "ard",
+                ranking: Ranking = EVIDENCE, model: nn.Module | None = None,
+                round_index: int = 0,
                 ) -> tuple[dict[str, list[int]], dict[str, torch.Tensor], torch.Tensor]:
     """BMR's decision at one consumer site: (kept units per group, ΔlnZ per unit, bool mask
     of the consumer columns that go). Units with ΔlnZ ≥ 0 go; kept counts are rounded to a
     multiple of round_to in the direction the evidence prefers.
 
-    Baselines: `counts` fixes how many units of a group stay; `rank` (group -> importance,
-    higher = keep; or "distortion": the compensated output error a unit's removal causes,
-    the OBS saliency) chooses which instead of ΔlnZ."""
+    `ranking` chooses which units stay (by its importance; `model`: the model as it is now,
+    read by the magnitude ranking) and, when it follows an earlier reduction, how many
+    (that reduction's round `round_index`)."""
+    counts = ranking.kept_counts(round_index)
     keep: dict[str, list[int]] = {}
     scores: dict[str, torch.Tensor] = {}
     drop = torch.zeros(fac.w0.shape[1], dtype=torch.bool)
@@ -162,12 +142,7 @@ def decide_site(fac: LayerFactors, site: Site, groups: Mapping[str, UnitGroup], 
         else:
             n_keep = rounded_count(g, int((ev.delta_lnz < 0).sum()), round_to, min_units,
                                    scores=ev.delta_lnz)
-        if rank == "distortion":
-            keep[gname] = keep_top(-ev.distortion, n_keep)
-        elif isinstance(rank, Mapping) and gname in rank:
-            keep[gname] = keep_top(-rank[gname].double(), n_keep)
-        else:
-            keep[gname] = keep_top(ev.delta_lnz, n_keep)
+        keep[gname] = keep_top(-ranking.importance(model, g, ev).double(), n_keep)
         scores[gname] = ev.delta_lnz
         gone = sorted(set(range(g.num_units)) - set(keep[gname]))
         if gone:

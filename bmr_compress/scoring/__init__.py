@@ -10,4 +10,11 @@ from bmr_compress.scoring.mean_field import (
     gate_site, gate_sites, score_groups, score_weights, structured_from_weights,
 )
 
-__all__ = ["gate_site", "gate_sites", "score_groups", "score_weights", "structured_from_weights", "unit_macs"]
+from bmr_compress.scoring.precision import (
+    calibrate_precisions, matrix_posteriors, round_weights_,
+)
+from bmr_compress.scoring.unit_posterior import output_scale
+
+__all__ = ["calibrate_precisions", "gate_site", "gate_sites", "matrix_posteriors",
+           "output_scale", "round_weights_", "score_groups", "score_weights",
+           "structured_from_weights", "unit_macs"]

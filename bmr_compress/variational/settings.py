@@ -90,7 +90,7 @@ class FinetuneSettings:
         on hidden states/embeddings.
     lr / log_var_lr: Adam learning rates of the means and of log-variances and gates.
     laplace_batches: batches used to start the posterior at its diagonal Gauss-Newton
-        Laplace approximation (variational/laplace.py) before the first step; 0 starts at
+        Laplace approximation (variational/laplace_start.py) before the first step; 0 starts at
         the pretrained weights with sigma = init_std_ratio * RMS.
     prior_update_every: steps between closed-form prior (empirical-Bayes) updates.
     grad_clip: max global gradient norm (0 disables).

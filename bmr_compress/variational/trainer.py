@@ -215,7 +215,7 @@ def _resume_or_init(run: _Run, batches: Sequence[Batch]) -> int:
         log.info("resumed from %s at step %d", where, int(info["step"]))
         return int(info["step"])
     elif settings.laplace_batches > 0:
-        from bmr_compress.variational.laplace import laplace_init_
+        from bmr_compress.variational.laplace_start import laplace_init_
 
         laplace_init_(run.base, batches, settings, run.n_data, run.device)
     return 0

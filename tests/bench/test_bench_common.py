@@ -2,16 +2,12 @@
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import pytest
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-
-from bench import common as C  # noqa: E402
-from tests.tiny_models import TinyMLP  # noqa: E402
+from bench import baselines as B
+from bench import common as C
+from tests.tiny_models import TinyMLP
 
 
 @pytest.fixture(scope="module")
@@ -38,7 +34,7 @@ def test_equal_plan_matches_bmr_nonzero_count(fitted, method):
     total = sum(m.numel() for m in ref.masks.values())
     assert 0 < ref.nonzero() < total  # BMR chose some sparsity
     plain = C.plain_copy(model)
-    units, weights = C.baseline_scores(method, groups, post, plain,
+    units, weights = B.baseline_scores(method, groups, post, plain,
                                        [{"pixel_values": x}], seed=0)
     assert set(units) == {g.name for g in groups}
     assert all(weights[k].shape == shapes[k] for k in shapes)
@@ -58,8 +54,8 @@ def test_structured_reference_is_matched_exactly(fitted):
     plan = make_plan(groups, {g.name: -torch.ones(g.num_units, dtype=torch.float64)
                               for g in groups}, None, PlanSettings(round_to=1))
     ref = C.MethodPlan(keep, {k: torch.ones(s, dtype=torch.bool) for k, s in shapes.items()}, plan)
-    ref.masks = C._masks(groups, type(plan)(keep, {}, plan.settings), shapes)
-    units, weights = C.baseline_scores("magnitude", groups, post, C.plain_copy(model), [], 0)
+    ref.masks = C.keep_masks(groups, type(plan)(keep, {}, plan.settings), shapes)
+    units, weights = B.baseline_scores("magnitude", groups, post, C.plain_copy(model), [], 0)
     mp = C.equal_plan(groups, units, weights, shapes, ref)
     assert any(len(mp.keep[g.name]) < g.num_units for g in groups)  # it cut structure too
     assert mp.nonzero() == ref.nonzero()

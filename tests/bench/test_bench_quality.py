@@ -3,15 +3,10 @@ against BMR with its step, choices alone against BMR zeroed; independent calibra
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-
-from bench import common as C  # noqa: E402
-from bench import quality as Q  # noqa: E402
+from bench import common as C
+from bench import quality as Q
 
 
 def _res(name: str, **runs: list[float]) -> dict:

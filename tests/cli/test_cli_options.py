@@ -43,3 +43,17 @@ def test_tolerance_help_states_the_default_of_every_task() -> None:
     for task, value in DEFAULT_TOLERANCE.items():
         # "<value> for <task>" or "<value> for <other task> and <task>"
         assert re.search(rf"{value:g} for (?:[\w ]+ and )?{words[task]}\b", stated), (task, stated)
+
+
+def test_tolerance_help_states_the_real_defaults() -> None:
+    """--tolerance's help names DEFAULT_TOLERANCE's value for every task (the help is
+    written out so that --help imports no pipeline module)."""
+    from bmr_compress.pipeline.config import DEFAULT_TOLERANCE
+
+    words = {"embedding": "embeddings", "classification": "classification",
+             "causal_lm": "causal LM", "regression": "regression"}
+    text = " ".join(_option(compress_command, "--tolerance").help.split())
+    default = text[text.index("[default:"):]
+    for task, value in DEFAULT_TOLERANCE.items():
+        said = [part for part in default.split(",") if words[task] in part]
+        assert said and f"{value:g}" in said[0].split(" for ")[0], (task, value, default)

@@ -20,7 +20,7 @@ from bmr_compress.export import (
     quantize_int8,
     read_metadata,
 )
-from bmr_compress.export.checks import check_int8
+from bmr_compress.export.validation_checks import check_int8
 from bmr_compress.export.validation import ValidationResult, ValidationSettings
 from tests.tiny_models import TinyMLP, inputs_for, tiny_bert, tiny_gpt2
 

@@ -11,7 +11,7 @@ from onnx import numpy_helper
 import pytest
 
 from bmr_compress.export import ort_max_ir_version
-from bmr_compress.export.checks import initializer_bytes
+from bmr_compress.export.validation_checks import initializer_bytes
 from tests.export._flow import run_flow
 from tests.export._surgery import surgery_compress
 

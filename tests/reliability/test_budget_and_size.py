@@ -73,7 +73,7 @@ class _Normed(nn.Module):
 
 
 def _check(original: Path, compressed: Path) -> tuple[bool, tuple[int, int]]:
-    from bmr_compress.export.checks import check_sizes, initializer_bytes
+    from bmr_compress.export.validation_checks import check_sizes, initializer_bytes
     from bmr_compress.export.validation import ValidationResult
 
     res = ValidationResult()

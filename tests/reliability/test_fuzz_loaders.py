@@ -142,8 +142,8 @@ def test_onnx_file(valid: dict[str, bytes], tmp_path: Path, data: st.DataObject)
 @FUZZ
 @given(data=st.data())
 def test_onnx_validation_check_never_raises(valid: dict[str, bytes], tmp_path: Path, data: st.DataObject) -> None:
-    """export.checks.check_onnx_files records an unreadable model as a failed check."""
-    from bmr_compress.export.checks import check_onnx_files
+    """export.validation_checks.check_onnx_files records an unreadable model as a failed check."""
+    from bmr_compress.export.validation_checks import check_onnx_files
     from bmr_compress.export.validation import ValidationResult
 
     p = _write(tmp_path, "model.onnx", data.draw(mutations(valid["onnx"], head=64)))

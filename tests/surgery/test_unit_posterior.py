@@ -274,10 +274,11 @@ def test_budget_orders_units_by_evidence_per_cost():
 
 
 def test_baseline_rankings_keep_the_counts_and_change_only_the_choice():
-    """counts fix the widths; ranking="magnitude" keeps the largest-norm units (norm over every
-    slice the unit owns) and "distortion" the ones whose compensated removal costs most;
-    compensate=False leaves the survivors' weights untouched."""
+    """A followed round fixes the widths; the magnitude ranking keeps the largest-norm units
+    (norm over every slice the unit owns) and "distortion" the ones whose compensated removal
+    costs most; compensate=False leaves the survivors' weights untouched."""
     import bmr_compress.planning.sequential as seq
+    from bmr_compress.planning.ranking import RANKINGS, FollowedRound, Ranking, unit_magnitude
 
     torch.manual_seed(3)
     model = TinyMLP().eval()
@@ -285,38 +286,41 @@ def test_baseline_rankings_keep_the_counts_and_change_only_the_choice():
     groups, sites, a, b, scale, fac = _site_factors(model, batches, "classification")
     by_name = {g.name: g for g in groups}
     counts = {"net.0": 20, "net.2": 11}
-    norms = seq.unit_magnitude(model, by_name["net.0"])
+    norms = unit_magnitude(model, by_name["net.0"])
     explicit = (model.net[0].weight.double() ** 2).sum(1) + model.net[0].bias.double() ** 2 \
         + (model.net[2].weight.double() ** 2).sum(0)
     torch.testing.assert_close(norms, explicit.sqrt())
     nu = 1e3
     results = {}
-    for ranking in seq.RANKINGS:
+    followed = (FollowedRound(nu, counts),)
+    for ranking in RANKINGS:
         work = copy.deepcopy(model)
         results[ranking] = (seq.reduce_sequential_(work, groups, sites, b, batches, nu, round_to=1,
-                                                   counts=counts, ranking=ranking), work)
+                                                   ranking=Ranking(ranking, follow=followed)),
+                            work)
         assert {g: len(results[ranking][0].keep[g]) for g in counts} == counts
     mag_keep = results["magnitude"][0].keep["net.0"]
     assert mag_keep == sorted(torch.argsort(norms, descending=True)[:20].tolist())
     assert results["evidence"][0].keep != mag_keep or results["distortion"][0].keep != mag_keep
     raw = copy.deepcopy(model)
-    res = seq.reduce_sequential_(raw, groups, sites, b, batches, nu, round_to=1, counts=counts,
-                                 ranking="magnitude", compensate=False)
+    res = seq.reduce_sequential_(raw, groups, sites, b, batches, nu, round_to=1,
+                                 ranking=Ranking("magnitude", compensate=False, follow=followed))
     kept = res.keep["net.0"]
     torch.testing.assert_close(raw.net[2].weight[:, kept], model.net[2].weight[:, kept])
     comp = results["magnitude"][1]
     assert not torch.allclose(comp.net[2].weight[:, kept], model.net[2].weight[:, kept])
     with pytest.raises(ValueError):
-        seq.reduce_sequential_(copy.deepcopy(model), groups, sites, b, batches, nu, ranking="random")
+        Ranking("random")  # type: ignore[arg-type]
 
 
 def test_laplace_rounds_followed_by_a_baseline_end_at_the_same_widths():
-    """laplace_reduce(follow=rounds) replays an earlier run's per-round widths and ν with
+    """laplace_reduce(ranking=MAGNITUDE.following(rounds)) replays an earlier run's per-round widths and ν with
     another ranking: same parameter count, different units."""
     import contextlib
     from types import SimpleNamespace
 
     from bmr_compress.algorithms.laplace_reduce import laplace_reduce
+    from bmr_compress.planning.ranking import MAGNITUDE
 
     torch.manual_seed(4)
     model = TinyMLP().eval()
@@ -327,7 +331,8 @@ def test_laplace_rounds_followed_by_a_baseline_end_at_the_same_widths():
     bmr = laplace_reduce(model, data, "classification", **kw)
     assert bmr.rounds and all("kept_counts" in r for r in bmr.rounds)
     assert sum(r["removed_units"] for r in bmr.rounds if not r.get("undone")) > 0
-    mag = laplace_reduce(model, data, "classification", follow=bmr.rounds, ranking="magnitude", **kw)
+    mag = laplace_reduce(model, data, "classification", ranking=MAGNITUDE.following(bmr.rounds),
+                         **kw)
     params = [sum(p.numel() for p in m.model.parameters()) for m in (bmr, mag)]
     assert params[0] == params[1] < sum(p.numel() for p in model.parameters())
     assert mag.keep != bmr.keep

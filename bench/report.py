@@ -48,7 +48,11 @@ def machine() -> str:
 
 
 def command() -> str:
-    return " ".join(["python"] + [os.path.relpath(sys.argv[0])] + sys.argv[1:])
+    """How this benchmark was invoked: `python -m bench.NAME ARGS` for a bench module."""
+    script = Path(sys.argv[0])
+    if script.parent.resolve() == Path(__file__).resolve().parent:
+        return " ".join(["python", "-m", f"bench.{script.stem}"] + sys.argv[1:])
+    return " ".join(["python", os.path.relpath(sys.argv[0])] + sys.argv[1:])
 
 
 def git_rev() -> str:

@@ -1,6 +1,5 @@
-"""The pipeline's shared small pieces: result type, stage timer, recipe lookup, batch helpers.
-
-The settings themselves are pipeline/config.py (CompressConfig)."""
+"""Small pieces the pipeline's stages share: the result type, the stage timer and progress
+log, the recipe lookup, the fit record's file name. (The settings are pipeline/config.py.)"""
 
 from __future__ import annotations
 
@@ -10,7 +9,10 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from bmr_compress.io.recipes import Recipe
 
 log = logging.getLogger(__name__)
 
@@ -33,7 +35,7 @@ class CompressResult:
                 "report": self.report}
 
 
-# one line per stage start and end, shown by the CLI at every verbosity (cli.options
+# one line per stage start and end, shown by the CLI at every verbosity (cli.runtime
 # setup_logging: "[bmr-compress] calibrate: done in 122.3 s"), so a run whose stderr is a
 # file, a pipe or a notebook shows where it is
 progress_log = logging.getLogger("bmr_compress.progress")
@@ -63,7 +65,8 @@ class StageTimer:
         return {**self.seconds, "total": time.perf_counter() - self.t0}
 
 
-def recipe_for(recipe: str | None, source: str) -> Any | None:
+def recipe_for(recipe: str | None, source: str) -> Recipe | None:
+    """The recipe named by --recipe, else the one a zoo:NAME source names, else None."""
     from bmr_compress.io.recipes import load_recipe
 
     if recipe:
