@@ -21,7 +21,7 @@ from tests.reliability._cli import run_cli_process
 from tests.reliability._sources import Sources
 
 
-@pytest.mark.parametrize("budget", [0.6, 0.3])
+@pytest.mark.parametrize("budget", [pytest.param(0.6, marks=pytest.mark.slow), 0.3])
 def test_size_budget_is_a_share_of_the_parameters(budget: float, sources: Sources,
                                                   tmp_path: Path) -> None:
     out = tmp_path / "out"

@@ -90,8 +90,14 @@ def test_signal_at_stage(stage: str, sig: signal.Signals, sources: Sources, tmp_
     _rerun_succeeds(out, sources)
 
 
-@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["sigint", "sigterm"])
-@pytest.mark.parametrize("stage", ["posterior", "reduce", "recovery"])
+# three of the six in the default tier (each stage once, both signals); the rest: -m slow
+@pytest.mark.parametrize("stage, sig", [
+    ("posterior", signal.SIGTERM), ("reduce", signal.SIGINT), ("recovery", signal.SIGTERM),
+    pytest.param("posterior", signal.SIGINT, marks=pytest.mark.slow),
+    pytest.param("reduce", signal.SIGTERM, marks=pytest.mark.slow),
+    pytest.param("recovery", signal.SIGINT, marks=pytest.mark.slow),
+], ids=["posterior-sigterm", "reduce-sigint", "recovery-sigterm", "posterior-sigint",
+        "reduce-sigterm", "recovery-sigint"])
 def test_signal_in_default_laplace_path(stage: str, sig: signal.Signals, sources: Sources,
                                         tmp_path: Path) -> None:
     """The default path's own stages (unit posteriors, sequential reduction, recovery)."""
@@ -120,7 +126,9 @@ EXIT_PATHS = {  # extra compress arguments, signal at the finetune stage or None
 }
 
 
-@pytest.mark.parametrize("path", sorted(EXIT_PATHS))
+# Ctrl-C (also in test_signal_in_default_laplace_path) and bad input: -m slow
+@pytest.mark.parametrize("path", [pytest.param(p, marks=pytest.mark.slow) if p in ("sigint", "bad-input")
+                                  else p for p in sorted(EXIT_PATHS)])
 def test_no_work_or_staging_directory_survives(path: str, sources: Sources, tmp_path: Path) -> None:
     """Issue 16 #7: whatever way `compress` ends (success, rejected, bad input, Ctrl-C,
     SIGTERM), no `bmr-work-*` in the temp dir and no staging/work/lock entry beside --out

@@ -52,7 +52,7 @@ def test_rejected_dir_that_is_a_symlink_is_refused(sources: Sources, tmp_path: P
     assert (target / "precious.txt").read_text() == "x" and not (tmp_path / "out").exists()
 
 
-@pytest.mark.parametrize("umask", [0o022, 0o027])
+@pytest.mark.parametrize("umask", [pytest.param(0o022, marks=pytest.mark.slow), 0o027])
 def test_output_modes_follow_the_umask(umask: int, sources: Sources, tmp_path: Path) -> None:
     out = tmp_path / "out"
     r = _compress(out, sources, *QUICK, umask=umask)

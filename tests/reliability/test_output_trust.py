@@ -60,7 +60,7 @@ def test_recorded_remote_code_never_runs(command: str, compressed: Path, evil_sn
     assert not marker.exists(), "code from the output directory's source ran"
 
 
-@pytest.mark.parametrize("where", ["itself", "inside"])
+@pytest.mark.parametrize("where", [pytest.param("itself", marks=pytest.mark.slow), "inside"])
 def test_directory_is_never_its_own_original(where: str, compressed: Path, sources: Sources,
                                              tmp_path: Path) -> None:
     d = tmp_path / "downloaded"

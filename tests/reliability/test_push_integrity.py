@@ -81,7 +81,7 @@ def test_rejected_report_edited_to_passed_is_refused(rejected: Path, sources: So
     assert r.returncode == 1 and "task_metric failed" in one_error_line(r)
 
 
-@pytest.mark.parametrize("edit", ["swap-kept", "drop-kept"])
+@pytest.mark.parametrize("edit", ["swap-kept", pytest.param("drop-kept", marks=pytest.mark.slow)])
 def test_edited_kept_lists_are_refused(edit: str, compressed: Path, sources: Sources, tmp_path: Path) -> None:
     d = _copy(compressed, tmp_path)
     if edit == "swap-kept":  # same count: only the hash can tell
