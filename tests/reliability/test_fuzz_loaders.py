@@ -262,7 +262,7 @@ def test_text_data_files(valid: dict[str, bytes], tmp_path: Path, data: st.DataO
 
 
 # ---------------------------------------------------------------- compressed directories, posteriors
-# Loaders owned by surgery/ and variational/: a crash with an untyped error is a known bug,
+# Loaders owned by cutting/ and variational/: a crash with an untyped error is a known bug,
 # reported to their owners; strict xfail flips to a failure once it is fixed.
 
 
