@@ -74,7 +74,9 @@ class OperatingPoints:
         return {"metric": self.metric, "max_quality_loss": self.max_quality_loss,
                 "latency_shape": self.latency_shape, "runs": self.runs, "cpu": self.cpu,
                 "evaluation": self.evaluation, "recommended": self.recommended,
-                "reference_file": "candidates/original.onnx",
+                "reference_file": next((p.file for p in self.points if p.base == "original"
+                                        and p.precision == "fp32" and p.file),
+                                       "candidates/original.onnx"),
                 "points": [p.to_json() for p in self.points]}
 
 

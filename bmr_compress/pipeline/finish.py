@@ -148,13 +148,14 @@ def ship_candidates_(ops: OperatingPoints, stage: Path, original_onnx: Path, int
                      copy_files: bool) -> None:
     """Set each point's `file` (where it lies in the output). model.onnx / model.int8.onnx
     are the shipped model's; with `copy_files`, candidates/ holds the original's ONNX (the
-    reference `bench` times against) and every other qualifying artefact of the shipped
-    model and of the original."""
+    reference `bench` times against; model.onnx itself when the original is what ships) and
+    every other qualifying artefact of the shipped model and of the original."""
     shipped = ops.point(ops.recommended).base
     cand = stage / "candidates"
     if copy_files:
         cand.mkdir(exist_ok=True)
-        shutil.copy2(original_onnx, cand / "original.onnx")
+        if shipped != "original":  # else model.onnx is the original: no second copy
+            shutil.copy2(original_onnx, cand / "original.onnx")
     for p in ops.points:
         if p.base == shipped and p.precision == "fp32":
             p.file = "model.onnx"
