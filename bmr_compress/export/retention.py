@@ -17,7 +17,11 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from bmr_compress.export.retrieval import Pairs, onnx_encoder, retention, retrieval_metrics
+import numpy as np
+
+from bmr_compress.export.retrieval import (
+    Pairs, onnx_encoder, paired_retention_se, reciprocal_ranks, retention, retrieval_ranks,
+)
 
 if TYPE_CHECKING:
     from torch import nn
@@ -42,23 +46,38 @@ class RetrievalRetention:
                  max_length: int = 128, source: str = "") -> None:
         self.tokenizer, self.pairs, self.max_length = tokenizer, dict(pairs), max_length
         self.source = source
-        self.reference = self._metrics(reference)
+        self.reference = self._reference_metrics(reference)
 
     def describe(self) -> dict[str, Any]:
         return {"metric": self.metric, "pairs": {k: len(v) for k, v in self.pairs.items()},
                 "pairs_from": self.source, "reference": self.reference}
 
-    def _metrics(self, path: str | Path) -> dict[str, dict[str, float]]:
+    def _ranks(self, path: str | Path) -> dict[str, np.ndarray]:
         encode, names = onnx_encoder(_session(path))
-        return {split: retrieval_metrics(encode, self.tokenizer, self.pairs[split],
-                                         max_length=self.max_length, input_names=names)
+        return {split: retrieval_ranks(encode, self.tokenizer, self.pairs[split],
+                                       max_length=self.max_length, input_names=names)
                 for split in SPLITS}
 
+    def _reference_metrics(self, path: str | Path) -> dict[str, dict[str, float]]:
+        """The original's metrics; its per-query reciprocal ranks are kept for the paired
+        standard errors."""
+        ranks = self._ranks(path)
+        self._reference_rr = {s: reciprocal_ranks(r) for s, r in ranks.items()}
+        return {s: {"mrr@10": float(self._reference_rr[s].mean()),
+                    "recall@1": float((r == 1).mean()), "n": int(len(r))}
+                for s, r in ranks.items()}
+
     def measure(self, path: str | Path) -> dict[str, dict[str, float]]:
-        """{split: {mrr@10, recall@1, n, retention}} of the ONNX model at `path`."""
-        out = self._metrics(path)
-        for split, m in out.items():
+        """{split: {mrr@10, recall@1, n, retention, retention_se}} of the ONNX model at
+        `path`; retention_se: the paired standard error of the retention on these pairs."""
+        out: dict[str, dict[str, float]] = {}
+        for split, rank in self._ranks(path).items():
+            rr, ref = reciprocal_ranks(rank), self._reference_rr[split]
+            m = {"mrr@10": float(rr.mean()), "recall@1": float((rank == 1).mean()),
+                 "n": int(len(rank))}
             m["retention"] = retention(m, self.reference[split])
+            m["retention_se"] = paired_retention_se(rr, ref)
+            out[split] = m
         return out
 
 

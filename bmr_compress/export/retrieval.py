@@ -70,8 +70,8 @@ def make_pairs(texts: Sequence[str], max_pairs: int | None = None) -> Pairs:
     return Pairs(tuple(queries), tuple(docs))
 
 
-def ranking_metrics(queries: np.ndarray, documents: np.ndarray, k: int = 10) -> dict[str, float]:
-    """MRR@k and recall@1 when query i's relevant document is documents[i].
+def ranks(queries: np.ndarray, documents: np.ndarray) -> np.ndarray:
+    """(N,) rank of query i's own document documents[i] among all documents (1 = first).
 
     queries, documents: (N, H) embeddings (normalised here). Ties count against the query
     (its document must score strictly higher than another to rank above it)."""
@@ -82,9 +82,32 @@ def ranking_metrics(queries: np.ndarray, documents: np.ndarray, k: int = 10) -> 
     d = _normalise(documents.astype(np.float64))
     sim = q @ d.T  # (N, N)
     own = np.diag(sim)[:, None]
-    rank = (sim >= own).sum(axis=1)  # 1 = own document first; ties rank it lower
-    rr = np.where(rank <= k, 1.0 / rank, 0.0)
-    return {f"mrr@{k}": float(rr.mean()), "recall@1": float((rank == 1).mean()), "n": int(len(q))}
+    return (sim >= own).sum(axis=1)
+
+
+def reciprocal_ranks(rank: np.ndarray, k: int = 10) -> np.ndarray:
+    """Per query 1/rank, 0 beyond rank k (MRR@k is their mean)."""
+    return np.where(rank <= k, 1.0 / rank, 0.0)
+
+
+def ranking_metrics(queries: np.ndarray, documents: np.ndarray, k: int = 10) -> dict[str, float]:
+    """MRR@k and recall@1 when query i's relevant document is documents[i] (see `ranks`)."""
+    rank = ranks(queries, documents)
+    rr = reciprocal_ranks(rank, k)
+    return {f"mrr@{k}": float(rr.mean()), "recall@1": float((rank == 1).mean()), "n": int(len(rank))}
+
+
+def paired_retention_se(rr: np.ndarray, rr_reference: np.ndarray) -> float:
+    """Standard error of the retention mean(rr) / mean(rr_reference) over the queries, both
+    models answering the same queries (paired: the delta method on the per-query differences
+    ratio-adjusted). How far two retentions on these pairs may differ by sampling alone."""
+    n = len(rr)
+    ref = float(rr_reference.mean())
+    if n < 2 or ref <= 0:
+        return 0.0
+    ratio = float(rr.mean()) / ref
+    resid = rr - ratio * rr_reference  # the ratio estimator's linearisation
+    return float(resid.std(ddof=1) / np.sqrt(n) / ref)
 
 
 def _normalise(x: np.ndarray) -> np.ndarray:
@@ -115,13 +138,21 @@ def embed_texts(encode: Encoder, tokenizer: Any, texts: Sequence[str], *, max_le
     return np.stack(out)  # type: ignore[arg-type]
 
 
-def retrieval_metrics(encode: Encoder, tokenizer: Any, pairs: Pairs, *, max_length: int = 128,
-                      input_names: Sequence[str] | None = None) -> dict[str, float]:
-    """MRR@10 and recall@1 of an encoder on `pairs`."""
+def retrieval_ranks(encode: Encoder, tokenizer: Any, pairs: Pairs, *, max_length: int = 128,
+                    input_names: Sequence[str] | None = None) -> np.ndarray:
+    """(N,) rank of each query's own document under an encoder (see `ranks`)."""
     q = embed_texts(encode, tokenizer, pairs.queries, max_length=max_length, input_names=input_names)
     d = embed_texts(encode, tokenizer, pairs.documents, max_length=max_length,
                     input_names=input_names)
-    return ranking_metrics(q, d)
+    return ranks(q, d)
+
+
+def retrieval_metrics(encode: Encoder, tokenizer: Any, pairs: Pairs, *, max_length: int = 128,
+                      input_names: Sequence[str] | None = None) -> dict[str, float]:
+    """MRR@10 and recall@1 of an encoder on `pairs`."""
+    rank = retrieval_ranks(encode, tokenizer, pairs, max_length=max_length, input_names=input_names)
+    rr = reciprocal_ranks(rank)
+    return {"mrr@10": float(rr.mean()), "recall@1": float((rank == 1).mean()), "n": int(len(rank))}
 
 
 def retention(metrics: Mapping[str, float], reference: Mapping[str, float],

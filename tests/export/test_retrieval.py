@@ -104,3 +104,23 @@ def test_onnx_retention_of_the_original_against_itself_is_one(tmp_path) -> None:
     got = ev.measure(path)
     assert got["selection"]["retention"] == 1.0 and got["heldout"]["retention"] == 1.0
     assert ev.describe()["pairs"] == {"selection": 3, "heldout": 3}
+
+
+def test_paired_retention_se_measures_sampling_noise() -> None:
+    """Zero for the reference itself; for a model that flips a few answers it is the
+    standard error of the ratio of means, which shrinks as 1/sqrt(n) with more pairs."""
+    from bmr_compress.export.retrieval import paired_retention_se, reciprocal_ranks
+
+    rng = np.random.default_rng(0)
+    ref_rank = rng.integers(1, 20, size=4000)
+    ref = reciprocal_ranks(ref_rank)
+    assert paired_retention_se(ref, ref) == 0.0
+    flipped = np.where(rng.random(4000) < 0.1, ref_rank + 1, ref_rank)  # 10 % of answers drop a rank
+    rr = reciprocal_ranks(flipped)
+    se_all, se_quarter = paired_retention_se(rr, ref), paired_retention_se(rr[:1000], ref[:1000])
+    assert 0 < se_all < se_quarter
+    assert se_quarter / se_all == pytest.approx(2.0, rel=0.25)  # 1/sqrt(n)
+    # the delta method against resampling: bootstrap SD of the ratio of means
+    boots = [(rr[i].mean() / ref[i].mean()) for i in
+             (rng.integers(0, 4000, 4000) for _ in range(400))]
+    assert se_all == pytest.approx(float(np.std(boots)), rel=0.2)
