@@ -46,6 +46,34 @@ def dominated_by(points: list[dict]) -> tuple[dict, list[dict]]:
                  and (p["speedup"] > s or p["retention"]["heldout"] > r)]
 
 
+def _se(p: dict, split: str = "heldout") -> float | None:
+    """The paired standard error of a point's retention (None in reports before it)."""
+    return ((p.get("metrics") or {}).get(split) or {}).get("retention_se")
+
+
+def _pct(p: dict, split: str = "heldout") -> str:
+    se = _se(p, split)
+    r = 100 * p["retention"][split]
+    return f"{r:.2f} ± {100 * se:.2f} %" if se else f"{r:.2f} %"
+
+
+def clearly_dominated_by(rec: dict, dom: list[dict], z: float = 2.0) -> list[dict]:
+    """Those of `dom` whose held-out retention beats the recommended one's by more than z
+    combined standard errors (sampling noise alone rarely does), or that are faster at a
+    retention within noise of it: the dominations that survive the pairs' sampling noise."""
+    se_r = _se(rec)
+    if se_r is None:
+        return dom
+    out = []
+    for d in dom:
+        se_d = _se(d) or 0.0
+        gap = d["retention"]["heldout"] - rec["retention"]["heldout"]
+        faster = d["speedup"] > rec["speedup"] * 1.03  # 3 %: beyond timing noise
+        if gap > z * (se_r ** 2 + se_d ** 2) ** 0.5 or (faster and gap >= 0):
+            out.append(d)
+    return out
+
+
 def section(report: dict, wall: float | None, directory: Path) -> str:
     ops = report.get("operating_points") or {}
     points = ops.get("points", [])
@@ -76,13 +104,18 @@ def section(report: dict, wall: float | None, directory: Path) -> str:
     for q in sorted(points, key=lambda q: -q["speedup"]):
         mark = " **(recommended)**" if q["recommended"] else ""
         lines.append(f"| {q['label']}{mark} | {q['size_bytes'] / 1e6:.1f} | {q['speedup']:.2f}x | "
-                     f"{100 * q['retention']['heldout']:.2f} % | "
-                     f"{100 * q['retention']['selection']:.2f} % | "
+                     f"{_pct(q)} | {_pct(q, 'selection')} | "
                      f"{'yes' if q['qualifies'] else 'no: ' + q['reason']} |")
     target = rec["speedup"] >= 1.8 and rec["retention"]["heldout"] >= 0.99
     lines += ["", "| acceptance point | reached | met |", "|---|---|---|",
               f"| recommended not dominated by any point of the same run | dominated by "
               f"{', '.join(d['label'] for d in dom) or 'none'} | {'yes' if not dom else '**no**'} |"]
+    clear = clearly_dominated_by(rec, dom)
+    if _se(rec) is not None:
+        lines.append(f"| the same, beyond sampling noise (held-out gap > 2 standard errors, or "
+                     f"> 3 % faster at no lower retention) | "
+                     f"{', '.join(d['label'] for d in clear) or 'none'} | "
+                     f"{'yes' if not clear else '**no**'} |")
     if int8 is not None:
         lines.append(f"| shipped int8 never slower than the fp32 original | {int8['speedup']:.2f}x | "
                      f"{'yes' if int8['speedup'] >= 1 else '**no**'} |")
@@ -122,14 +155,15 @@ def readme_table(report: dict) -> str:
            f"{cpu.get('model')} ({cpu.get('logical_cores')} cores; int8-relevant features: "
            f"{feats}; onnxruntime {cpu.get('onnxruntime')}), every artefact timed interleaved in "
            f"one run (1 thread, batch 1, 128 tokens). Retention = retrieval MRR@10 on {n} "
-           "held-out query→document pairs ÷ the original's (never used to choose).", "",
+           "held-out query→document pairs ÷ the original's (never used to choose), ± its paired "
+           "standard error (sampling noise of the pairs).", "",
            "| artefact | file | speed-up | size | held-out retention |", "|---|---|---:|---:|---:|"]
     for q in rows:
         name = f"**{q['label']} (recommended)**" if q is rec else q["label"]
         size = base["size_bytes"] / q["size_bytes"]
         out.append(f"| {name} | `{q.get('file') or '-'}` | {q['speedup']:.2f}x | "
                    f"{q['size_bytes'] / 1e6:.1f} MB ({size:.2f}x smaller) | "
-                   f"{100 * q['retention']['heldout']:.1f} % |")
+                   f"{_pct(q)} |")
     total = report.get("stage_seconds", {}).get("total")
     if total:
         out += ["", f"`compress` took {total / 60:.1f} min on 2 cores. On another CPU, "
