@@ -40,6 +40,9 @@ SITES: dict[tuple[str, str], str] = {
     ("bmr_compress/pipeline/commands.py", "_example_from_spec"):
         "manifest dtype name, accepted only as a torch.dtype (never called)",
     ("bmr_compress/variational/ddp.py", "_load_builder"): "command line: torchrun ... --builder",
+    ("bmr_compress/coupling/family_table.py", "resolve"):
+        "the adapter / layer-type registries' keys (dotted paths the project's own decorators "
+        "register; any other name is refused before an import)",
     ("bmr_compress/io/package_corpus.py", "_package_dir"):
         "module table PACKAGES of the tool's own dependencies (find_spec locates, never imports)",
 }

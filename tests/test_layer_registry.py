@@ -345,3 +345,10 @@ def test_classes_registered_by_name_exist_and_import_nothing_until_used():
             "print('transformers' in sys.modules)")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert r.stdout.strip() == "False"
+
+
+def test_resolve_refuses_a_name_no_decorator_registered():
+    from bmr_compress.coupling.family_table import resolve
+
+    with pytest.raises(KeyError, match="not a registered"):
+        resolve("subprocess.Popen")

@@ -42,7 +42,12 @@ class FamilyRow:
 
 
 def resolve(path: str) -> type:
-    """The class a registry key names (imports its module)."""
+    """The class a registry key names (imports its module). Only the adapter and layer-type
+    registries' own keys (written by the project's decorators) are resolved."""
+    from bmr_compress.layers import LAYER_TYPES
+
+    if path not in ADAPTERS and path not in LAYER_TYPES:
+        raise KeyError(f"{path!r} is not a registered model or layer class")
     module, _, name = path.rpartition(".")
     cls = getattr(importlib.import_module(module), name)
     if not isinstance(cls, type):
