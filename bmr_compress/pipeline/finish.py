@@ -152,10 +152,9 @@ def ship_candidates_(ops: OperatingPoints, stage: Path, original_onnx: Path, int
     every other qualifying artefact of the shipped model and of the original."""
     shipped = ops.point(ops.recommended).base
     cand = stage / "candidates"
-    if copy_files:
+    if copy_files and shipped != "original":  # else model.onnx is the original: no second copy
         cand.mkdir(exist_ok=True)
-        if shipped != "original":  # else model.onnx is the original: no second copy
-            shutil.copy2(original_onnx, cand / "original.onnx")
+        shutil.copy2(original_onnx, cand / "original.onnx")
     for p in ops.points:
         if p.base == shipped and p.precision == "fp32":
             p.file = "model.onnx"
@@ -167,6 +166,7 @@ def ship_candidates_(ops: OperatingPoints, stage: Path, original_onnx: Path, int
             p.file = "candidates/original.onnx"
         elif p.qualifies and p.base in (shipped, "original"):
             name = f"{p.base.replace(' ', '')}.{p.precision}-{p.scheme}.onnx"
+            cand.mkdir(exist_ok=True)
             shutil.copy2(p.path, cand / name)
             p.file = f"candidates/{name}"
 
@@ -264,10 +264,10 @@ GATE_FACTOR = 5.0  # the held-out retention gate: 1 - GATE_FACTOR x the budget
 
 def retention_check(result: ValidationResult, ops: OperatingPoints) -> None:
     """Gate: the recommended artefact's held-out retention. It was chosen on selection data
-    within the budget, and on a few hundred retrieval pairs the two sets differ by about
-    ±2 % (measured on all-MiniLM-L6-v2: 100.8 % on selection, 97.7 % held-out for the same
-    file), so the gate fails only below 1 - GATE_FACTOR x the budget: a broken artefact,
-    not sampling noise (nothing is then published)."""
+    within the budget, and even on 1,000 retrieval pairs one retention carries a standard
+    error of 0.5-1.5 % (measured on all-MiniLM-L6-v2: the same file at 100.9 % on selection,
+    98.9 % held out), so the gate fails only below 1 - GATE_FACTOR x the budget: a broken
+    artefact, not sampling noise (nothing is then published)."""
     rec = ops.point(ops.recommended)
     floor = 1.0 - GATE_FACTOR * ops.max_quality_loss
     r = rec.retention["heldout"]
