@@ -52,12 +52,11 @@ def matrices(proto: onnx.ModelProto) -> dict[str, Matrix]:
     input) or an axis-0 Gather (as its table): initializer name -> Matrix."""
     from onnx import TensorProto, numpy_helper
 
+    from bmr_compress.export.quantize import reader_counts
+
     g = proto.graph
     inits = {i.name: i for i in g.initializer}
-    readers: dict[str, int] = {}
-    for n in g.node:
-        for x in n.input:
-            readers[x] = readers.get(x, 0) + 1
+    readers = reader_counts(g)
     out: dict[str, Matrix] = {}
     for idx, n in enumerate(g.node):
         if n.op_type == "MatMul" and len(n.input) == 2:

@@ -133,6 +133,16 @@ def _matmul_blocks(proto: onnx.ModelProto, block_size: int,
     return proto
 
 
+def reader_counts(graph: onnx.GraphProto) -> dict[str, int]:
+    """How many node inputs read each value name (an initializer read once can be rewritten
+    in place of its one consumer)."""
+    readers: dict[str, int] = {}
+    for n in graph.node:
+        for x in n.input:
+            readers[x] = readers.get(x, 0) + 1
+    return readers
+
+
 def _gather_rows_int8_(proto: onnx.ModelProto, exclude: set[str]) -> int:
     """Embedding tables (Gather on axis 0 of a 2-D float initializer that nothing else reads)
     stored as int8 with one float scale per row: Gather(int8) -> Cast -> Mul(Gather(scales)).
@@ -142,10 +152,7 @@ def _gather_rows_int8_(proto: onnx.ModelProto, exclude: set[str]) -> int:
 
     g = proto.graph
     inits = {i.name: i for i in g.initializer}
-    readers: dict[str, int] = {}
-    for n in g.node:
-        for x in n.input:
-            readers[x] = readers.get(x, 0) + 1
+    readers = reader_counts(g)
     nodes, done = [], 0
     for n in g.node:
         init = inits.get(n.input[0]) if n.op_type == "Gather" else None

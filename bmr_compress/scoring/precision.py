@@ -35,7 +35,7 @@ from bmr_compress.bmr.precision import (
 )
 from bmr_compress.layers import layer_type
 from bmr_compress.scoring.tolerance import calibrate_nu
-from bmr_compress.scoring.unit_posterior import input_moments, row_scales
+from bmr_compress.scoring.unit_posterior import input_moments, probe_backward, row_scales
 
 log = logging.getLogger(__name__)
 
@@ -127,8 +127,6 @@ def embedding_factors(model: nn.Module, batches: list[Mapping[str, Any]], task: 
     """Per nn.Embedding: token frequencies over real tokens (the diagonal of A, tr A = 1) and
     b_i = E_n[Σ_t (Σ_{p: t_p = t} g_npi)²], the per-example Gauss–Newton trace of embedding
     dimension i (g the gradient of a Gaussian probe of the output scaled by 1/scale)."""
-    from bmr_compress.tasks import probe_output
-
     mods = {n: m for n, m in model.named_modules() if isinstance(m, nn.Embedding)}
     counts = {n: torch.zeros(m.num_embeddings, dtype=torch.float64) for n, m in mods.items()}
     sums = {n: torch.zeros(m.embedding_dim, dtype=torch.float64) for n, m in mods.items()}
@@ -155,27 +153,8 @@ def embedding_factors(model: nn.Module, batches: list[Mapping[str, Any]], task: 
                         sums[key] += (per ** 2).sum(0)
                 out.register_hook(grad_hook)
         hooks.append(mod.register_forward_hook(hook))
-    flags = [(p, p.requires_grad) for p in model.parameters()]
-    gen = torch.Generator().manual_seed(0)
-    device = next(model.parameters()).device
-    n_examples = 0
-    try:
-        for p, _ in flags:
-            p.requires_grad_(True)
-        with torch.enable_grad():
-            for batch in batches:
-                state["mask"] = batch.get("attention_mask")
-                f = probe_output(model, {k: v.to(device) if isinstance(v, torch.Tensor) else v
-                                         for k, v in batch.items()}, task)
-                v = torch.randn(f.shape, generator=gen).to(f)
-                ((v * f).sum() / scale).backward()
-                n_examples += f.shape[0]
-    finally:
-        for h in hooks:
-            h.remove()
-        for p, flag in flags:
-            p.requires_grad_(flag)
-            p.grad = None
+    n_examples = probe_backward(model, batches, task, scale, hooks,
+                                before=lambda b: state.update(mask=b.get("attention_mask")))
     freq = {n: c / max(float(c.sum()), 1.0) for n, c in counts.items() if float(c.sum()) > 0}
     return freq, {n: sums[n] / max(n_examples, 1) for n in freq}
 

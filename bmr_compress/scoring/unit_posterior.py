@@ -19,7 +19,7 @@ scored here: they are reported as unsupported and kept.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -135,8 +135,6 @@ def row_scales(model: nn.Module, names: Iterable[str], batches: Iterable[Mapping
     b_i is matched in trace to the Kronecker form: b_i = tr(C_i) / tr(A) with A = a_in[name]
     (bias column included on both sides). One probe per example.
     """
-    from bmr_compress.tasks import probe_output
-
     mods = dict(model.named_modules())
     sums: dict[str, torch.Tensor] = {}
     hooks = []
@@ -153,6 +151,20 @@ def row_scales(model: nn.Module, names: Iterable[str], batches: Iterable[Mapping
                 sums[key] = sums.get(key, 0.0) + (gw ** 2).sum((0, 2)).cpu()
             out.register_hook(grad_hook)
         hooks.append(mods[name].register_forward_hook(hook))
+    count = probe_backward(model, batches, task, scale, hooks, seed=seed)
+    return {k: s / max(count, 1) / max(float(torch.trace(a_in[k])), 1e-30)
+            for k, s in sums.items()}
+
+
+def probe_backward(model: nn.Module, batches: Iterable[Mapping[str, Any]], task: str,
+                   scale: float, hooks: list[Any], *, seed: int = 0,
+                   before: Callable[[Mapping[str, Any]], None] | None = None) -> int:
+    """One backward pass of a Gaussian probe vᵀ(f_n/scale) per batch, every parameter
+    requiring grad meanwhile: the gradient hooks the caller registered (`hooks`, removed
+    here at the end) accumulate their Gauss–Newton statistics. `before(batch)` runs ahead of
+    each forward. Returns the number of examples seen; requires_grad and .grad are restored."""
+    from bmr_compress.tasks import probe_output
+
     flags = [(p, p.requires_grad) for p in model.parameters()]
     gen = torch.Generator().manual_seed(seed)
     device, count = _device(model), 0
@@ -161,6 +173,8 @@ def row_scales(model: nn.Module, names: Iterable[str], batches: Iterable[Mapping
             p.requires_grad_(True)
         with torch.enable_grad():
             for b in batches:
+                if before is not None:
+                    before(b)
                 f = probe_output(model, _to(b, device), task)  # (B, m)
                 v = torch.randn(f.shape, generator=gen).to(f)
                 ((v * f).sum() / scale).backward()
@@ -171,8 +185,7 @@ def row_scales(model: nn.Module, names: Iterable[str], batches: Iterable[Mapping
         for p, flag in flags:
             p.requires_grad_(flag)
             p.grad = None
-    return {k: s / max(count, 1) / max(float(torch.trace(a_in[k])), 1e-30)
-            for k, s in sums.items()}
+    return count
 
 
 def _per_example_inputs(m: nn.Module, x: torch.Tensor) -> torch.Tensor:
