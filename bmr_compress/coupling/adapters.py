@@ -244,3 +244,25 @@ def build_groups(model: nn.Module, parts: Parts, family: str) -> list[UnitGroup]
 
 def uniform(values: list[int]) -> int | None:
     return values[0] if values and all(v == values[0] for v in values) else None
+
+
+def set_uniform(updates: dict[str, object], key: str, values: list[int]) -> None:
+    """updates[key] = the common value of `values`, when every layer has the same one."""
+    u = uniform(values)
+    if u is not None:
+        updates[key] = u
+
+
+def set_derived_heads(updates: dict[str, object], key: str, parts: Parts) -> None:
+    """Families whose config derives head_dim = hidden / heads can only state a head count
+    that keeps head_dim: otherwise the original count stays (shapes live in the manifest)."""
+    heads = uniform([layer.num_heads for layer in parts.layers])
+    if heads is not None and heads * parts.layers[0].head_dim == parts.hidden:
+        updates[key] = heads
+
+
+def embedding_params(model: nn.Module, *modules: nn.Module | None) -> list[tuple[str, int, str]]:
+    """(parameter name, hidden axis, "embed") of each embedding table that produces the
+    residual stream (None entries skipped)."""
+    names = {id(m): n for n, m in model.named_modules()}
+    return [(f"{names[id(m)]}.weight", 1, "embed") for m in modules if m is not None]

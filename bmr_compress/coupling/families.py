@@ -12,17 +12,13 @@ from __future__ import annotations
 from torch import nn
 
 from bmr_compress.coupling.adapters import (
-    FamilyAdapter, Layer, Parts, out_size, register_adapter, uniform,
+    FamilyAdapter, Layer, Parts, embedding_params, out_size, register_adapter, set_derived_heads,
+    set_uniform,
 )
 
 
 def _n(model: nn.Module) -> dict[int, str]:
     return {id(m): n for n, m in model.named_modules()}
-
-
-def _embedding_params(model: nn.Module, *modules: nn.Module | None) -> list[tuple[str, int, str]]:
-    names = _n(model)
-    return [(f"{names[id(m)]}.weight", 1, "embed") for m in modules if m is not None]
 
 
 def _widths(parts: Parts) -> tuple[list[int], list[int], list[int]]:
@@ -31,20 +27,6 @@ def _widths(parts: Parts) -> tuple[list[int], list[int], list[int]]:
     kv = [layer.num_kv for layer in parts.layers]
     ffn = [out_size(layer.ffn_in[0]) for layer in parts.layers]
     return heads, kv, ffn
-
-
-def _set_uniform(updates: dict[str, object], key: str, values: list[int]) -> None:
-    u = uniform(values)
-    if u is not None:
-        updates[key] = u
-
-
-def _set_derived_heads(updates: dict[str, object], key: str, parts: Parts) -> None:
-    """Families whose config derives head_dim = hidden / heads can only state a head count
-    that keeps head_dim: otherwise the original count stays (shapes live in the manifest)."""
-    heads = uniform([layer.num_heads for layer in parts.layers])
-    if heads is not None and heads * parts.layers[0].head_dim == parts.hidden:
-        updates[key] = heads
 
 
 class _BertLike(FamilyAdapter):
@@ -63,7 +45,7 @@ class _BertLike(FamilyAdapter):
             layers.append(Layer((sa.query, 0), (sa.key, 0), (sa.value, 0),
                                 blk.attention.output.dense, [blk.intermediate.dense],
                                 blk.output.dense, norms, sa, n, n, hd))
-        producers = _embedding_params(model, emb.word_embeddings, emb.position_embeddings,
+        producers = embedding_params(model, emb.word_embeddings, emb.position_embeddings,
                                       getattr(emb, "token_type_embeddings", None))
         consumers, fixed = [], []
         pooler = getattr(base, "pooler", None)
@@ -86,8 +68,8 @@ class _BertLike(FamilyAdapter):
     def config_updates(self, model: nn.Module, parts: Parts) -> dict[str, object]:
         heads, _, ffn = _widths(parts)
         updates: dict[str, object] = {"hidden_size": parts.hidden}
-        _set_derived_heads(updates, "num_attention_heads", parts)
-        _set_uniform(updates, "intermediate_size", ffn)
+        set_derived_heads(updates, "num_attention_heads", parts)
+        set_uniform(updates, "intermediate_size", ffn)
         return updates
 
 
@@ -128,7 +110,7 @@ class DistilBertAdapter(FamilyAdapter):
             layers.append(Layer((a.q_lin, 0), (a.k_lin, 0), (a.v_lin, 0), a.out_lin,
                                 [blk.ffn.lin1], blk.ffn.lin2,
                                 [blk.sa_layer_norm, blk.output_layer_norm], a, n, n, hd))
-        producers = _embedding_params(model, emb.word_embeddings, emb.position_embeddings)
+        producers = embedding_params(model, emb.word_embeddings, emb.position_embeddings)
         return Parts(emb.word_embeddings.weight.shape[1], layers, producers, [emb.LayerNorm])
 
     def sync_layer_(self, layer: Layer) -> None:
@@ -141,8 +123,8 @@ class DistilBertAdapter(FamilyAdapter):
     def config_updates(self, model: nn.Module, parts: Parts) -> dict[str, object]:
         heads, _, ffn = _widths(parts)
         updates: dict[str, object] = {"dim": parts.hidden}
-        _set_derived_heads(updates, "n_heads", parts)
-        _set_uniform(updates, "hidden_dim", ffn)
+        set_derived_heads(updates, "n_heads", parts)
+        set_uniform(updates, "hidden_dim", ffn)
         return updates
 
 
@@ -194,11 +176,11 @@ class ViTAdapter(FamilyAdapter):
         heads, _, ffn = _widths(parts)
         updates: dict[str, object] = {"hidden_size": parts.hidden}
         if hasattr(parts.layers[0].attn, "all_head_size"):  # 4.x: head size = hidden / heads
-            _set_derived_heads(updates, "num_attention_heads", parts)
+            set_derived_heads(updates, "num_attention_heads", parts)
         else:
             updates["head_dim"] = parts.layers[0].head_dim
-            _set_uniform(updates, "num_attention_heads", heads)
-        _set_uniform(updates, "intermediate_size", ffn)
+            set_uniform(updates, "num_attention_heads", heads)
+        set_uniform(updates, "intermediate_size", ffn)
         return updates
 
 
@@ -217,7 +199,7 @@ class GPT2Adapter(FamilyAdapter):
             layers.append(Layer((a.c_attn, 0), (a.c_attn, split), (a.c_attn, 2 * split),
                                 a.c_proj, [blk.mlp.c_fc], blk.mlp.c_proj,
                                 [blk.ln_1, blk.ln_2], a, n, n, hd))
-        producers = _embedding_params(model, base.wte, base.wpe)
+        producers = embedding_params(model, base.wte, base.wpe)
         consumers = [m for m in [getattr(model, "lm_head", None)] if isinstance(m, nn.Linear)]
         return Parts(base.wte.weight.shape[1], layers, producers, [base.ln_f], consumers)
 
@@ -230,8 +212,8 @@ class GPT2Adapter(FamilyAdapter):
     def config_updates(self, model: nn.Module, parts: Parts) -> dict[str, object]:
         heads, _, ffn = _widths(parts)
         updates: dict[str, object] = {"n_embd": parts.hidden}
-        _set_derived_heads(updates, "n_head", parts)
-        _set_uniform(updates, "n_inner", ffn)
+        set_derived_heads(updates, "n_head", parts)
+        set_uniform(updates, "n_inner", ffn)
         return updates
 
 
@@ -254,7 +236,7 @@ class LlamaAdapter(FamilyAdapter):
                                 [blk.mlp.gate_proj, blk.mlp.up_proj], blk.mlp.down_proj,
                                 [blk.input_layernorm, blk.post_attention_layernorm],
                                 a, n, kv, hd))
-        producers = _embedding_params(model, base.embed_tokens)
+        producers = embedding_params(model, base.embed_tokens)
         consumers = [m for m in [getattr(model, "lm_head", None)] if isinstance(m, nn.Linear)]
         hidden = base.embed_tokens.weight.shape[1]
         return Parts(hidden, layers, producers, [base.norm], consumers)
@@ -266,7 +248,7 @@ class LlamaAdapter(FamilyAdapter):
         heads, kv, ffn = _widths(parts)
         updates: dict[str, object] = {"hidden_size": parts.hidden,
                                       "head_dim": parts.layers[0].head_dim}
-        _set_uniform(updates, "num_attention_heads", heads)
-        _set_uniform(updates, "num_key_value_heads", kv)
-        _set_uniform(updates, "intermediate_size", ffn)
+        set_uniform(updates, "num_attention_heads", heads)
+        set_uniform(updates, "num_key_value_heads", kv)
+        set_uniform(updates, "intermediate_size", ffn)
         return updates

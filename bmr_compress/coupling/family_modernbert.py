@@ -14,7 +14,8 @@ from __future__ import annotations
 from torch import nn
 
 from bmr_compress.coupling.adapters import (
-    FamilyAdapter, Layer, Parts, ffn_width, register_adapter, uniform,
+    FamilyAdapter, Layer, Parts, embedding_params, ffn_width, register_adapter, set_derived_heads,
+    set_uniform,
 )
 
 
@@ -33,9 +34,8 @@ class ModernBertAdapter(FamilyAdapter):
             norms = [m for m in (blk.attn_norm, blk.mlp_norm) if isinstance(m, nn.LayerNorm)]
             layers.append(Layer((a.Wqkv, 0), (a.Wqkv, n * hd), (a.Wqkv, 2 * n * hd), a.Wo,
                                 [blk.mlp.Wi], blk.mlp.Wo, norms, a, n, n, hd, ffn_chunks=2))
-        names = {id(m): n for n, m in model.named_modules()}
         emb = base.embeddings
-        producers = [(f"{names[id(emb.tok_embeddings)]}.weight", 1, "embed")]
+        producers = embedding_params(model, emb.tok_embeddings)
         return Parts(emb.tok_embeddings.weight.shape[1], layers, producers,
                      [emb.norm, base.final_norm])
 
@@ -44,10 +44,6 @@ class ModernBertAdapter(FamilyAdapter):
 
     def config_updates(self, model: nn.Module, parts: Parts) -> dict[str, object]:
         updates: dict[str, object] = {"hidden_size": parts.hidden}
-        heads = uniform([layer.num_heads for layer in parts.layers])
-        if heads is not None and heads * parts.layers[0].head_dim == parts.hidden:
-            updates["num_attention_heads"] = heads
-        ffn = uniform([ffn_width(layer) for layer in parts.layers])
-        if ffn is not None:
-            updates["intermediate_size"] = ffn
+        set_derived_heads(updates, "num_attention_heads", parts)
+        set_uniform(updates, "intermediate_size", [ffn_width(layer) for layer in parts.layers])
         return updates

@@ -31,7 +31,8 @@ import torch
 from torch import nn
 
 from bmr_compress.coupling.adapters import (
-    FamilyAdapter, Layer, Parts, out_size, register_adapter, uniform,
+    FamilyAdapter, Layer, Parts, embedding_params, out_size, register_adapter, set_derived_heads,
+    set_uniform,
 )
 from bmr_compress.coupling.groups import UnitGroup
 
@@ -107,8 +108,7 @@ class MPNetAdapter(FamilyAdapter):
                                 a, n, n, hd, slots=None if rel is None else rel.index,
                                 head_tensors=[] if rel is None else [f"{names[id(rel)]}.index"]))
         emb = base.embeddings
-        producers = [(f"{names[id(emb.word_embeddings)]}.weight", 1, "embed"),
-                     (f"{names[id(emb.position_embeddings)]}.weight", 1, "embed")]
+        producers = embedding_params(model, emb.word_embeddings, emb.position_embeddings)
         consumers, fixed = [], []
         pooler = getattr(base, "pooler", None)
         if pooler is not None:  # reads the stream; its output keeps its width (as BERT's)
@@ -155,10 +155,6 @@ class MPNetAdapter(FamilyAdapter):
         """hidden_size; intermediate_size when uniform; num_attention_heads only when it keeps
         the head size (the config derives it as hidden / heads)."""
         updates: dict[str, object] = {"hidden_size": parts.hidden}
-        heads = uniform([layer.num_heads for layer in parts.layers])
-        if heads is not None and heads * parts.layers[0].head_dim == parts.hidden:
-            updates["num_attention_heads"] = heads
-        ffn = uniform([out_size(layer.ffn_in[0]) for layer in parts.layers])
-        if ffn is not None:
-            updates["intermediate_size"] = ffn
+        set_derived_heads(updates, "num_attention_heads", parts)
+        set_uniform(updates, "intermediate_size", [out_size(layer.ffn_in[0]) for layer in parts.layers])
         return updates
