@@ -89,16 +89,17 @@ def test_every_referenced_document_is_in_the_repository() -> None:
 
 def test_the_scanner_finds_what_it_must_and_nothing_else() -> None:
     md = "." + "md"  # spelt apart, so that this file itself names no missing document
+    beside = ".." + "/" + "shared"  # a folder beside the repository, spelt apart likewise
     tracked = frozenset({"README.md", "docs/INTERNALS.md", "docs/theory.md", "bench/README.md"})
     where = PurePosixPath("bmr_compress/bmr/gaussian.py")
     text = (
         "formulas: docs/theory.md §2; contracts: docs/INTERNALS.md; see README.md.\n"
-        f"private notes: NOTES{md}, ../shared/notes{md}, research/paper{md} and docs/gone{md}\n"
+        f"private notes: NOTES{md}, {beside}/notes{md}, research/paper{md} and docs/gone{md}\n"
         f"the tool writes report.md; https://example.org/guide{md} is a link, not a file;\n"
         "a method call tn.pdf(x) and a word like mdash are not documents"
     )
     assert missing_references(text, where, tracked) == [
-        f"NOTES{md}", f"../shared/notes{md}", f"research/paper{md}", f"docs/gone{md}"]
+        f"NOTES{md}", f"{beside}/notes{md}", f"research/paper{md}", f"docs/gone{md}"]
     # relative to the referring file's folder, and never out of the repository
     assert missing_references("see README.md", PurePosixPath("bench/x.py"), tracked) == []
     assert missing_references("../README.md", PurePosixPath("bench/x.py"), tracked) == []
