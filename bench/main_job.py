@@ -38,11 +38,12 @@ def _ratio(a: float | None, b: float | None) -> float | None:
 
 def dominated_by(points: list[dict]) -> tuple[dict, list[dict]]:
     """The recommended point and every point that dominates it on held-out retention and
-    speed (at least as fast and as good, strictly better in one)."""
+    speed (at least as fast and as good, strictly better in one). A point left unscored was
+    slower than the recommended one (the run scores fastest first) and cannot dominate it."""
     rec = next(p for p in points if p["recommended"])
     r, s = rec["retention"]["heldout"], rec["speedup"]
     return rec, [p for p in points if p is not rec and p["speedup"] >= s
-                 and p["retention"]["heldout"] >= r
+                 and "heldout" in p["retention"] and p["retention"]["heldout"] >= r
                  and (p["speedup"] > s or p["retention"]["heldout"] > r)]
 
 
@@ -52,6 +53,8 @@ def _se(p: dict, split: str = "heldout") -> float | None:
 
 
 def _pct(p: dict, split: str = "heldout") -> str:
+    if split not in p["retention"]:
+        return "not scored"
     se = _se(p, split)
     r = 100 * p["retention"][split]
     return f"{r:.2f} ± {100 * se:.2f} %" if se else f"{r:.2f} %"

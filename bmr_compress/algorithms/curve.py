@@ -2,9 +2,9 @@
 
 From one fit, the candidates a user could ship: the dense original and every kept round of
 the reduction, each in fp32 and under each int8 scheme (export/quantize.py). Every
-candidate is exported to ONNX, timed on *this* CPU interleaved with all the others
-(export/latency.py) and scored by task retention on selection and held-out examples
-(export/retention.py). The recommended artefact is the fastest whose *selection*
+candidate is exported to ONNX and timed on *this* CPU interleaved with all the others
+(export/latency.py); the ones that can matter are scored by task retention on selection and
+held-out examples (export/retention.py), fastest first (`_score_needed`). The recommended artefact is the fastest whose *selection*
 retention stays within the quality budget, an int8 file qualifying only when it is faster
 here than the fp32 model it was quantised from (export/choice.py); the held-out figure is
 what the report quotes, and decided nothing.
@@ -107,6 +107,57 @@ def _candidates(original_onnx: Path, rounds: Sequence[tuple[str, nn.Module]], wo
     return points
 
 
+def _candidate(p: Point) -> Any:
+    from bmr_compress.export.choice import Candidate
+
+    return Candidate(p.label, p.base, p.precision, p.scheme, p.retention.get("selection"),
+                     p.median_ms, p.source)
+
+
+def _score(p: Point, evaluator: Any, note: str) -> None:
+    log.info("operating points: scoring %s (%.2fx; %s)", p.label, p.speedup, note)
+    p.metrics = evaluator.measure(p.path)
+    p.retention = {k: float(v["retention"]) for k, v in p.metrics.items()}
+
+
+def _score_needed(points: Sequence[Point], evaluator: Any, max_quality_loss: float) -> Any:
+    """Score the candidates that can matter, fastest first, and choose (export/choice.py).
+
+    Scoring (encoding every retrieval pair with the artefact) costs far more than timing, so
+    the candidates are scored in order of their measured speed until one is recommended:
+    nothing slower could be, and it is left unscored (its row says so). An int8 file not
+    faster than its fp32 source here never qualifies and is not scored either. Scored as
+    well, whatever their speed: every artefact of the recommended base (the files shipped
+    beside it, which `bmr-compress bench` may pick on another CPU) and the original's int8
+    files (what a user would do instead). Every candidate that could dominate the
+    recommended one -- anything faster -- thus has its held-out retention.
+    """
+    from bmr_compress.export.choice import choose
+
+    by_label = {p.label: p for p in points}
+
+    def scorable(p: Point) -> bool:
+        return p.precision == "fp32" or p.median_ms < by_label[str(p.source)].median_ms
+
+    ref = next(p for p in points if p.base == "original" and p.precision == "fp32")
+    _score(ref, evaluator, "the reference")
+    order = sorted((p for p in points if p is not ref and scorable(p)),
+                   key=lambda p: (p.median_ms, p.precision != "fp32"))
+    for i, p in enumerate(order):
+        if p.median_ms >= ref.median_ms:
+            break  # the reference itself is recommended: nothing slower can be
+        _score(p, evaluator, f"fastest first, {i + 1} of at most {len(order)}")
+        if choose([_candidate(q) for q in points], max_quality_loss).recommended == p.label:
+            break
+    best = by_label[choose([_candidate(q) for q in points], max_quality_loss).recommended]
+    for p in points:
+        if not p.metrics and scorable(p) and (
+                p.base == best.base or (p.base == "original" and p.precision == "int8")):
+            _score(p, evaluator, "shipped beside the recommended" if p.base == best.base
+                   else "the original's int8, for comparison")
+    return choose([_candidate(q) for q in points], max_quality_loss)
+
+
 def _size(path: Path) -> int:
     data = path.with_name(path.name + ".data")
     return path.stat().st_size + (data.stat().st_size if data.is_file() else 0)
@@ -116,10 +167,9 @@ def measure_points(original_onnx: Path, rounds: Sequence[tuple[str, nn.Module]],
                    example: Mapping[str, torch.Tensor], latency_shape: Mapping[str, Any],
                    evaluator: Any, schemes: Sequence[str], max_quality_loss: float,
                    original_params: int, runs: int = CURVE_RUNS) -> OperatingPoints:
-    """Time and score every candidate, then choose. `rounds`: (label, model) of each kept
+    """Time every candidate, score the ones that can matter, then choose. `rounds`: (label, model) of each kept
     round, the last being the run's final model. `evaluator`: export/retention.py's
     RetrievalRetention or BatchRetention, built with the original as its reference."""
-    from bmr_compress.export.choice import Candidate, choose
     from bmr_compress.export.cpu import cpu_info
     from bmr_compress.export.latency import measure_latency
     from bmr_compress.export.validation import make_inputs_like, to_numpy
@@ -133,15 +183,10 @@ def measure_points(original_onnx: Path, rounds: Sequence[tuple[str, nn.Module]],
     lat = measure_latency({p.label: str(p.path) for p in points}, feed, threads=threads,
                           runs=runs)
     base_ms = lat["original"]["median_ms"]
-    for i, p in enumerate(points):
+    for p in points:
         p.median_ms = float(lat[p.label]["median_ms"])
         p.speedup = base_ms / p.median_ms
-        log.info("operating points: scoring %s (%d/%d)", p.label, i + 1, len(points))
-        p.metrics = evaluator.measure(p.path)
-        p.retention = {k: float(v["retention"]) for k, v in p.metrics.items()}
-    choice = choose([Candidate(p.label, p.base, p.precision, p.scheme,
-                               p.retention["selection"], p.median_ms, p.source)
-                     for p in points], max_quality_loss)
+    choice = _score_needed(points, evaluator, max_quality_loss)
     for p in points:
         p.qualifies = bool(choice.qualifies[p.label])
         p.reason = choice.reasons.get(p.label, "")

@@ -6,7 +6,8 @@ in fp32 or under one int8 scheme, with its task retention (its metric / the orig
 the calibration -- "selection" -- data, never the held-out data reported afterwards) and its
 median latency measured on the running CPU, every candidate timed interleaved in one run.
 
-A candidate qualifies iff
+A candidate without a retention (None: not scored, because it could not be recommended
+anyway -- see algorithms/curve.py) never qualifies. A candidate qualifies iff
 
 * its retention is at least ``1 - max_quality_loss`` (up to a 1e-9 tolerance), and
 * for int8, it is strictly faster than the fp32 model it was quantised from, on this
@@ -29,6 +30,7 @@ PRECISIONS = ("fp32", "int8")
 ORIGINAL = "original"
 EPS = 1e-9  # retention at the budget's edge still qualifies despite float rounding
 REFERENCE_REASON = "the reference (the dense original in fp32)"
+NOT_SCORED = "not scored: it could not be recommended (slower than the recommended artefact here)"
 
 
 @dataclass(frozen=True)
@@ -37,7 +39,8 @@ class Candidate:
     base: str  # "original" or "round N"
     precision: str  # "fp32" | "int8"
     scheme: str | None  # None for fp32; e.g. "dynamic-per-channel", "dynamic-per-tensor", "blockwise"
-    retention: float  # task metric of this artefact / the original's, on selection (calibration) data
+    retention: float | None  # task metric of this artefact / the original's, on selection
+    # (calibration) data; None when it was not scored
     median_ms: float  # measured on this machine, interleaved with the others
     source: str | None = None  # int8: the label of the fp32 candidate it was quantised from
 
@@ -64,7 +67,8 @@ class Choice:
 
 def _rank(c: Candidate) -> tuple[float, float, int]:
     """Sort key: faster first, then higher retention, then fp32 before int8."""
-    return (c.median_ms, -c.retention, PRECISIONS.index(c.precision))
+    return (c.median_ms, -(c.retention if c.retention is not None else -math.inf),
+            PRECISIONS.index(c.precision))
 
 
 def _check(cands: Sequence[Candidate], max_quality_loss: float) -> dict[str, Candidate]:
@@ -80,7 +84,9 @@ def _check(cands: Sequence[Candidate], max_quality_loss: float) -> dict[str, Can
         if not (math.isfinite(c.median_ms) and c.median_ms > 0):
             raise InputError(f"{c.label!r}: median latency must be a positive number of ms, "
                              f"got {c.median_ms!r}")
-        if not math.isfinite(c.retention):
+        if c.retention is None and c.is_reference:
+            raise InputError(f"{c.label!r}: the reference needs its retention (1.0)")
+        if c.retention is not None and not math.isfinite(c.retention):
             raise InputError(f"{c.label!r}: retention is not a finite number ({c.retention!r})")
         by_label[c.label] = c
     refs = [c.label for c in cands if c.is_reference]
@@ -106,7 +112,7 @@ def _verdict(c: Candidate, by_label: dict[str, Candidate], floor: float) -> str 
     """None when `c` qualifies, else why not (with the figures)."""
     if c.is_reference:
         return None
-    if c.retention < floor - EPS:
+    if c.retention is not None and c.retention < floor - EPS:
         return (f"retention {c.retention:.4f} on calibration data is below the budget's "
                 f"{floor:.4f}")
     if c.precision == "int8":
@@ -114,7 +120,7 @@ def _verdict(c: Candidate, by_label: dict[str, Candidate], floor: float) -> str 
         if not c.median_ms < src.median_ms:
             return (f"int8 ({c.scheme}) is not faster than its fp32 source {src.label!r} on this "
                     f"machine: {c.median_ms:.3f} ms vs {src.median_ms:.3f} ms")
-    return None
+    return NOT_SCORED if c.retention is None else None
 
 
 def choose(cands: Sequence[Candidate], max_quality_loss: float) -> Choice:

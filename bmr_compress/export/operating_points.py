@@ -19,21 +19,30 @@ def curve_markdown(ops: Mapping[str, Any]) -> list[str]:
            "the original's, on *selection* examples (which choose, never train) and on "
            f"*held-out* examples (reported, decide nothing). Budget: keep ≥ "
            f"{100 * (1 - ops['max_quality_loss']):.1f} % on selection; an int8 file qualifies "
-           "only when it is faster here than the fp32 model it came from.", "",
+           "only when it is faster here than the fp32 model it came from. Scored fastest first "
+           "until one qualifies: slower artefacts could not be recommended and are not scored, "
+           "except the recommended one's siblings and the original's int8 files.", "",
            "| artefact | size MB | ms | speed-up | retention (selection) | retention (held-out) "
            "| qualifies |", "|---|---:|---:|---:|---:|---:|---|"]
     for p in ops["points"]:
         mark = " **(recommended)**" if p["recommended"] else ""
         why = "yes" if p["qualifies"] else f"no: {p['reason']}"
+        sel, held = (_pct(p["retention"].get(k)) for k in ("selection", "heldout"))
         out.append(f"| {p['label']}{mark} | {p['size_bytes'] / 1e6:.1f} | {p['median_ms']:.2f} | "
-                   f"{p['speedup']:.2f}x | {100 * p['retention']['selection']:.1f} % | "
-                   f"{100 * p['retention']['heldout']:.1f} % | {why} |")
+                   f"{p['speedup']:.2f}x | {sel} | {held} | {why} |")
     return out + [""]
 
 
+def _pct(x: float | None) -> str:
+    return "not scored" if x is None else f"{100 * x:.1f} %"
+
+
 def plot_curve(ax: Any, ops: Mapping[str, Any]) -> None:
-    """Retention (held-out) against speed-up, the recommended artefact starred."""
+    """Retention (held-out) against speed-up, the recommended artefact starred (points left
+    unscored are not drawn)."""
     for p in ops["points"]:
+        if "heldout" not in p["retention"]:
+            continue
         marker = "*" if p["recommended"] else ("s" if p["base"] == "original" else "o")
         ax.scatter(p["speedup"], 100 * p["retention"]["heldout"], marker=marker,
                    s=160 if marker == "*" else 40, alpha=1.0 if p["qualifies"] else 0.45)

@@ -29,7 +29,8 @@ def recommended_of(report: Mapping[str, Any]) -> dict[str, Any] | None:
         return None
     pts = {p["label"]: p for p in ops["points"]}
     rec = pts[ops["recommended"]]
-    dense = [p for p in ops["points"] if p["base"] == "original" and p["precision"] == "int8"]
+    dense = [p for p in ops["points"] if p["base"] == "original" and p["precision"] == "int8"
+             and p.get("retention")]
     best_dense = max(dense, key=lambda p: p["speedup"], default=None)
     keys = ("label", "file", "speedup", "size_bytes", "retention", "median_ms")
     return {**{k: rec.get(k) for k in keys}, "metric": ops["metric"],

@@ -48,7 +48,14 @@ def test_default_path_removes_dead_units_and_reloads(tmp_path: Path) -> None:
     assert rec[0]["retention"]["selection"] >= 1 - curve["max_quality_loss"] - 1e-9
     assert rec[0]["file"] == "model.onnx"  # no int8 for a model this small unless asked
     assert rep["recommended"]["label"] == rec[0]["label"]
-    assert all(p["median_ms"] > 0 and 0 < p["retention"]["heldout"] for p in curve["points"])
+    assert all(p["median_ms"] > 0 for p in curve["points"])
+    # scored fastest first: whatever is faster than the recommended one has its held-out
+    # retention (it could dominate it); what is left unscored says why
+    for p in curve["points"]:
+        if p["speedup"] > rec[0]["speedup"] or p["base"] == rec[0]["base"]:
+            assert 0 < p["retention"]["heldout"], p
+        if not p["retention"]:
+            assert p["reason"].startswith("not scored") and not p["qualifies"], p
     assert curve["evaluation"]["pairs"]["heldout"] >= 100
     assert (out / "candidates" / "original.onnx").is_file()
     assert any(c["name"] == "task_retention" and c["passed"] for c in rep["validation"]["checks"])
