@@ -89,18 +89,19 @@ def _calibrate(model: nn.Module, original: nn.Module, sites: Mapping[str, Any],
                factors: Mapping[str, Any], a_in: Mapping[str, torch.Tensor],
                groups: Mapping[str, Any], check: Sequence[Mapping[str, Any]], task: str,
                scale: float, base: float, budget: float, round_to: int, prior: str,
-               near: float | None = None) -> float:
+               near: float | None = None,
+               reference: Sequence[torch.Tensor] | None = None) -> float:
     """ν whose one-shot reduction adds at most `budget` measured distortion to `base`.
 
     `near`: the previous round's ν. The search then starts within a factor 10 of it (rounds
     move ν little on a transformer) and falls back to the full search when the answer is not
-    inside that bracket."""
+    inside that bracket. `reference`: the original's outputs on `check`, computed once."""
     from bmr_compress.algorithms.recovery import distortion
     from bmr_compress.scoring.tolerance import calibrate_nu, distortion_at
 
     def measured(nu: float) -> tuple[float, int]:
         tmp, removed = _one_shot(model, sites, factors, a_in, groups, nu, round_to, prior)
-        return distortion(tmp, original, check, task, scale) - base, removed
+        return distortion(tmp, original, check, task, scale, reference=reference) - base, removed
 
     if near is not None and math.isfinite(near):
         found = _bisect_near(measured, budget, near)
@@ -202,7 +203,7 @@ def laplace_reduce(original: nn.Module, data: Any, task: str, *, tolerance: floa
     teacher's targets on the recovery batches are computed once, for every round.
     """
     from bmr_compress.algorithms.curve import SNAPSHOT_MAX_PARAMS
-    from bmr_compress.algorithms.recovery import distortion
+    from bmr_compress.algorithms.recovery import distortion, probe_outputs
     from bmr_compress.tasks import strip_labels
     from bmr_compress.coupling import discover_groups
     from bmr_compress.scoring.unit_posterior import output_scale
@@ -216,11 +217,12 @@ def laplace_reduce(original: nn.Module, data: Any, task: str, *, tolerance: floa
     snapshots = not following and count_params(original) <= SNAPSHOT_MAX_PARAMS
     out = LaplaceOutcome(model, {g.name: list(range(g.num_units)) for g in first},
                          {g.name: g.num_units for g in first}, {}, tolerance=tolerance)
+    ref = probe_outputs(original, cal.check, task)  # the original's side of every distortion
     run = _Run(original, example, cal, task, scale, round_to, timer, progress, ranking,
-               recovery_steps, lr, unit_prior, schedule, hidden_weight)
+               recovery_steps, lr, unit_prior, schedule, hidden_weight, ref)
     share = 1.0  # of the remaining tolerance a round may spend (halved after an overshoot)
     for r in range(len(ranking.follow) if following else rounds):
-        before = distortion(model, original, cal.check, task, scale)
+        before = distortion(model, original, cal.check, task, scale, reference=ref)
         budget = (tolerance - before) * share
         if not following and budget <= 0.05 * tolerance:
             break
@@ -238,7 +240,7 @@ def laplace_reduce(original: nn.Module, data: Any, task: str, *, tolerance: floa
         if removed == 0:
             break
     out.model = model
-    out.final_distortion = distortion(model, original, cal.check, task, scale)
+    out.final_distortion = distortion(model, original, cal.check, task, scale, reference=ref)
     return out
 
 
@@ -260,6 +262,7 @@ class _Run:
     unit_prior: str
     schedule: str = "constant"
     hidden_weight: float = 0.0
+    check_ref: Sequence[torch.Tensor] | None = None  # the original's outputs on cal.check
     targets: Any = None  # the teacher's outputs on cal.labelled, computed at the first recovery
 
     def round(self, model: nn.Module, out: LaplaceOutcome, r: int, before: float, budget: float,
@@ -285,7 +288,8 @@ class _Run:
             with self.timer("calibrate"):
                 nu = _calibrate(model, o, sites, factors, a_in, {g.name: g for g in groups},
                                 cal.check, task, scale, before, budget, self.round_to,
-                                self.unit_prior, out.rounds[-1]["nu"] if out.rounds else None)
+                                self.unit_prior, out.rounds[-1]["nu"] if out.rounds else None,
+                                self.check_ref)
         if not math.isfinite(nu):
             return None
         undo = copy.deepcopy(model), {k: list(v) for k, v in out.keep.items()}
@@ -296,7 +300,7 @@ class _Run:
             plan = Plan({g.name: res.keep.get(g.name, list(range(g.num_units))) for g in groups},
                         {}, PlanSettings(unstructured=False, round_to=self.round_to), {})
             apply_plan_(model, groups, plan)
-        cut_distortion = distortion(model, o, cal.check, task, scale)
+        cut_distortion = distortion(model, o, cal.check, task, scale, reference=self.check_ref)
         for name, kept in plan.keep.items():  # compose with earlier rounds
             if name in out.keep:
                 out.keep[name] = [out.keep[name][i] for i in kept]
@@ -307,7 +311,7 @@ class _Run:
             rec = recover_(model, o, cal.labelled, task, steps=self.recovery_steps, lr=self.lr,
                            scale=scale, progress=self.progress, targets=self.targets,
                            schedule=self.schedule, hidden_weight=self.hidden_weight)
-        after = distortion(model, o, cal.check, task, scale)
+        after = distortion(model, o, cal.check, task, scale, reference=self.check_ref)
         out.rounds.append({"round": r + 1, "nu": nu, "distortion_before": before,
                            "removed_units": res.removed, "distortion_cut": cut_distortion,
                            "kept_counts": {g: len(k) for g, k in res.keep.items()},

@@ -37,17 +37,29 @@ class RecoveryRecord:
 
 
 def distortion(model: nn.Module, original: nn.Module, batches: Sequence[Mapping[str, Any]],
-               task: str, scale: float = 1.0) -> float:
-    """Measured δ = E_n ‖f_n − f0_n‖² / scale² over `batches` (no gradient)."""
+               task: str, scale: float = 1.0, *,
+               reference: Sequence[torch.Tensor] | None = None) -> float:
+    """Measured δ = E_n ‖f_n − f0_n‖² / scale² over `batches` (no gradient). `reference`:
+    the original's outputs on `batches` (`probe_outputs`), when computed once for many calls."""
     from bmr_compress.tasks import probe_output
 
     total, n = 0.0, 0
     with torch.no_grad():
-        for b in batches:
-            f, f0 = probe_output(model, b, task), probe_output(original, b, task)
+        for i, b in enumerate(batches):
+            f = probe_output(model, b, task)
+            f0 = reference[i] if reference is not None else probe_output(original, b, task)
             total += float(((f - f0).double() ** 2).sum())
             n += f.shape[0]
     return total / max(n, 1) / scale ** 2
+
+
+def probe_outputs(original: nn.Module, batches: Sequence[Mapping[str, Any]],
+                  task: str) -> list[torch.Tensor]:
+    """The original's outputs on `batches`, for `distortion(..., reference=...)`."""
+    from bmr_compress.tasks import probe_output
+
+    with torch.no_grad():
+        return [probe_output(original, b, task) for b in batches]
 
 
 SCHEDULES = ("constant", "cosine")

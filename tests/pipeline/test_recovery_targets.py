@@ -93,3 +93,15 @@ def test_keep_zeros_and_schedule() -> None:
     assert all(x >= y for x, y in zip(cos[4:], cos[5:]))
     with pytest.raises(ValueError):
         recover_(student, teacher, _batches(1), "embedding", steps=1, schedule="linear")
+
+
+def test_distortion_against_outputs_computed_once_is_the_same_number() -> None:
+    from bmr_compress.algorithms.recovery import distortion, probe_outputs
+
+    teacher = tiny_bert().eval()
+    student, batches = _student(teacher).eval(), _batches()
+    ref = probe_outputs(teacher, batches, "embedding")
+    fresh = distortion(student, teacher, batches, "embedding", 0.5)
+    assert fresh > 0
+    assert distortion(student, teacher, batches, "embedding", 0.5, reference=ref) == fresh
+    assert distortion(teacher, teacher, batches, "embedding", reference=ref) == 0.0
