@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+import os
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -136,6 +137,16 @@ def check_sizes(res: ValidationResult, path: Path, original: Path) -> None:
     res.add("size_not_larger", ok, detail, {"original": stored_o, "compressed": stored_c})
 
 
+GRID_RUNS = 10  # runs per extra (batch, threads) point: an informative table, not the gate
+
+
+def grid_points(grid: Sequence[tuple[int, int]], cores: int) -> list[tuple[int, int]]:
+    """The (batch, threads) points to time on a machine with `cores` logical cores: a thread
+    count above it is capped to it (more threads than cores measures contention, not the
+    model), and the points it makes equal are timed once."""
+    return list(dict.fromkeys((b, min(t, cores)) for b, t in grid))
+
+
 def check_latency(
     res: ValidationResult, model: nn.Module, paths: dict[str, Path], sample: dict[str, torch.Tensor],
     st: ValidationSettings,
@@ -154,12 +165,13 @@ def check_latency(
                                       runs=st.latency_runs, warmup=st.latency_warmup)
         res.latency.update({"batch": st.latency_batch, "seq": seq})
         grid = []
-        for b, t in st.latency_grid:
+        for b, t in grid_points(st.latency_grid, os.cpu_count() or 1):
             if (b, t) == (st.latency_batch, st.latency_threads):
                 r = res.latency
             else:
                 x = to_numpy(make_inputs_like(sample, b, seq, seed=st.seed + 99))
-                r = measure_latency(models, x, threads=t, runs=st.latency_runs, warmup=st.latency_warmup)
+                r = measure_latency(models, x, threads=t, runs=min(st.latency_runs, GRID_RUNS),
+                                    warmup=st.latency_warmup)
             grid.append({"batch": b, "threads": t, "seq": seq, **{k: r[k] for k in models}})
         res.latency["grid"] = grid
         res.add("latency_measured", True,
