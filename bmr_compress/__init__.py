@@ -38,6 +38,24 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
+def shadow_guard(package: str, exports: Any) -> None:
+    """Keep each lazily exported name of `package` (name -> submodule) from being shadowed by
+    a submodule of the same name: importing `package.x` sets the attribute `x` of the
+    package to the submodule, after which `from package import x` would return the module
+    instead of the function the export table names (`algorithms.laplace_reduce`)."""
+    import sys
+    import types
+
+    class _Package(types.ModuleType):
+        def __setattr__(self, name: str, value: Any) -> None:
+            if (name in exports and isinstance(value, types.ModuleType)
+                    and value.__name__ == f"{package}.{name}"):
+                return  # still importable as a module; the attribute stays the export
+            super().__setattr__(name, value)
+
+    sys.modules[package].__class__ = _Package
+
+
 def __dir__() -> list[str]:
     return sorted([*globals(), *_LAZY])
 

@@ -12,6 +12,8 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
+from bmr_compress import shadow_guard
+
 _EXPORTS = {
     "laplace_reduce": "laplace_reduce", "LaplaceOutcome": "laplace_reduce",
     "final_record": "laplace_reduce", "split_calibration": "laplace_reduce",
@@ -29,3 +31,4 @@ def __getattr__(name: str) -> Any:
 
 
 __all__ = sorted(_EXPORTS)
+shadow_guard(__name__, _EXPORTS)

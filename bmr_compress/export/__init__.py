@@ -8,6 +8,8 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
+from bmr_compress import shadow_guard
+
 _EXPORTS = {
     "export_safetensors": "safetensors_export", "load_state_dict": "safetensors_export",
     "read_metadata": "safetensors_export",
@@ -33,3 +35,4 @@ def __getattr__(name: str) -> Any:
 
 
 __all__ = sorted(_EXPORTS)
+shadow_guard(__name__, _EXPORTS)
