@@ -87,10 +87,16 @@ def compress_(model: nn.Module, batches: Sequence[Mapping[str, Any]],
     are replaced; references to old submodules go stale) and `record.original` holds the
     original. Both are left in eval mode (distortion is measured and the recovery
     trains in eval mode: no dropout). Seeds nothing: seed torch first for a reproducible recovery.
+
+    Under torchrun with an initialised process group (variational.ddp.process_group) every
+    process must call this with the same model and batches: each takes a slice of every
+    batch for the statistics, the distortion checks and the recovery, the sums are added
+    over the processes, and every process ends with the same reduced model.
     """
     from bmr_compress.errors import InputError
     from bmr_compress.algorithms.laplace_reduce import laplace_reduce
     from bmr_compress.planning import Ranking
+    from bmr_compress.variational.ddp import current_shard, process_shard, sharded
 
     config = config if config is not None else CompressConfig()
     if config.posterior != "laplace":
@@ -104,13 +110,14 @@ def compress_(model: nn.Module, batches: Sequence[Mapping[str, Any]],
     config = config.replace(laplace=dataclasses.replace(config.laplace, tolerance=tolerance))
     example = strip_labels(example if example is not None else batches[0])
     lap = config.laplace
-    outcome = laplace_reduce(
-        model, SimpleNamespace(train_batches=list(batches), heldout_batches=[example]), task,
-        tolerance=tolerance, rounds=lap.rounds, recovery_steps=lap.recovery_steps,
-        lr=lap.recovery_lr, round_to=config.plan.round_to, timer=timer,
-        progress=config.progress, ranking=Ranking(compensate=config.plan.compensate),
-        unit_prior=config.plan.unit_prior, schedule=lap.recovery_schedule,
-        hidden_weight=lap.recovery_hidden_weight)
+    with sharded(current_shard() or process_shard()):  # None: one process, no torchrun
+        outcome = laplace_reduce(
+            model, SimpleNamespace(train_batches=list(batches), heldout_batches=[example]),
+            task, tolerance=tolerance, rounds=lap.rounds, recovery_steps=lap.recovery_steps,
+            lr=lap.recovery_lr, round_to=config.plan.round_to, timer=timer,
+            progress=config.progress, ranking=Ranking(compensate=config.plan.compensate),
+            unit_prior=config.plan.unit_prior, schedule=lap.recovery_schedule,
+            hidden_weight=lap.recovery_hidden_weight)
     return _finish(model, outcome, example, config, timer)
 
 
