@@ -52,7 +52,7 @@ def compress(config: CompressConfig, out: str | Path, *, overwrite: bool = False
         if config.posterior == "laplace":
             from bmr_compress.pipeline.api import laplace_stage
 
-            with process_group():  # torchrun: the other ranks share this stage, then leave
+            with process_group(SHARED_BACKEND):  # torchrun: the ranks share this stage
                 fitted, cut = laplace_stage(config, timer, work)
         else:
             owned.enter_context(own_checkpoint(checkpoint_dir(config, out)))  # no live run's
@@ -62,6 +62,11 @@ def compress(config: CompressConfig, out: str | Path, *, overwrite: bool = False
             return finish_stage(fitted, cut, timer, work, out, overwrite=overwrite)
         finally:  # the fit is complete either way; only an interrupted run leaves it
             shutil.rmtree(checkpoint_dir(config, out), ignore_errors=True)
+
+
+# the Laplace stage computes on the CPU (its sums are CPU tensors); gloo also reduces CUDA
+# tensors, and needs no GPU per process
+SHARED_BACKEND = "gloo"
 
 
 def _check_shareable(config: CompressConfig) -> None:
@@ -79,7 +84,7 @@ def _helper_rank(config: CompressConfig, timer: StageTimer, rank: int) -> None:
     from bmr_compress.pipeline.api import laplace_stage
     from bmr_compress.variational.ddp import process_group
 
-    with tempfile.TemporaryDirectory(prefix="bmr-rank-") as work, process_group():
+    with tempfile.TemporaryDirectory(prefix="bmr-rank-") as work, process_group(SHARED_BACKEND):
         laplace_stage(config, timer, Path(work))
     log.info("rank %d: reduction shared; rank 0 exports and validates", rank)
     return None

@@ -217,10 +217,10 @@ def _broadcast(t: Tensor) -> None:
 
 
 @contextlib.contextmanager
-def process_group() -> Iterator[Shard | None]:
+def process_group(name: str | None = None) -> Iterator[Shard | None]:
     """Under torchrun with several processes: the default process group for the block
-    (NCCL with CUDA, else gloo; destroyed at its end unless it was already up), yielding its
-    Shard. Otherwise None, and no torch.distributed call."""
+    (backend `name`, default NCCL with CUDA, else gloo; destroyed at its end unless it was
+    already up), yielding its Shard. Otherwise None, and no torch.distributed call."""
     if env_world()[1] <= 1:
         yield None
         return
@@ -230,7 +230,7 @@ def process_group() -> Iterator[Shard | None]:
     if dist.is_initialized():
         yield process_shard()
         return
-    name = backend()
+    name = name or backend()
     if name == "nccl":
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")) % torch.cuda.device_count())
     dist.init_process_group(name)
