@@ -184,3 +184,31 @@ def test_compress_equals_one_process() -> None:
             torch.testing.assert_close(rec.model.state_dict()[k], v, rtol=1e-4, atol=1e-5)
     a, b = (r.model.state_dict() for r in two)
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_torchrun_environment_without_a_group(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
+    """Under torchrun's environment: the variational path is refused before any process group
+    is opened, rank 1 logs warnings only, and without a group there is no Shard."""
+    import logging
+
+    from bmr_compress.cli.runtime import setup_logging
+    from bmr_compress.pipeline import build_config, compress
+    from bmr_compress.variational.ddp import process_shard
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "1")
+    with pytest.raises(InputError, match="variational.ddp"):
+        compress(build_config({"source": "zoo:mlp-digits", "steps": 3}), tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+    assert process_shard() is None  # torch.distributed has no group in this process
+    try:
+        setup_logging(verbose=True, debug=False)
+        assert logging.getLogger("bmr_compress").level == logging.WARNING
+        assert logging.getLogger("bmr_compress.progress").level == logging.WARNING
+        monkeypatch.setenv("RANK", "0")
+        setup_logging(verbose=True, debug=False)
+        assert logging.getLogger("bmr_compress").level == logging.INFO
+        assert logging.getLogger("bmr_compress.progress").level == logging.INFO
+    finally:
+        monkeypatch.delenv("WORLD_SIZE")
+        setup_logging(verbose=False, debug=False)
