@@ -24,7 +24,7 @@ from torch import nn
 from bmr_compress.algorithms.targets import (
     LossShare, TeacherTargets, forward_targets, recovery_loss, takes_hidden_states,
 )
-from bmr_compress.variational.ddp import current_shard
+from bmr_compress.variational.ddp import current_shard, local_batches
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +65,6 @@ def probe_outputs(original: nn.Module, batches: Sequence[Mapping[str, Any]],
     """The original's outputs on `batches`, for `distortion(..., reference=...)` (under a
     Shard: on this process's slices of them)."""
     from bmr_compress.tasks import probe_output
-    from bmr_compress.variational.ddp import local_batches
 
     with torch.no_grad():
         return [probe_output(original, b, task) for b in local_batches(batches)]
