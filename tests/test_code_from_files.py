@@ -30,6 +30,7 @@ SITES: dict[tuple[str, str], str] = {
     ("bmr_compress/export/__init__.py", "__getattr__"): "literal table _EXPORTS (own submodules)",
     ("bmr_compress/io/__init__.py", "__getattr__"): "literal table _EXPORTS (own submodules)",
     ("bmr_compress/zoo/__init__.py", "__getattr__"): "literal table _EXPORTS (own submodules)",
+    ("bmr_compress/variational/__init__.py", "__getattr__"): "literal table _LAZY (its ddp module)",
     ("bmr_compress/export/validation_checks.py", "check_st_embeddings"): "literal package names",
     ("bmr_compress/io/userdata.py", "load_hf_dataset"): "literal package name",
     ("bmr_compress/cutting/saved.py", "builder_from_ref"):

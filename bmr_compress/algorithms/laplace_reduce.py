@@ -275,6 +275,7 @@ class _Run:
         from bmr_compress.cutting import apply_plan_
         from bmr_compress.planning.plan import Plan, PlanSettings
         from bmr_compress.planning.sequential import reduce_sequential_
+        from bmr_compress.variational.ddp import local_batches
 
         o, cal, task, scale = self.original, self.cal, self.task, self.scale
         with self.timer("posterior"):
@@ -306,8 +307,9 @@ class _Run:
                 out.keep[name] = [out.keep[name][i] for i in kept]
         with self.timer("recovery"):
             if self.targets is None and self.recovery_steps > 0:
-                self.targets = TeacherTargets.compute(
-                    o, cal.labelled, task, hidden=self.hidden_weight > 0 and takes_hidden_states(o))
+                self.targets = TeacherTargets.compute(  # this process's slices only
+                    o, local_batches(cal.labelled), task,
+                    hidden=self.hidden_weight > 0 and takes_hidden_states(o))
             rec = recover_(model, o, cal.labelled, task, steps=self.recovery_steps, lr=self.lr,
                            scale=scale, progress=self.progress, targets=self.targets,
                            schedule=self.schedule, hidden_weight=self.hidden_weight)

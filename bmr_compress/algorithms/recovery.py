@@ -22,8 +22,9 @@ import torch
 from torch import nn
 
 from bmr_compress.algorithms.targets import (
-    TeacherTargets, forward_targets, recovery_loss, takes_hidden_states,
+    LossShare, TeacherTargets, forward_targets, recovery_loss, takes_hidden_states,
 )
+from bmr_compress.variational.ddp import current_shard, local_batches
 
 log = logging.getLogger(__name__)
 
@@ -40,26 +41,33 @@ def distortion(model: nn.Module, original: nn.Module, batches: Sequence[Mapping[
                task: str, scale: float = 1.0, *,
                reference: Sequence[torch.Tensor] | None = None) -> float:
     """Measured δ = E_n ‖f_n − f0_n‖² / scale² over `batches` (no gradient). `reference`:
-    the original's outputs on `batches` (`probe_outputs`), when computed once for many calls."""
+    the original's outputs on `batches` (`probe_outputs`), when computed once for many calls.
+    Under a Shard each process measures its slices (`reference` holds the original's outputs
+    on them) and the sums are added."""
     from bmr_compress.tasks import probe_output
 
     total, n = 0.0, 0
+    shard = current_shard()
     with torch.no_grad():
         for i, b in enumerate(batches):
+            b = b if shard is None else shard.local(b)
             f = probe_output(model, b, task)
             f0 = reference[i] if reference is not None else probe_output(original, b, task)
             total += float(((f - f0).double() ** 2).sum())
             n += f.shape[0]
+    if shard is not None:
+        total, n = shard.total([total, n])
     return total / max(n, 1) / scale ** 2
 
 
 def probe_outputs(original: nn.Module, batches: Sequence[Mapping[str, Any]],
                   task: str) -> list[torch.Tensor]:
-    """The original's outputs on `batches`, for `distortion(..., reference=...)`."""
+    """The original's outputs on `batches`, for `distortion(..., reference=...)` (under a
+    Shard: on this process's slices of them)."""
     from bmr_compress.tasks import probe_output
 
     with torch.no_grad():
-        return [probe_output(original, b, task) for b in batches]
+        return [probe_output(original, b, task) for b in local_batches(batches)]
 
 
 SCHEDULES = ("constant", "cosine")
@@ -79,14 +87,20 @@ def recover_(model: nn.Module, original: nn.Module, batches: Sequence[Mapping[st
     (5 % linear warm-up, then cosine decay to 0). `keep_zeros`: weights that are exactly zero
     stay zero (masked, unstructured cuts). Removed units stay removed: the cut model has no
     slot for them. Gradients flow with the model in eval mode (see below).
+
+    Under a Shard (variational.ddp: several processes, each holding every batch) each process
+    computes its slice of each batch (and `targets` are for those slices), the gradients are
+    summed into the whole batch's, and every process ends with rank 0's weights.
     """
     if steps <= 0 or not batches:
         return RecoveryRecord(0, 0.0, None, None)
     if schedule not in SCHEDULES:
         raise ValueError(f"schedule must be one of {SCHEDULES}, not {schedule!r}")
     hidden = hidden_weight > 0 and takes_hidden_states(model)
+    shard = current_shard()
+    local = batches if shard is None else [shard.local(b) for b in batches]
     if targets is None or len(targets) != len(batches) or (hidden and not targets.hidden):
-        targets = TeacherTargets.compute(original, batches, task, hidden=hidden)
+        targets = TeacherTargets.compute(original, local, task, hidden=hidden)
     params = [p for p in model.parameters() if p.is_floating_point()]
     flags = [p.requires_grad for p in params]
     keep = [p != 0 for p in params] if keep_zeros else None
@@ -99,17 +113,20 @@ def recover_(model: nn.Module, original: nn.Module, batches: Sequence[Mapping[st
     # in eval mode, 0.076 with dropout)
     model.eval()
     t0, first, last = time.perf_counter(), None, None
-    bar = _bar(steps, progress)
+    bar = _bar(steps, progress and (shard is None or shard.rank == 0))
     try:
         for step in range(steps):
             for group in opt.param_groups:
                 group["lr"] = lr * lr_factor(schedule, step, steps)
             i = step % len(batches)
-            b = batches[i]
+            b = local[i]
+            share = None if shard is None else LossShare.of(batches[i], shard.sum_)
             loss = recovery_loss(forward_targets(model, b, task, hidden), targets[i], b, task,
-                                 scale, hidden_weight if hidden else 0.0)
+                                 scale, hidden_weight if hidden else 0.0, share=share)
             opt.zero_grad(set_to_none=True)
             loss.backward()
+            if shard is not None:  # the whole batch's gradient and loss on every process
+                loss = torch.tensor(shard.sum_grads_(params, loss))
             opt.step()
             if keep is not None:
                 with torch.no_grad():
@@ -127,6 +144,8 @@ def recover_(model: nn.Module, original: nn.Module, batches: Sequence[Mapping[st
         for p, flag in zip(params, flags, strict=True):
             p.requires_grad_(flag)
             p.grad = None
+    if shard is not None:  # the same sums give the same steps; this makes it certain
+        shard.broadcast_params_(params)
     seconds = time.perf_counter() - t0
     log.info("recovery: %d steps in %.0f s, loss %.3g -> %.3g", steps, seconds,
              first or 0.0, last or 0.0)

@@ -16,7 +16,8 @@ import inspect
 import logging
 import tempfile
 import weakref
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -116,11 +117,35 @@ class TeacherTargets:
         return self._dir is not None
 
 
+@dataclass(frozen=True)
+class LossShare:
+    """One process's part of a global batch's loss (several processes, variational.ddp):
+    every term is normalised by the whole batch's counts, so the parts of all processes add
+    up to the loss of the whole batch, and so do their gradients."""
+
+    examples: int  # examples in the whole batch
+    labelled: int  # labels other than -100 in the whole batch
+    sum_: Callable[[torch.Tensor], None]  # in place: the sum over the processes
+
+    @classmethod
+    def of(cls, batch: Mapping[str, Any], sum_: Callable[[torch.Tensor], None]) -> LossShare:
+        """The share for the whole batch `batch` (every process holds all of it)."""
+        n = next(int(v.shape[0]) for v in batch.values()
+                 if isinstance(v, torch.Tensor) and v.dim() > 0)
+        labels = batch.get("labels")
+        return cls(n, int((labels != -100).sum()) if labels is not None else 0, sum_)
+
+
 def recovery_loss(student: Mapping[str, torch.Tensor], teacher: Mapping[str, torch.Tensor],
                   batch: Mapping[str, Any], task: str, scale: float,
-                  hidden_weight: float = 0.0) -> torch.Tensor:
+                  hidden_weight: float = 0.0, *, share: LossShare | None = None) -> torch.Tensor:
     """E_n ‖f_n − f0_n‖² / scale² (+ cross-entropy for a labelled classifier) + hidden_weight ·
-    the mean over blocks of ‖h_l − h0_l‖² / ‖h0_l‖² on the real (unpadded) tokens."""
+    the mean over blocks of ‖h_l − h0_l‖² / ‖h0_l‖² on the real (unpadded) tokens.
+
+    `share`: `batch` is this process's slice of a larger batch; the result is its part of
+    that batch's loss (LossShare)."""
+    if share is not None:
+        return _shared_loss(student, teacher, batch, task, scale, hidden_weight, share)
     f, f0 = student["output"], teacher["output"]
     loss = ((f - f0) ** 2).sum(-1).mean() / scale ** 2
     if task == "classification" and "labels" in batch:  # supervised when labels are given
@@ -135,4 +160,31 @@ def recovery_loss(student: Mapping[str, torch.Tensor], teacher: Mapping[str, tor
                  else torch.ones_like(h[..., :1]))
             terms.append((((h - h0) ** 2) * w).sum() / ((h0 ** 2) * w).sum().clamp_min(1e-12))
         loss = loss + hidden_weight * torch.stack(terms).mean()
+    return loss
+
+
+def _shared_loss(student: Mapping[str, torch.Tensor], teacher: Mapping[str, torch.Tensor],
+                 batch: Mapping[str, Any], task: str, scale: float, hidden_weight: float,
+                 share: LossShare) -> torch.Tensor:
+    """recovery_loss's terms as sums over this slice, each divided by the whole batch's
+    normaliser (examples, labels, and the teacher's hidden norms summed over the processes)."""
+    f, f0 = student["output"], teacher["output"]
+    loss = ((f - f0) ** 2).sum() / share.examples / scale ** 2
+    if task == "classification" and "labels" in batch:
+        ce = nn.functional.cross_entropy(f, batch["labels"].long(), ignore_index=-100,
+                                         reduction="sum")
+        loss = loss + ce / max(share.labelled, 1)
+    keys = [k for k in teacher if k.startswith("hidden.")]
+    if hidden_weight > 0 and keys:
+        mask = batch.get("attention_mask")
+        nums, dens = [], []
+        for k in keys:
+            h, h0 = student[k], teacher[k]
+            w = (mask.to(h.dtype).unsqueeze(-1) if mask is not None and mask.shape == h.shape[:2]
+                 else torch.ones_like(h[..., :1]))
+            nums.append((((h - h0) ** 2) * w).sum())
+            dens.append(((h0 ** 2) * w).sum().detach())
+        den = torch.stack(dens)
+        share.sum_(den)  # the whole batch's ‖h0_l‖², the same on every process
+        loss = loss + hidden_weight * (torch.stack(nums) / den.clamp_min(1e-12)).mean()
     return loss

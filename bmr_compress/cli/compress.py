@@ -53,4 +53,5 @@ def command(as_json: bool, debug: bool, verbose: bool, **opts: Any) -> None:
 
     config = compress_config(opts, what="compress")
     result = pipeline.compress(config, str(opts["out"]), overwrite=bool(opts["overwrite"]))
-    emit(result, as_json, human_summary)
+    if result is not None:  # None: a torchrun rank other than 0 (rank 0 reports)
+        emit(result, as_json, human_summary)

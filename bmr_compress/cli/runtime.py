@@ -22,8 +22,11 @@ INTERNAL_ERROR_EXIT = 3  # a bug in the tool (not bad input, not a failed valida
 
 
 def setup_logging(verbose: bool, debug: bool) -> None:
-    """Logs go to stderr; --debug / -v raise the tool's own loggers, third parties stay at WARNING."""
+    """Logs go to stderr; --debug / -v raise the tool's own loggers, third parties stay at
+    WARNING. Under torchrun only rank 0 logs progress; the other ranks log warnings only."""
     level = logging.DEBUG if debug else logging.INFO if verbose else logging.WARNING
+    helper = int(os.environ.get("RANK", "0")) > 0 and int(os.environ.get("WORLD_SIZE", "1")) > 1
+    level = max(level, logging.WARNING) if helper else level
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr,
                         format="%(levelname)s %(name)s: %(message)s", force=True)
     logging.getLogger("bmr_compress").setLevel(level)
@@ -33,7 +36,7 @@ def setup_logging(verbose: bool, debug: bool) -> None:
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("[bmr-compress] %(message)s"))
     progress.addHandler(handler)
-    progress.setLevel(logging.INFO)
+    progress.setLevel(logging.WARNING if helper else logging.INFO)
     progress.propagate = False
     # transformers prints multi-line load reports on stderr through its own handler; the tool
     # logs what matters itself (one line each), so keep them for -v / --debug only

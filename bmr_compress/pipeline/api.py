@@ -60,12 +60,14 @@ class CompressRecord:
     snapshots: list[tuple[str, nn.Module]] = field(default_factory=list)  # kept rounds' models
     stage_seconds: dict[str, float] = field(default_factory=dict)
     reduction: LaplaceOutcome | None = None  # re-plans the record at an earlier round
+    processes: int = 1  # torchrun processes that shared the reduction (variational.ddp)
 
     def to_json(self) -> dict[str, Any]:
         """What report.json's `iterative` entry says about the rounds."""
-        return {"method": "laplace rounds (tolerance-calibrated BMR, sequential, recovery)",
-                "tolerance": self.tolerance, "final_check_distortion": self.final_distortion,
-                "rounds": self.rounds}
+        out = {"method": "laplace rounds (tolerance-calibrated BMR, sequential, recovery)",
+               "tolerance": self.tolerance, "final_check_distortion": self.final_distortion,
+               "rounds": self.rounds}
+        return out if self.processes == 1 else {**out, "processes": self.processes}
 
 
 def compress_(model: nn.Module, batches: Sequence[Mapping[str, Any]],
@@ -87,10 +89,16 @@ def compress_(model: nn.Module, batches: Sequence[Mapping[str, Any]],
     are replaced; references to old submodules go stale) and `record.original` holds the
     original. Both are left in eval mode (distortion is measured and the recovery
     trains in eval mode: no dropout). Seeds nothing: seed torch first for a reproducible recovery.
+
+    Under torchrun with an initialised process group (variational.ddp.process_group) every
+    process must call this with the same model and batches: each takes a slice of every
+    batch for the statistics, the distortion checks and the recovery, the sums are added
+    over the processes, and every process ends with the same reduced model.
     """
     from bmr_compress.errors import InputError
     from bmr_compress.algorithms.laplace_reduce import laplace_reduce
     from bmr_compress.planning import Ranking
+    from bmr_compress.variational.ddp import current_shard, process_shard, sharded
 
     config = config if config is not None else CompressConfig()
     if config.posterior != "laplace":
@@ -104,14 +112,17 @@ def compress_(model: nn.Module, batches: Sequence[Mapping[str, Any]],
     config = config.replace(laplace=dataclasses.replace(config.laplace, tolerance=tolerance))
     example = strip_labels(example if example is not None else batches[0])
     lap = config.laplace
-    outcome = laplace_reduce(
-        model, SimpleNamespace(train_batches=list(batches), heldout_batches=[example]), task,
-        tolerance=tolerance, rounds=lap.rounds, recovery_steps=lap.recovery_steps,
-        lr=lap.recovery_lr, round_to=config.plan.round_to, timer=timer,
-        progress=config.progress, ranking=Ranking(compensate=config.plan.compensate),
-        unit_prior=config.plan.unit_prior, schedule=lap.recovery_schedule,
-        hidden_weight=lap.recovery_hidden_weight)
-    return _finish(model, outcome, example, config, timer)
+    with sharded(current_shard() or process_shard()) as shard:  # None: one process
+        outcome = laplace_reduce(
+            model, SimpleNamespace(train_batches=list(batches), heldout_batches=[example]),
+            task, tolerance=tolerance, rounds=lap.rounds, recovery_steps=lap.recovery_steps,
+            lr=lap.recovery_lr, round_to=config.plan.round_to, timer=timer,
+            progress=config.progress, ranking=Ranking(compensate=config.plan.compensate),
+            unit_prior=config.plan.unit_prior, schedule=lap.recovery_schedule,
+            hidden_weight=lap.recovery_hidden_weight)
+    record = _finish(model, outcome, example, config, timer)
+    record.processes = 1 if shard is None else shard.world
+    return record
 
 
 def _finish(model: nn.Module, outcome: LaplaceOutcome, example: Mapping[str, Any], config: CompressConfig,

@@ -29,22 +29,31 @@ from bmr_compress.pipeline.stages import (
 
 
 def compress(config: CompressConfig, out: str | Path, *, overwrite: bool = False
-             ) -> CompressResult:
+             ) -> CompressResult | None:
     """The whole pipeline from `config.source` into `out`. Raises BmrError subclasses.
 
-    The default path is `compress_` (pipeline/api.py) between loading and export."""
+    The default path is `compress_` (pipeline/api.py) between loading and export. Under
+    torchrun every process runs it (each a slice of every batch, variational.ddp); rank 0
+    then exports, validates and writes `out` alone, the others return None."""
     from bmr_compress.io.atomic import check_output_dir, check_rejected_dir, work_dir
     from bmr_compress.io.ownership import own_checkpoint
+    from bmr_compress.variational.ddp import env_world, process_group
 
     _check_inputs_outside(Path(out), config)  # first: replacing --out must not delete an input
     out = check_output_dir(out, overwrite)  # fail fast, before any work
     check_rejected_dir(out)  # a failed validation must not delete a user's files there
     timer = StageTimer()
+    rank, world = env_world()
+    if world > 1:
+        _check_shareable(config)
+        if rank > 0:
+            return _helper_rank(config, timer, rank)
     with work_dir(out) as work, contextlib.ExitStack() as owned:  # beside --out, removed on every exit path
         if config.posterior == "laplace":
             from bmr_compress.pipeline.api import laplace_stage
 
-            fitted, cut = laplace_stage(config, timer, work)
+            with process_group(SHARED_BACKEND):  # torchrun: the ranks share this stage
+                fitted, cut = laplace_stage(config, timer, work)
         else:
             owned.enter_context(own_checkpoint(checkpoint_dir(config, out)))  # no live run's
             fitted = fit_stage(config, out, timer, work)
@@ -53,6 +62,32 @@ def compress(config: CompressConfig, out: str | Path, *, overwrite: bool = False
             return finish_stage(fitted, cut, timer, work, out, overwrite=overwrite)
         finally:  # the fit is complete either way; only an interrupted run leaves it
             shutil.rmtree(checkpoint_dir(config, out), ignore_errors=True)
+
+
+# the Laplace stage computes on the CPU (its sums are CPU tensors); gloo also reduces CUDA
+# tensors, and needs no GPU per process
+SHARED_BACKEND = "gloo"
+
+
+def _check_shareable(config: CompressConfig) -> None:
+    from bmr_compress.errors import InputError
+
+    if config.posterior != "laplace":
+        raise InputError("under torchrun `compress` shares the default (Laplace) path only; "
+                         "the variational fine-tune runs under torchrun as "
+                         "`-m bmr_compress.variational.ddp` (README, several processes)")
+
+
+def _helper_rank(config: CompressConfig, timer: StageTimer, rank: int) -> None:
+    """A torchrun process other than rank 0: its share of the Laplace stage, nothing written
+    (its scratch folder is a private temporary one, removed on return)."""
+    from bmr_compress.pipeline.api import laplace_stage
+    from bmr_compress.variational.ddp import process_group
+
+    with tempfile.TemporaryDirectory(prefix="bmr-rank-") as work, process_group(SHARED_BACKEND):
+        laplace_stage(config, timer, Path(work))
+    log.info("rank %d: reduction shared; rank 0 exports and validates", rank)
+    return None
 
 
 def _check_inputs_outside(out: Path, config: CompressConfig) -> None:

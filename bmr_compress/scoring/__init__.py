@@ -13,8 +13,10 @@ from bmr_compress.scoring.mean_field import (
 from bmr_compress.scoring.precision import (
     calibrate_precisions, matrix_posteriors, round_weights_,
 )
-from bmr_compress.scoring.unit_posterior import output_scale
+from bmr_compress.scoring.unit_posterior import (
+    consumer_sites, input_moments, output_scale, row_scales,
+)
 
-__all__ = ["calibrate_precisions", "gate_site", "gate_sites", "matrix_posteriors",
-           "output_scale", "round_weights_", "score_groups", "score_weights",
-           "structured_from_weights", "unit_macs"]
+__all__ = ["calibrate_precisions", "consumer_sites", "gate_site", "gate_sites",
+           "input_moments", "matrix_posteriors", "output_scale", "round_weights_",
+           "row_scales", "score_groups", "score_weights", "structured_from_weights", "unit_macs"]

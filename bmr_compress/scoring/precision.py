@@ -36,6 +36,7 @@ from bmr_compress.bmr.precision import (
 from bmr_compress.layers import layer_type
 from bmr_compress.scoring.tolerance import calibrate_nu
 from bmr_compress.scoring.unit_posterior import input_moments, probe_backward, row_scales
+from bmr_compress.variational.ddp import current_shard
 
 log = logging.getLogger(__name__)
 
@@ -155,6 +156,9 @@ def embedding_factors(model: nn.Module, batches: list[Mapping[str, Any]], task: 
         hooks.append(mod.register_forward_hook(hook))
     n_examples = probe_backward(model, batches, task, scale, hooks,
                                 before=lambda b: state.update(mask=b.get("attention_mask")))
+    shard = current_shard()
+    if shard is not None:  # every process has a slice of each batch: add their counts
+        counts, sums = shard.sum_dict(counts), shard.sum_dict(sums)
     freq = {n: c / max(float(c.sum()), 1.0) for n, c in counts.items() if float(c.sum()) > 0}
     return freq, {n: sums[n] / max(n_examples, 1) for n in freq}
 

@@ -28,6 +28,7 @@ from torch import nn
 
 from bmr_compress.layers import layer_type
 from bmr_compress.coupling.groups import UnitGroup
+from bmr_compress.variational.ddp import batch_size, current_shard
 
 log = logging.getLogger(__name__)
 
@@ -86,7 +87,9 @@ class _Captured(Exception):
 def input_moments(model: nn.Module, names: Iterable[str],
                   batches: Iterable[Mapping[str, Any]]) -> dict[str, torch.Tensor]:
     """A = E[x xᵀ] (float64, bias column last when the layer has one) of each named layer's
-    input over the real tokens of `batches` (positions with attention_mask 0 excluded)."""
+    input over the real tokens of `batches` (positions with attention_mask 0 excluded).
+    Under a Shard (variational.ddp) each process reads its slice of every batch and the sums
+    are added over the processes."""
     mods = dict(model.named_modules())
     names = list(names)
     sums: dict[str, list[Any]] = {}
@@ -108,10 +111,11 @@ def input_moments(model: nn.Module, names: Iterable[str],
             if len(state["seen"]) == len(names):
                 raise _Captured  # every layer has its input: skip the rest of the forward
         hooks.append(mods[name].register_forward_hook(hook))
-    device = _device(model)
+    device, shard = _device(model), current_shard()
     try:
         with torch.no_grad():
             for b in batches:
+                b = b if shard is None else shard.local(b)
                 state["mask"] = b.get("attention_mask")
                 state["seen"] = set()
                 try:
@@ -121,6 +125,10 @@ def input_moments(model: nn.Module, names: Iterable[str],
     finally:
         for h in hooks:
             h.remove()
+    if shard is not None:  # every process's hooks saw the same layers
+        totals = shard.sum_dict({k: s for k, (s, _) in sums.items()})
+        counts = dict(zip(sorted(sums), shard.total([sums[k][1] for k in sorted(sums)])))
+        sums = {k: [totals[k], counts[k]] for k in sums}
     return {k: s / max(n, 1) for k, (s, n) in sums.items()}
 
 
@@ -152,6 +160,9 @@ def row_scales(model: nn.Module, names: Iterable[str], batches: Iterable[Mapping
             out.register_hook(grad_hook)
         hooks.append(mods[name].register_forward_hook(hook))
     count = probe_backward(model, batches, task, scale, hooks, seed=seed)
+    shard = current_shard()
+    if shard is not None:
+        sums = shard.sum_dict(sums)
     return {k: s / max(count, 1) / max(float(torch.trace(a_in[k])), 1e-30)
             for k, s in sums.items()}
 
@@ -162,23 +173,34 @@ def probe_backward(model: nn.Module, batches: Iterable[Mapping[str, Any]], task:
     """One backward pass of a Gaussian probe vᵀ(f_n/scale) per batch, every parameter
     requiring grad meanwhile: the gradient hooks the caller registered (`hooks`, removed
     here at the end) accumulate their Gauss–Newton statistics. `before(batch)` runs ahead of
-    each forward. Returns the number of examples seen; requires_grad and .grad are restored."""
+    each forward. Returns the number of examples seen; requires_grad and .grad are restored.
+
+    Under a Shard each process runs its slice of every batch (`before` gets that slice) with
+    its rows of the probe one process would draw for the whole batch; the count returned is
+    the global one, the caller sums its statistics over the processes."""
     from bmr_compress.tasks import probe_output
 
     flags = [(p, p.requires_grad) for p in model.parameters()]
     gen = torch.Generator().manual_seed(seed)
-    device, count = _device(model), 0
+    device, count, shard = _device(model), 0, current_shard()
     try:
         for p, _ in flags:
             p.requires_grad_(True)
         with torch.enable_grad():
             for b in batches:
+                if shard is not None:
+                    n = batch_size(b)
+                    start, stop = shard.bounds(n)
+                    b = shard.local(b)
                 if before is not None:
                     before(b)
                 f = probe_output(model, _to(b, device), task)  # (B, m)
-                v = torch.randn(f.shape, generator=gen).to(f)
+                if shard is None:
+                    v = torch.randn(f.shape, generator=gen).to(f)
+                else:  # this rank's rows of the whole batch's probe
+                    v = torch.randn((n, *f.shape[1:]), generator=gen)[start:stop].to(f)
                 ((v * f).sum() / scale).backward()
-                count += f.shape[0]
+                count += f.shape[0] if shard is None else n
     finally:
         for h in hooks:
             h.remove()
@@ -206,12 +228,14 @@ def output_scale(model: nn.Module, batches: Iterable[Mapping[str, Any]], task: s
     from bmr_compress.tasks import probe_output
 
     total, n = 0.0, 0
-    device = _device(model)
+    device, shard = _device(model), current_shard()
     with torch.no_grad():
         for b in batches:
-            f = probe_output(model, _to(b, device), task)
+            f = probe_output(model, _to(b if shard is None else shard.local(b), device), task)
             total += float((f.double() ** 2).sum())
             n += f.shape[0]
+    if shard is not None:
+        total, n = shard.total([total, n])
     return max(total / max(n, 1), 1e-30) ** 0.5
 
 

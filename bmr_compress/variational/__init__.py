@@ -22,10 +22,23 @@ from bmr_compress.variational.wrap import UnwrapReport, WrapReport, is_wrapped, 
 
 __all__ = [
     "ElboTerms", "FinetuneSettings", "FitResult", "GateTensor",
-    "PosteriorSpec", "PosteriorState", "PosteriorTensor", "UnwrapReport", "WrapReport",
-    "adam_kwargs", "enforce_masks_", "finetune", "fit_mode_", "gate_tensors", "heldout_elbo",
+    "PosteriorSpec", "PosteriorState", "PosteriorTensor", "Shard", "UnwrapReport",
+    "WrapReport", "adam_kwargs", "current_shard", "enforce_masks_", "finetune", "fit_mode_", "gate_tensors", "heldout_elbo",
     "hidden_gaussian",
-    "is_wrapped", "kl_divergence", "load_posterior", "masks", "posterior_tensors",
-    "restore_posterior_", "save_posterior", "set_masks_", "set_noise_source_",
-    "unwrap_", "update_priors_", "wrap_",
+    "is_wrapped", "kl_divergence", "load_posterior", "local_batches", "masks",
+    "posterior_tensors", "process_group", "process_shard", "restore_posterior_", "save_posterior", "set_masks_", "set_noise_source_",
+    "sharded", "unwrap_", "update_priors_", "wrap_",
 ]
+
+# variational.ddp resolves on first use, so `python -m bmr_compress.variational.ddp` runs it
+# once (as __main__), not also as a submodule the package imported
+_LAZY = {"Shard": "ddp", "current_shard": "ddp", "local_batches": "ddp", "process_group": "ddp",
+         "process_shard": "ddp", "sharded": "ddp"}
+
+
+def __getattr__(name: str) -> object:
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(f"{__name__}.{_LAZY[name]}"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
