@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import json
 import logging
 import tempfile
 import time
@@ -73,7 +74,11 @@ def main() -> None:
     ap.add_argument("--pairs", type=int, default=1000,
                     help="retrieval pairs per split, selection and held-out (0: skip)")
     ap.add_argument("--no-write", action="store_true", help="print, leave BENCHMARKS.md alone")
+    ap.add_argument("--dump", type=Path, help="also save the measurements as JSON here")
+    ap.add_argument("--from-dump", type=Path, help="render a --dump file instead of measuring")
     args = ap.parse_args()
+    if args.from_dump:
+        return _write(json.loads(args.from_dump.read_text()), args.no_write)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     logging.getLogger("bmr_compress.export.onnx_export").setLevel(logging.WARNING)
 
@@ -174,10 +179,21 @@ def main() -> None:
         lat = {name: timed[str(v)] for name, v in paths.items()}  # a shared file timed once
     from bmr_compress.export import cpu_info
 
-    text = render(rows, lat, len(held), args.runs, t_stats, list(GRIDS), KEEP, cpu_info(),
-                  evaluator.describe() if evaluator is not None else None)
+    data = {"rows": rows, "lat": lat, "n_held": len(held), "runs": args.runs, "t_stats": t_stats,
+            "grids": list(GRIDS), "keep": KEEP, "cpu": cpu_info(),
+            "evaluation": evaluator.describe() if evaluator is not None else None}
+    if args.dump:
+        from bmr_compress.io import to_jsonable
+
+        args.dump.write_text(json.dumps(to_jsonable(data), indent=1))
+    _write(data, args.no_write)
+
+
+def _write(data: dict[str, Any], no_write: bool) -> None:
+    text = render(data["rows"], data["lat"], data["n_held"], data["runs"], data["t_stats"],
+                  data["grids"], data["keep"], data["cpu"], data["evaluation"])
     print(text)
-    if not args.no_write:
+    if not no_write:
         write_section("precision", text)
 
 
