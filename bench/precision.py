@@ -57,13 +57,16 @@ def _batches(tok: Any, texts: list[str], size: int) -> list[dict[str, Any]]:
     return out
 
 
-def _retention(tok: Any, n: int, reference: Path) -> Any:
+def _retention(tok: Any, n: int, reference: Path, n_selection: int | None = None) -> Any:
     """The main job's evaluator: selection / held-out pairs, the fp32 ONNX as reference."""
     if n <= 0:
         return None
     from bmr_compress.export import RetrievalRetention, retrieval_pairs
 
-    return RetrievalRetention(tok, retrieval_pairs(n), reference, max_length=SEQ)
+    pairs = retrieval_pairs(n)
+    if n_selection is not None and n_selection < n:
+        pairs["selection"] = retrieval_pairs(n_selection)["selection"]
+    return RetrievalRetention(tok, pairs, reference, max_length=SEQ)
 
 
 def main() -> None:
@@ -74,7 +77,11 @@ def main() -> None:
     ap.add_argument("--pairs", type=int, default=1000,
                     help="retrieval pairs per split, selection and held-out (0: skip)")
     ap.add_argument("--no-write", action="store_true", help="print, leave BENCHMARKS.md alone")
-    ap.add_argument("--dump", type=Path, help="also save the measurements as JSON here")
+    ap.add_argument("--selection-pairs", type=int, default=None,
+                    help="selection pairs, when fewer than --pairs (the held-out count)")
+    ap.add_argument("--uniform", default="int8,int4-b32,int4-b128", help="uniform grids compared")
+    ap.add_argument("--dump", type=Path, help="also save the measurements as JSON here (after "
+                    "every artefact, so an interrupted run keeps what it measured)")
     ap.add_argument("--from-dump", type=Path, help="render a --dump file instead of measuring")
     args = ap.parse_args()
     if args.from_dump:
@@ -126,7 +133,7 @@ def main() -> None:
         log.info("%d of %d matrices found in the ONNX graph", len(params), len(weights))
         paths = {"fp32": fp32}
         plans: dict[str, dict[str, str]] = {"fp32": {}}
-        for g in ("int8", "int4-b32", "int4-b128"):
+        for g in [u for u in args.uniform.split(",") if u]:
             plans[f"uniform {g}"] = {p: g for p in params}
         info: dict[str, dict[str, Any]] = {}
         for tol in [float(t) for t in args.tolerances.split(",")]:
@@ -146,7 +153,7 @@ def main() -> None:
             if name != "fp32":
                 paths[name] = written[key]
         ref_held, ref_check = embed(fp32, enc_held), embed(fp32, enc_check)
-        evaluator = _retention(tok, args.pairs, fp32)
+        evaluator = _retention(tok, args.pairs, fp32, args.selection_pairs)
         measured: dict[Path, dict[str, Any]] = {}
         for name, p in paths.items():
             if p not in measured:
@@ -170,6 +177,10 @@ def main() -> None:
                 r["torch_distortion"] = distortion(tmp, model, _batches(tok, check_texts, 16),
                                                    "embedding", scale)
             rows[name] = r
+            if args.dump:
+                from bmr_compress.io import to_jsonable
+
+                args.dump.write_text(json.dumps(to_jsonable({"rows": rows}), indent=1))
             log.info("%s: %.1f MiB, cosine %.4f, check distortion %.4g", name, r["bytes"] / 2**20,
                      r["cosine_mean"], r["check_distortion"])
         x = make_inputs_like(sample, 1, SEQ, seed=0)
