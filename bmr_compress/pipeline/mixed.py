@@ -34,7 +34,7 @@ from bmr_compress.pipeline.stages import Fitted
 log = logging.getLogger(__name__)
 
 MIXED_FILE = "model.mixed.onnx"
-LADDER = (0.04, 0.02, 0.01, 0.005, 0.0025)  # tolerances tried, largest (smallest file) first
+LADDER = (0.08, 0.04, 0.02, 0.01, 0.005, 0.0025)  # tolerances, largest (smallest file) first
 
 
 @dataclass
