@@ -10,7 +10,7 @@ standard-library docstrings vs the broader installed-documentation corpus (issue
    targets cached once) for the same number of steps and batch size, on its corpus's
    training paragraphs; check batches excluded from every training set.
 3. Judged on calibration check paragraphs (distortion 2(1 − cos), never trained on) and on
-   the main job's retrieval task (pipeline.retrieval_pairs: 1,000 selection and 1,000
+   the main job's retrieval task (export.retrieval_pairs: 1,000 selection and 1,000
    held-out query→document pairs of the installed documentation, hash buckets that never
    train): MRR@10 of the student over the original's (retention) ± its paired standard error.
    Selection pairs choose between rows; held-out pairs are reported.
@@ -105,7 +105,7 @@ def main() -> None:
     from bmr_compress.pipeline import resolve_source
     from bmr_compress.algorithms import TeacherTargets
     from bmr_compress.export import paired_retention_se
-    from bmr_compress.pipeline import retrieval_pairs
+    from bmr_compress.export import retrieval_pairs
 
     torch.set_num_threads(2)
     src = resolve_source("zoo:all-minilm-l6-v2")
@@ -130,7 +130,7 @@ def main() -> None:
         return out
 
     corpus = docs_corpus(max(a.docs_samples, 4096))
-    pairs = {split: retrieval_pairs(split) for split in ("selection", "heldout")}
+    pairs = retrieval_pairs()
 
     def scores(model: torch.nn.Module) -> dict[str, np.ndarray]:
         return {split: _rr(_embed(model, tok, list(p.queries)), _embed(model, tok, list(p.documents)))

@@ -163,6 +163,13 @@ export_options = _stack(
                  help="Also ship the other qualifying artefacts and the original's ONNX under "
                       "candidates/, so `bmr-compress bench OUT` can choose on the deploy CPU "
                       "[default: on]."),
+    click.option("--mixed-precision/--no-mixed-precision", "mixed_precision", default=None,
+                 help="Also write model.mixed.onnx: the shipped model with every weight matrix, "
+                      "the embedding table included, on the grid BMR chose for it (fp32, 8-bit "
+                      "or 4-bit blocks; MatMulNBits / GatherBlockQuantized). Of a ladder of "
+                      "tolerances, the smallest file whose selection retention keeps the "
+                      "quality budget ships; validated and timed like the int8 file "
+                      "(docs/PRECISION.md) [default: off]."),
 )
 
 reload_options = _stack(

@@ -30,12 +30,14 @@ def validate(
     task: Task | str,
     settings: ValidationSettings | None = None,
     int8_path: str | Path | None = None,
+    mixed_path: str | Path | None = None,
     raise_on_failure: bool = True,
 ) -> ValidationResult:
     """Run every check; a check that errors counts as failed (with the error as its detail).
 
     `sample_inputs` is the batch the ONNX files were exported with (parity uses other shapes);
-    `original_onnx_path` is the uncompressed export (size and latency baseline).
+    `original_onnx_path` is the uncompressed export (size and latency baseline);
+    `int8_path` / `mixed_path`: the int8 and mixed-precision files, timed beside it and checked.
     """
     st = settings or ValidationSettings()
     res = ValidationResult()
@@ -48,11 +50,16 @@ def validate(
         timed = {"original": original_onnx_path, "compressed": onnx_path}
         if int8_path is not None and Path(int8_path).is_file():
             timed["int8"] = Path(int8_path)  # int8 latency beside fp32, same run
+        if mixed_path is not None and Path(mixed_path).is_file():
+            timed["mixed"] = Path(mixed_path)
         checks.check_latency(res, compressed, timed, sample_inputs, st)
     checks.check_metric(res, original, compressed, heldout_batches, task, st)
     if int8_path is not None:
         checks.check_int8(res, Path(int8_path), onnx_path if ok_files else None, sample_inputs, compressed, st,
                           original=original, batches=heldout_batches, task=task)
+    if mixed_path is not None:
+        checks.check_mixed(res, Path(mixed_path), onnx_path if ok_files else None, sample_inputs,
+                           compressed, st, original=original, batches=heldout_batches, task=task)
     if raise_on_failure:
         res.raise_if_failed()
     return res

@@ -179,6 +179,9 @@ def render_markdown(report: Mapping[str, Any]) -> str:
                   f"| compressed | {lat['compressed']['median_ms']:.3f} | {lat['compressed']['p90_ms']:.3f} |"]
         if "int8" in lat:
             lines.append(f"| compressed int8 | {lat['int8']['median_ms']:.3f} | {lat['int8']['p90_ms']:.3f} |")
+        if "mixed" in lat:
+            lines.append(f"| compressed mixed precision | {lat['mixed']['median_ms']:.3f} | "
+                         f"{lat['mixed']['p90_ms']:.3f} |")
         lines += ["", *_latency_grid_md(lat)]
     q = report.get("int8")
     if q:
@@ -187,6 +190,8 @@ def render_markdown(report: Mapping[str, Any]) -> str:
         lines += [f"int8 ({how}): {_fmt_bytes(q['file_bytes'])}"
                   + (f", {qm.get('name')} {qm.get('gate'):.4g} vs the original on held-out data"
                      if qm.get("gate") is not None else "") + ".", ""]
+    if report.get("mixed_precision"):
+        lines += mixed_markdown(report["mixed_precision"])
     if report.get("operating_points"):
         from bmr_compress.export.operating_points import curve_markdown
 
@@ -208,12 +213,37 @@ def _latency_grid_md(lat: Mapping[str, Any]) -> list[str]:
     grid = lat.get("grid") or []
     if not grid:
         return []
-    names = [k for k in ("original", "compressed", "int8") if k in grid[0]]
+    names = [k for k in ("original", "compressed", "int8", "mixed") if k in grid[0]]
     out = [f"Median ms by batch and threads (sequence {grid[0].get('seq')}):", "",
            "| batch | threads | " + " | ".join(names) + " |", "|---|---|" + "---|" * len(names)]
     out += [f"| {g['batch']} | {g['threads']} | " + " | ".join(f"{g[n]['median_ms']:.3f}" for n in names)
             + " |" for g in grid]
     return out + [""]
+
+
+def mixed_markdown(mp: Mapping[str, Any]) -> list[str]:
+    """The --mixed-precision section: the file, its size, speed and retention, the ladder."""
+    out = ["## Mixed precision (BMR per matrix)", "", f"Rule: {mp.get('rule')}.", ""]
+    if not mp.get("file"):
+        return out + [f"No mixed-precision file was written: {mp.get('reason')}.", ""]
+    ret = mp.get("retention") or {}
+    speed = (f", {mp['speedup']:.2f}x the original's speed ({mp['median_ms']:.3f} ms)"
+             if mp.get("speedup") else "")
+    out += [f"`{mp['file']}`: {_fmt_bytes(mp['size_bytes'])}, {mp['times_smaller']:.2f}x smaller "
+            f"than the original's ONNX{speed}; {100 * ret.get('heldout', float('nan')):.1f} % of "
+            f"its {mp.get('metric')} on held-out data ({100 * ret.get('selection', float('nan')):.1f} "
+            f"% on the selection data that chose it). Tolerance {mp['tolerance']:g}, "
+            f"ν = {mp['nu']:.3g}, {mp['bits_per_weight']:.2f} bits per weight; matrices per grid: "
+            + ", ".join(f"{g} {n}" for g, n in mp["counts"].items() if n) + ".", "",
+            "| tolerance | ν | MB | bits/weight | selection | held-out | |", "|---|---|---|---|---|---|---|"]
+    for c in mp.get("ladder") or []:
+        r = c.get("retention") or {}
+        cells = [f"{100 * r[k]:.1f} %" if k in r else "-" for k in ("selection", "heldout")]
+        out.append(f"| {c['tolerance']:g} | {c['nu']:.3g} | {c['size_bytes'] / 1e6:.2f} | "
+                   f"{c['bits_per_weight']:.2f} | {cells[0]} | {cells[1]} | "
+                   f"{'shipped' if c['tolerance'] == mp['tolerance'] else c.get('reason', '')} |")
+    return out + ["", "Load it like model.onnx (onnxruntime CPU; contrib ops MatMulNBits and "
+                  "GatherBlockQuantized).", ""]
 
 
 def _can_plot() -> bool:

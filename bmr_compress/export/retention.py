@@ -31,6 +31,16 @@ log = logging.getLogger(__name__)
 SPLITS = ("selection", "heldout")
 
 
+def retrieval_pairs(max_pairs: int = 1000) -> dict[str, Pairs]:
+    """Up to `max_pairs` query→document pairs per split ("selection", "heldout") from the
+    installed-documentation corpus (io/package_corpus.split_texts): the pairs the operating
+    points of a text-embedding run are scored on."""
+    from bmr_compress.export.retrieval import make_pairs
+    from bmr_compress.io.package_corpus import split_texts
+
+    return {s: make_pairs(split_texts(s), max_pairs) for s in SPLITS}
+
+
 def _session(path: str | Path) -> Any:
     from bmr_compress.export.latency import cpu_session
 

@@ -63,6 +63,7 @@ class ValidationResult:
     sizes: dict[str, Any] = field(default_factory=dict)
     latency: dict[str, Any] = field(default_factory=dict)
     int8: dict[str, Any] | None = None
+    mixed: dict[str, Any] | None = None  # model.mixed.onnx (--mixed-precision)
 
     @property
     def passed(self) -> bool:
@@ -79,7 +80,7 @@ class ValidationResult:
     def to_dict(self) -> dict[str, Any]:
         return {"passed": self.passed, "checks": [asdict(c) for c in self.checks],
                 "parity": self.parity, "metric": self.metric, "sizes": self.sizes,
-                "latency": self.latency, "int8": self.int8}
+                "latency": self.latency, "int8": self.int8, "mixed": self.mixed}
 
     def raise_if_failed(self) -> None:
         if not self.passed:

@@ -227,18 +227,42 @@ def check_int8(
     model: nn.Module, st: ValidationSettings, *, original: nn.Module | None = None,
     batches: Iterable[dict[str, torch.Tensor]] | None = None, task: Task | str | None = None,
 ) -> None:
-    """int8 artefact: loads, finite, and, gating, the task metric of the int8 ONNX model against
-    the original on held-out data (same threshold as the compressed model). The raw relative
-    L2 error against the fp32 ONNX at random inputs is recorded; it gates only when no
-    held-out data is given (int8 arithmetic quantises activations at run time, so outlier
-    hidden dimensions make raw token states look worse than what the task sees)."""
+    """int8 artefact: `check_quantized` under the name int8 (res.int8)."""
+    res.int8 = check_quantized(res, "int8", path, fp32_path, sample, model, st, original=original,
+                               batches=batches, task=task)
+
+
+def check_mixed(
+    res: ValidationResult, path: Path, fp32_path: Path | None, sample: dict[str, torch.Tensor],
+    model: nn.Module, st: ValidationSettings, *, original: nn.Module | None = None,
+    batches: Iterable[dict[str, torch.Tensor]] | None = None, task: Task | str | None = None,
+) -> None:
+    """The mixed-precision artefact (model.mixed.onnx): the same checks as the int8 file,
+    named mixed_precision_* (res.mixed)."""
+    res.mixed = check_quantized(res, "mixed_precision", path, fp32_path, sample, model, st,
+                                original=original, batches=batches, task=task)
+
+
+def check_quantized(
+    res: ValidationResult, label: str, path: Path, fp32_path: Path | None,
+    sample: dict[str, torch.Tensor], model: nn.Module, st: ValidationSettings, *,
+    original: nn.Module | None = None, batches: Iterable[dict[str, torch.Tensor]] | None = None,
+    task: Task | str | None = None,
+) -> dict[str, Any] | None:
+    """A quantised artefact: loads, finite, and, gating, the task metric of the quantised ONNX
+    model against the original on held-out data (same threshold as the compressed model). The
+    raw relative L2 error against the fp32 ONNX at random inputs of two shapes unlike the
+    export sample is recorded; it gates (<= st.int8_max_rel_error) only when no held-out data
+    is given (int8 arithmetic quantises activations at run time, so outlier hidden dimensions
+    make raw token states look worse than what the task sees). Returns what it measured."""
     import numpy as np
 
     from bmr_compress.export.latency import cpu_session
     from bmr_compress.export.metrics import task_metric
 
-    if not check_onnx_files(res, {"int8": path}) or fp32_path is None:
-        return
+    if not check_onnx_files(res, {label: path}) or fp32_path is None:
+        return None
+    info: dict[str, Any] | None = None
     try:
         q, f = cpu_session(path), cpu_session(fp32_path)
         errs = []
@@ -248,23 +272,25 @@ def check_int8(
             errs.append(float(np.linalg.norm(yq - yf) / max(float(np.linalg.norm(yf)), 1e-12)))
         worst = max(errs)
         stored, _ = initializer_bytes(path)
-        res.int8 = {"path": path.name, "file_bytes": onnx_file_bytes(path), "initializer_bytes": stored,
-                    "rel_error_vs_fp32": errs, "max_rel_error": st.int8_max_rel_error}
+        info = {"path": path.name, "file_bytes": onnx_file_bytes(path), "initializer_bytes": stored,
+                "rel_error_vs_fp32": errs, "max_rel_error": st.int8_max_rel_error}
         if original is not None and batches is not None and task is not None:
             t = Task.parse(task) if isinstance(task, str) else task
             key, higher = _GATES[t]
             limit = getattr(st, key)
             metric = task_metric(original, OrtModule(q), batches, t)
-            res.int8["metric"] = metric
+            info["metric"] = metric
             v = metric["gate"]
             ok = bool(np.isfinite(v)) and (v >= limit if higher else v <= limit)
-            res.add("int8_metric", ok, f"int8 {metric['name']} {v:.4g} vs original "
+            res.add(f"{label}_metric", ok, f"{label} {metric['name']} {v:.4g} vs original "
                     f"({'>=' if higher else '<='} {limit}); raw relative L2 vs fp32 {worst:.3g}", v)
         else:
-            res.add("int8_parity", bool(np.isfinite(worst)) and worst <= st.int8_max_rel_error,
-                    f"int8 vs fp32 ORT relative L2 error {worst:.3g} (<= {st.int8_max_rel_error})", worst)
+            res.add(f"{label}_parity", bool(np.isfinite(worst)) and worst <= st.int8_max_rel_error,
+                    f"{label} vs fp32 ORT relative L2 error {worst:.3g} "
+                    f"(<= {st.int8_max_rel_error})", worst)
     except Exception as e:  # noqa: BLE001
-        res.add("int8_parity", False, f"int8 validation failed: {_one_line(e)}")
+        res.add(f"{label}_parity", False, f"{label} validation failed: {_one_line(e)}")
+    return info
 
 
 def _one_line(e: BaseException) -> str:

@@ -165,8 +165,10 @@ def _body(report: dict[str, Any], repo_id: str, d: Path | None, st: bool, base: 
     if q:
         qm = (q.get("metric") or {}).get("gate")
         lines.append(f"| int8 ONNX bytes / {name} | | {q.get('file_bytes', 0):,} / {_num(qm)} |")
+    lines += _mixed_row(report.get("mixed_precision"))
     lines += ["", f"Held-out data: {src.get('heldout') or src.get('data') or 'not stated'}.", ""]
     lines += _retention_lines(report.get("recommended"))
+    lines += _mixed_lines(report.get("mixed_precision"), repo_id)
     lines += _latency_lines(report.get("latency", {}))
     lines += ["## Settings", "", "```json", json.dumps(_scrub(report.get("settings", {})), indent=2,
                                                         sort_keys=True), "```", ""]
@@ -196,10 +198,36 @@ def _retention_lines(rec: dict[str, Any] | None) -> list[str]:
     return out
 
 
+def _mixed_row(mp: dict[str, Any] | None) -> list[str]:
+    if not mp or not mp.get("file"):
+        return []
+    ret = (mp.get("retention") or {}).get("heldout")
+    return [f"| mixed-precision ONNX bytes / {mp.get('metric')} retention (held-out) | | "
+            f"{mp.get('size_bytes', 0):,} / {_num(ret)} |"]
+
+
+def _mixed_lines(mp: dict[str, Any] | None, repo_id: str) -> list[str]:
+    """model.mixed.onnx: what it is and how to load it (--mixed-precision)."""
+    if not mp or not mp.get("file"):
+        return []
+    ret = mp.get("retention") or {}
+    speed = f", {mp['speedup']:.2f}x the original's speed" if mp.get("speedup") else ""
+    return ["## Mixed precision", "",
+            f"`{mp['file']}`: every weight matrix (the embedding table included) on the grid "
+            f"Bayesian model reduction chose for it ({mp.get('bits_per_weight', 0):.2f} bits per "
+            f"weight on average), {mp.get('times_smaller', 0):.2f}x smaller than the original's "
+            f"ONNX{speed}, {100 * ret.get('heldout', float('nan')):.1f} % of its "
+            f"{mp.get('metric')} on held-out data. onnxruntime CPU runs it (contrib ops "
+            "MatMulNBits, GatherBlockQuantized):", "", "```python", "import onnxruntime as ort",
+            "from huggingface_hub import hf_hub_download", "",
+            f'path = hf_hub_download("{repo_id}", "{mp["file"]}")',
+            'session = ort.InferenceSession(path, providers=["CPUExecutionProvider"])', "```", ""]
+
+
 def _latency_lines(lat: dict[str, Any]) -> list[str]:
     if "original" not in lat:
         return []
-    names = [k for k in ("original", "compressed", "int8") if k in lat]
+    names = [k for k in ("original", "compressed", "int8", "mixed") if k in lat]
     rows = lat.get("grid") or [{"batch": lat.get("batch"), "threads": lat.get("threads"),
                                 **{k: lat[k] for k in names}}]
     out = [f"onnxruntime CPU latency, median ms (sequence {lat.get('seq')}, all models timed in "

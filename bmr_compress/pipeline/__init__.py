@@ -13,7 +13,6 @@ command): `compress`, `finetune_only`, `reduce`, `export_directory`, `validate_d
 """
 
 from bmr_compress.pipeline.api import CompressRecord, compress_
-from bmr_compress.pipeline.choose import RETRIEVAL_TOKENS, retrieval_pairs
 from bmr_compress.pipeline.commands import (
     compress, export_directory, finetune_only, reduce, validate_directory,
 )
@@ -31,11 +30,11 @@ from bmr_compress.pipeline.summary import format_summary, summary_of
 
 __all__ = [
     "CALIBRATION_BATCHES", "DEFAULT_TOLERANCE", "FIT_RECORD", "LATENCY_SEQ", "OPTIONS",
-    "RETRIEVAL_TOKENS", "CompressConfig",
+    "CompressConfig",
     "CompressRecord", "CompressResult", "Cut", "DataConfig", "ExportConfig", "Fitted",
     "LaplaceSettings", "PlanConfig", "SourceConfig", "StageTimer", "build_config",
     "checkpoint_dir", "compress", "compress_", "cut_stage", "export_directory",
     "finetune_only", "finish_stage", "fit_", "fit_stage", "flat_record", "format_summary",
-    "from_recipe", "load_stage", "reduce", "resolve_source", "retrieval_pairs", "summary_of", "validate_directory",
+    "from_recipe", "load_stage", "reduce", "resolve_source", "summary_of", "validate_directory",
     "validation_settings", "with_options",
 ]

@@ -35,16 +35,6 @@ def int8_schemes(f: Fitted) -> tuple[str, ...]:
     return AUTO_SCHEMES if ex.int8_scheme == "auto" else (ex.int8_scheme,)
 
 
-def retrieval_pairs(split: str, max_pairs: int = MAX_PAIRS) -> Any:
-    """The query→document pairs of one set ("selection" chooses, "heldout" is reported) that
-    a text embedding model's operating points are scored on: the main job's retrieval task,
-    for the benchmarks to measure on exactly the same pairs."""
-    from bmr_compress.export.retrieval import make_pairs
-    from bmr_compress.io.package_corpus import split_texts
-
-    return make_pairs(split_texts(split), max_pairs)
-
-
 def evaluator_for(f: Fitted, original_onnx: Path) -> Any:
     """Retrieval pairs for a text embedding model; the calibration check batches and the
     held-out batches for every other task."""
@@ -52,7 +42,9 @@ def evaluator_for(f: Fitted, original_onnx: Path) -> Any:
     tok = f.source.tokenizer_or_processor
     if str(f.source.task) == "embedding" and tok is not None and callable(tok) \
             and "input_ids" in f.data.heldout_batches[0]:
-        pairs = {s: retrieval_pairs(s) for s in ("selection", "heldout")}
+        from bmr_compress.export.retention import retrieval_pairs
+
+        pairs = retrieval_pairs(MAX_PAIRS)
         from bmr_compress.export.validation import max_positions
 
         seq = min(RETRIEVAL_TOKENS, max_positions(f.original) or RETRIEVAL_TOKENS,

@@ -334,12 +334,13 @@ def validate_directory(directory: str | Path, *, data: str | None = None,
     example = strip_labels(bundle.heldout_batches[0])
     with tempfile.TemporaryDirectory(prefix="bmr-validate-") as work:
         base = export_onnx(source.model, Path(work) / "original.onnx", example, sparse=False)
-        int8 = directory / "model.int8.onnx"
+        int8, mixed = directory / "model.int8.onnx", directory / "model.mixed.onnx"
         result = validate(
             source.model, model, onnx_path=directory / "model.onnx",
             original_onnx_path=base.path, sample_inputs=example,
             heldout_batches=bundle.heldout_batches, task=manifest.get("task", source.task),
             int8_path=int8 if int8.is_file() else None, raise_on_failure=False,
+            mixed_path=mixed if mixed.is_file() else None,
             settings=validation_settings(config.validate, source.model, example),
         )
     _update_report_validation(directory, result)

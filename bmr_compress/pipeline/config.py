@@ -137,13 +137,16 @@ class ExportConfig:
     more (pipeline/choose.py); int8_scheme: "auto" times every scheme on this CPU, a name
     forces that one; max_quality_loss: the recommended artefact keeps >= 1 - this of the
     original's task metric on selection examples; candidates: ship the other qualifying
-    artefacts and the original's ONNX under candidates/ for `bmr-compress bench`."""
+    artefacts and the original's ONNX under candidates/ for `bmr-compress bench`;
+    mixed_precision: also write model.mixed.onnx, each weight matrix on the grid BMR chose for
+    it (pipeline/mixed.py, docs/PRECISION.md)."""
 
     int8: bool | None = None
     int8_scheme: str = "auto"
     max_quality_loss: float = 0.01
     candidates: bool = True
     compact_zeros: bool = False  # store mostly-zero tensors sparsely in model.safetensors
+    mixed_precision: bool = False
 
     def __post_init__(self) -> None:
         from bmr_compress.export.quantize import SCHEMES
@@ -217,6 +220,7 @@ OPTIONS: dict[str, tuple[str, str]] = {
     "int8": ("export", "int8"), "int8_scheme": ("export", "int8_scheme"),
     "max_quality_loss": ("export", "max_quality_loss"), "candidates": ("export", "candidates"),
     "compact_zeros": ("export", "compact_zeros"),
+    "mixed_precision": ("export", "mixed_precision"),
 }
 
 # options that only the variational path reads: giving one (CLI) selects that path

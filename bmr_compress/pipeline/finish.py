@@ -84,6 +84,7 @@ class _Files:
     base_weights: Path
     int8: Path | None
     sentence_transformers: bool
+    mixed: Any = None  # pipeline.mixed.MixedPrecision (--mixed-precision)
 
 
 def _export(f: Fitted, cut: Cut, stage: Path, base_art: OnnxArtifact, example: Mapping[str, Any],
@@ -183,6 +184,7 @@ def _validate(f: Fitted, stage: Path, files: _Files, example: Mapping[str, Any]
         f.original, f.model, onnx_path=files.onnx.path, original_onnx_path=files.base_onnx.path,
         sample_inputs=example, heldout_batches=f.data.heldout_batches,
         task=f.source.task, int8_path=files.int8, raise_on_failure=False,
+        mixed_path=files.mixed.path if files.mixed is not None else None,
         settings=validation_settings(f.config.validate, f.original, example),
     )
     st_info = None
@@ -237,13 +239,23 @@ def finish_stage(f: Fitted, cut: Cut, timer: StageTimer, work: Path, out: Path, 
     with atomic_output_dir(out, overwrite) as stage:
         with timer("export"):
             files = _export(f, cut, stage, base_art, example, prov, ops)
+        if f.config.export.mixed_precision:
+            from bmr_compress.pipeline.mixed import write_mixed_precision
+
+            with timer("mixed precision"):
+                files.mixed = write_mixed_precision(f, stage, work / "mixed", example,
+                                                    Path(base_art.path))
         with timer("validate"):
             result, st_info = _validate(f, stage, files, example)
             if ops is not None:
                 retention_check(result, ops)
         curve = ops.to_json() if ops is not None else None
-        report = _report(f, cut, files, result, {"sentence_transformers": st_info,
-                                                 "operating_points": curve}, prov, timer)
+        extra = {"sentence_transformers": st_info, "operating_points": curve}
+        if files.mixed is not None:
+            from bmr_compress.pipeline.mixed import finalize_
+
+            extra["mixed_precision"] = finalize_(files.mixed, result, GATE_FACTOR)
+        report = _report(f, cut, files, result, extra, prov, timer)
         report["recommended"] = recommended_of(report)
         report[INTEGRITY_KEY] = file_hashes(stage)  # what was validated; push re-checks it
         write_report(stage, report, delta_lnz=cut.unit_scores)

@@ -18,7 +18,18 @@ def summary_of(report: Mapping[str, Any]) -> dict[str, Any]:
         "metric": report.get("metric"),
         "wall_s": report.get("stage_seconds", {}).get("total"),
         "recommended": recommended_of(report),
+        "mixed_precision": mixed_of(report),
     }
+
+
+def mixed_of(report: Mapping[str, Any]) -> dict[str, Any] | None:
+    """model.mixed.onnx (--mixed-precision): file, size, speed-up, retention (or why none)."""
+    mp = report.get("mixed_precision")
+    if not mp:
+        return None
+    keys = ("file", "size_bytes", "times_smaller", "speedup", "retention", "metric", "tolerance",
+            "bits_per_weight", "reason")
+    return {k: mp.get(k) for k in keys}
 
 
 def recommended_of(report: Mapping[str, Any]) -> dict[str, Any] | None:
@@ -99,7 +110,23 @@ def format_summary(summary: Mapping[str, Any]) -> str:
     rec = summary.get("recommended")
     if rec:
         lines += ["", *recommendation_lines(rec, str(summary.get("out") or "OUT"))]
+    if summary.get("mixed_precision"):
+        lines += ["", *mixed_lines(summary["mixed_precision"], str(summary.get("out") or "OUT"))]
     return "\n".join(lines)
+
+
+def mixed_lines(mp: Mapping[str, Any], out: str = "OUT") -> list[str]:
+    """What --mixed-precision wrote, and how to load it."""
+    if not mp.get("file"):
+        return [f"mixed precision: no file written ({mp.get('reason')})"]
+    ret = mp.get("retention") or {}
+    speed = f", {mp['speedup']:.2f}x the original's speed" if mp.get("speedup") else ""
+    return [f"mixed precision: {mp['file']}: {mp['times_smaller']:.2f}x smaller than the "
+            f"original's ONNX ({mp['bits_per_weight']:.2f} bits per weight){speed}, "
+            f"{100 * ret.get('heldout', float('nan')):.1f} % of its {mp.get('metric')} on "
+            f"held-out data ({100 * ret.get('selection', float('nan')):.1f} % on selection)",
+            f"  onnxruntime: ort.InferenceSession('{out}/{mp['file']}', "
+            "providers=['CPUExecutionProvider'])"]
 
 
 def recommendation_lines(rec: Mapping[str, Any], out: str = "OUT") -> list[str]:
