@@ -21,7 +21,7 @@ _EXPORTS = {
     "DataSpec": "recipes", "SourceSpec": "recipes", "TrainSpec": "recipes",
     "make_dataset": "data", "DataBundle": "data", "parse_data_spec": "data",
     "digits_split": "digits", "docstring_corpus": "corpus", "split_texts": "corpus",
-    "docs_corpus": "package_corpus",
+    "docs_corpus": "package_corpus", "docs_split_texts": "package_corpus",
     "atomic_output_dir": "atomic", "check_output_dir": "atomic",
     "push_to_hub": "hub", "PushResult": "hub",
 }

@@ -249,6 +249,9 @@ def split_texts(split: str, heldout_percent: int = 10) -> tuple[str, ...]:
     return tuple(t for t in texts if text_split(t, heldout_percent) == split)
 
 
+docs_split_texts = split_texts  # io's public name (io.split_texts is the stdlib corpus's)
+
+
 @functools.lru_cache(maxsize=4)
 def docs_corpus(max_texts: int = 4096, heldout_percent: int = 10) -> Corpus:
     """The first ``max_texts`` paragraphs of the interleaved corpus, split by hash."""
