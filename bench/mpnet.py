@@ -219,6 +219,7 @@ def run(args: argparse.Namespace) -> tuple[list[Row], dict[str, Any]]:
              "steps": args.steps, "lr": settings.recovery_lr,
              "schedule": settings.recovery_schedule, "derived_int8": INT8[DERIVED_INT8],
              "recovery_batches": n_batches,
+             "recipe_steps": settings.recovery_steps, "recipe_rounds": settings.rounds,
              "batch_size": int(data.train_batches[0]["input_ids"].shape[0]),
              "data": getattr(data, "name", "") or "stdlib docstrings",
              "recoveries": [{"keep": k, "steps": r.steps, "seconds": r.seconds,
@@ -240,17 +241,23 @@ def main() -> None:
                     help="encoder layers kept of 12, one dropped model each")
     ap.add_argument("--work", type=Path, default=ROOT / "bench" / "out" / "mpnet",
                     help="where the ONNX files and results.json go")
+    ap.add_argument("--render", type=Path, default=None,
+                    help="re-write the section from a results.json of an earlier run")
     ap.add_argument("--quick", action="store_true",
                     help="40 pairs, 2 recovery steps, 3 runs; prints, writes no section")
     args = ap.parse_args()
     if args.quick:
         args.pairs, args.steps, args.runs = 40, 2, 3
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    t0 = time.perf_counter()
-    rows, facts = run(args)
-    facts["stages"]["total"] = time.perf_counter() - t0
-    (args.work / "results.json").write_text(json.dumps(
-        {"rows": [r.to_json() for r in rows], **facts}, indent=1, default=str))
+    if args.render is not None:
+        facts = json.loads(args.render.read_text())
+        rows = [Row.from_json(r) for r in facts.pop("rows")]
+    else:
+        t0 = time.perf_counter()
+        rows, facts = run(args)
+        facts["stages"]["total"] = time.perf_counter() - t0
+        (args.work / "results.json").write_text(json.dumps(
+            {"rows": [r.to_json() for r in rows], **facts}, default=str))
     body = section(rows, facts)
     print(body)
     if not args.quick:

@@ -117,3 +117,26 @@ def test_latency_verdicts_and_switching_statement():
     bmr = _row("BMR round 2", "bmr", 35, 0.99, [1, 1, 0.5, 0.9])
     done = "\n".join(V.acceptance_rows(rows + [bmr], bmr_pending=False))
     assert "BMR round 2: 2.86x at 99.0 ± 1.0 % | yes |" in done
+
+
+def test_section_renders_from_a_results_json_round_trip():
+    import json
+
+    rows = [_row("mpnet fp32", "mpnet", 100, 1.0, [1, 1, 0.5, 1]),
+            _row("mpnet 4 layers", "drop", 30, 0.6, [0.5, 0.5, 0.1, 0.5]),
+            _row("MiniLM", "minilm", 20, 0.9, [1, 0.5, 0.5, 0.9])]
+    facts = {"stages": {"load": 1.0, "total": 9.0},
+             "timing": {"runs": 3, "threads": 1, "batch": 1, "seq": 128, "load_before": 1.0,
+                        "load_after": 1.5},
+             "cpu": {"model": "CPU", "arch": "x86_64", "logical_cores": 2, "features": ["avx2"],
+                     "onnxruntime": "1"},
+             "pairs": 4, "steps": 2, "lr": 1e-4, "schedule": "constant", "derived_int8": "int8",
+             "recovery_batches": 2, "recipe_steps": 100, "recipe_rounds": 3, "batch_size": 32,
+             "data": "docs", "recoveries": [{"keep": [1, 4, 7, 10], "steps": 2, "seconds": 3.0,
+                                             "first_loss": 1.0, "last_loss": 0.5}], "from": None}
+    saved = json.loads(json.dumps({"rows": [r.to_json() for r in rows], **facts}))
+    again = [V.Row.from_json(r) for r in saved.pop("rows")]
+    assert np.array_equal(again[1].rr, rows[1].rr) and again[1].path == rows[1].path
+    text = V.section(again, saved)
+    assert "| mpnet 4 layers | - | 0.0 | 30.0 | 3.33x | 0.4000 | 0.500 | 60.0 ± 1.0 % |" in text
+    assert "BMR rows pending" in text and "Switching models is the better answer" in text
