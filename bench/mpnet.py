@@ -26,7 +26,7 @@ import json
 import logging
 import os
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -146,9 +146,11 @@ def time_rows(rows: list[Row], runs: int) -> dict[str, Any]:
             "load_before": load, "load_after": os.getloadavg()[0]}
 
 
-def score_rows(rows: list[Row], tokenizers: Mapping[str, Any], pairs: Any) -> None:
+def score_rows(rows: list[Row], tokenizers: Mapping[str, Any], pairs: Any,
+               after_each: Callable[[], None] = lambda: None) -> None:
     """Held-out MRR@10 of every row on the same pairs; retention and its paired standard
-    error against the first row (mpnet fp32)."""
+    error against the first row (mpnet fp32). `after_each` runs after every row (a
+    checkpoint of what is measured so far)."""
     from bmr_compress.export import (
         cpu_session, onnx_encoder, paired_retention_se, reciprocal_ranks, retrieval_ranks,
     )
@@ -162,11 +164,11 @@ def score_rows(rows: list[Row], tokenizers: Mapping[str, Any], pairs: Any) -> No
         r.rr = reciprocal_ranks(rank)
         r.mrr, r.recall1 = float(r.rr.mean()), float((rank == 1).mean())
         r.score_seconds = time.perf_counter() - t
-        log.info("scored %s: MRR@10 %.4f in %.0f s", r.label, r.mrr, r.score_seconds)
-    ref = rows[0].rr
-    for r in rows:
-        r.retention = r.mrr / float(ref.mean())
-        r.se = paired_retention_se(r.rr, ref)
+        ref = rows[0].rr
+        r.retention, r.se = r.mrr / float(ref.mean()), paired_retention_se(r.rr, ref)
+        log.info("scored %s: MRR@10 %.4f (%.1f %% of mpnet's) in %.0f s", r.label, r.mrr,
+                 100 * r.retention, r.score_seconds)
+        after_each()
 
 
 def example_inputs(tokenizer: Any, texts: Sequence[str]) -> dict[str, Any]:
@@ -191,7 +193,8 @@ def run(args: argparse.Namespace) -> tuple[list[Row], dict[str, Any]]:
     n = len(mpnet.model.encoder.layer)
     keeps = [evenly_spaced(n, k) for k in args.keep]
     t = time.perf_counter()
-    dropped, n_batches = recover_dropped(mpnet.model.eval(), data.train_batches, keeps, args.steps, settings)
+    dropped, n_batches = recover_dropped(mpnet.model.eval(), data.train_batches, keeps,
+                                         args.steps, settings)
     stages["recovery"] = time.perf_counter() - t
     t = time.perf_counter()
     rows: list[Row] = []
@@ -211,10 +214,6 @@ def run(args: argparse.Namespace) -> tuple[list[Row], dict[str, Any]]:
     t = time.perf_counter()
     timing = time_rows(rows, args.runs)
     stages["timing"] = time.perf_counter() - t
-    t = time.perf_counter()
-    score_rows(rows, {"mpnet": mpnet.tokenizer_or_processor,
-                      "minilm": minilm.tokenizer_or_processor}, pairs)
-    stages["scoring"] = time.perf_counter() - t
     facts = {"stages": stages, "timing": timing, "cpu": cpu_info(), "pairs": len(pairs),
              "steps": args.steps, "lr": settings.recovery_lr,
              "schedule": settings.recovery_schedule, "derived_int8": INT8[DERIVED_INT8],
@@ -226,7 +225,18 @@ def run(args: argparse.Namespace) -> tuple[list[Row], dict[str, Any]]:
                              "first_loss": r.first_loss, "last_loss": r.last_loss}
                             for k, (_m, r) in zip(keeps, dropped)],
              "from": str(args.src) if args.src else None}
+    t = time.perf_counter()
+    score_rows(rows, {"mpnet": mpnet.tokenizer_or_processor,
+                      "minilm": minilm.tokenizer_or_processor}, pairs,
+               after_each=lambda: save(work, rows, facts))
+    stages["scoring"] = time.perf_counter() - t
     return rows, facts
+
+
+def save(work: Path, rows: Sequence[Row], facts: Mapping[str, Any]) -> None:
+    """results.json: every row (with its per-query reciprocal ranks) and the run's facts."""
+    (work / "results.json").write_text(json.dumps(
+        {"rows": [r.to_json() for r in rows], **facts}, default=str))
 
 
 def main() -> None:
@@ -256,8 +266,7 @@ def main() -> None:
         t0 = time.perf_counter()
         rows, facts = run(args)
         facts["stages"]["total"] = time.perf_counter() - t0
-        (args.work / "results.json").write_text(json.dumps(
-            {"rows": [r.to_json() for r in rows], **facts}, default=str))
+        save(args.work, rows, facts)
     body = section(rows, facts)
     print(body)
     if not args.quick:

@@ -207,8 +207,10 @@ def section(rows: Sequence[Row], facts: dict[str, Any]) -> str:
         "| row | layers | size MB | median ms | speed-up | MRR@10 | recall@1 | retention of mpnet |",
         "|---|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
+        mrr = "-" if r.mrr is None else f"{r.mrr:.4f}"
+        r1 = "-" if r.recall1 is None else f"{r.recall1:.3f}"
         lines.append(f"| {r.label} | {_layers(r)} | {r.size_bytes / 1e6:.1f} | {r.median_ms:.1f} | "
-                     f"{r.speedup:.2f}x | {r.mrr:.4f} | {r.recall1:.3f} | {pct(r)} |")
+                     f"{r.speedup:.2f}x | {mrr} | {r1} | {pct(r)} |")
     lines += ["", "### At the sibling's latency", ""] + [f"- {s}" for s in sibling_statements(rows, ref)]
     lines += ["", "### Acceptance (issue #24)", ""] + acceptance_rows(rows, bmr_pending)
     if bmr_pending:
