@@ -38,7 +38,7 @@ from bench.report import write_section
 log = logging.getLogger("bench.mpnet")
 ROOT = Path(__file__).resolve().parent.parent
 PAIRS, SEQ, RUNS = 1000, 128, 20  # as pipeline/choose.py builds the held-out pairs
-STEPS = 20  # recovery steps of each dropped model (20 of the 25 recovery batches, once each)
+STEPS = 20  # recovery steps of each dropped model (20 of the 22 recovery batches, once each)
 KEEP = (6, 4)  # encoder layers kept of 12
 INT8 = {"dynamic": "int8 per channel", "dynamic-per-tensor": "int8 per tensor"}  # onnxruntime dynamic
 # int8 of the dropped models and the sibling: per tensor, because per channel loses most of
