@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 
 from bench.mpnet_verdict import Row, evenly_spaced, section
-from bench.report import write_section
+from bench.report import command, git_rev, write_section
 
 log = logging.getLogger("bench.mpnet")
 ROOT = Path(__file__).resolve().parent.parent
@@ -262,9 +262,12 @@ def main() -> None:
     if args.render is not None:
         facts = json.loads(args.render.read_text())
         rows = [Row.from_json(r) for r in facts.pop("rows")]
+        facts["rendered"] = True
     else:
         t0 = time.perf_counter()
+        started = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
         rows, facts = run(args)
+        facts["measured"] = {"command": command(), "commit": git_rev(), "started": started}
         facts["stages"]["total"] = time.perf_counter() - t0
         save(args.work, rows, facts)
     body = section(rows, facts)

@@ -130,6 +130,11 @@ def sibling_statements(rows: Sequence[Row], ref: Row) -> list[str]:
                    "choice: " + ", ".join(f"{r.label} ({r.median_ms:.1f} ms, {pct(r)})" for r in beaten)
                    + ": all-MiniLM-L6-v2 is at least as fast and keeps at least as much of "
                    "mpnet's MRR@10 (point estimates).")
+    if sib and not alive:
+        best = max((r for r in rows if r.family in MPNET_FAMILIES and r.retention is not None),
+                   key=lambda r: r.retention)
+        out.append("Against the best mpnet-derived row: "
+                   + compare_line(max(sib, key=lambda r: r.retention), best, ref))
     if sib and alive:
         top = max(sib, key=lambda r: r.retention)
         out.append("Staying with mpnet pays only where more quality is needed than the sibling "
@@ -174,6 +179,11 @@ def section(rows: Sequence[Row], facts: dict[str, Any]) -> str:
     sib = [r for r in rows if r.family == "minilm" and r.retention is not None]
     head = max(sib, key=lambda r: r.speedup) if sib else None
     lines = ["## mpnet: all-mpnet-base-v2 beside int8, layer dropping and all-MiniLM-L6-v2", ""]
+    m = facts.get("measured")
+    if m:
+        lines += [f"Measured by `{m['command']}` at commit {m['commit']}, started {m['started']}"
+                  + (f"; this section re-rendered from its results.json." if facts.get("rendered")
+                     else "."), ""]
     if head is not None:
         lines += [f"Headline: {head.label} runs {head.speedup:.1f}x faster than mpnet fp32 and keeps "
                   f"{pct(head)} of its held-out MRR@10; "
