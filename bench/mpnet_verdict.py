@@ -221,6 +221,13 @@ def section(rows: Sequence[Row], facts: dict[str, Any]) -> str:
         r1 = "-" if r.recall1 is None else f"{r.recall1:.3f}"
         lines.append(f"| {r.label} | {_layers(r)} | {r.size_bytes / 1e6:.1f} | {r.median_ms:.1f} | "
                      f"{r.speedup:.2f}x | {mrr} | {r1} | {pct(r)} |")
+    broken = [r for r in rows if r.family == "mpnet" and "int8" in r.label
+              and r.retention is not None and r.retention < 0.5]
+    if broken:
+        lines += ["", "Note: " + "; ".join(f"{r.label} keeps only {pct(r)} of mpnet's MRR@10"
+                                         for r in broken)
+                  + ": that onnxruntime dynamic int8 scheme breaks this model here (not a "
+                  "timing artefact: the file runs, its embeddings are wrong)."]
     lines += ["", "### At the sibling's latency", ""] + [f"- {s}" for s in sibling_statements(rows, ref)]
     lines += ["", "### Acceptance (issue #24)", ""] + acceptance_rows(rows, bmr_pending)
     if bmr_pending:
