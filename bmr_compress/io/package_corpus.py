@@ -249,6 +249,8 @@ def split_texts(split: str, heldout_percent: int = 10) -> tuple[str, ...]:
     return tuple(t for t in texts if text_split(t, heldout_percent) == split)
 
 
+
+
 @functools.lru_cache(maxsize=4)
 def docs_corpus(max_texts: int = 4096, heldout_percent: int = 10) -> Corpus:
     """The first ``max_texts`` paragraphs of the interleaved corpus, split by hash."""
