@@ -97,6 +97,9 @@ def recover_(model: nn.Module, original: nn.Module, batches: Sequence[Mapping[st
     if schedule not in SCHEDULES:
         raise ValueError(f"schedule must be one of {SCHEDULES}, not {schedule!r}")
     hidden = hidden_weight > 0 and takes_hidden_states(model)
+    if hidden_weight > 0 and not hidden:
+        log.warning("recovery: %s gives no hidden states; the layer-wise loss is off (output "
+                    "only)", type(model).__name__)
     shard = current_shard()
     local = batches if shard is None else [shard.local(b) for b in batches]
     if targets is None or len(targets) != len(batches) or (hidden and not targets.hidden):

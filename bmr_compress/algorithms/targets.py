@@ -30,9 +30,14 @@ MAX_MEMORY_BYTES = 256 * 2 ** 20
 
 
 def takes_hidden_states(model: nn.Module) -> bool:
-    """Whether `model`'s forward returns hidden states on ``output_hidden_states=True``."""
+    """Whether `model`'s forward returns hidden states on ``output_hidden_states=True``: it
+    names the argument (transformers 4), or it is a transformers model whose forward takes
+    it through ``**kwargs`` (transformers 5)."""
     params = inspect.signature(model.forward).parameters
-    return "output_hidden_states" in params
+    if "output_hidden_states" in params:
+        return True
+    var_kw = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+    return var_kw and any(c.__name__ == "PreTrainedModel" for c in type(model).__mro__)
 
 
 def forward_targets(model: nn.Module, batch: Mapping[str, Any], task: str,

@@ -105,3 +105,18 @@ def test_distortion_against_outputs_computed_once_is_the_same_number() -> None:
     assert fresh > 0
     assert distortion(student, teacher, batches, "embedding", 0.5, reference=ref) == fresh
     assert distortion(teacher, teacher, batches, "embedding", reference=ref) == 0.0
+
+
+def test_transformers_models_give_hidden_states_for_the_layer_wise_loss() -> None:
+    """transformers 5 takes output_hidden_states through **kwargs: the layer-wise loss must
+    still be on (it was silently off), and it changes the recovery."""
+    from bmr_compress.algorithms.targets import takes_hidden_states
+
+    teacher = tiny_bert().eval()
+    assert takes_hidden_states(teacher)
+    batches = _batches()
+    a, b = _student(teacher), _student(teacher)
+    recover_(a, teacher, batches, "embedding", steps=3, lr=1e-3)
+    recover_(b, teacher, batches, "embedding", steps=3, lr=1e-3, hidden_weight=1.0)
+    diff = max(float((p - q).detach().abs().max()) for p, q in zip(a.parameters(), b.parameters()))
+    assert diff > 0

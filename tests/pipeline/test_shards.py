@@ -157,6 +157,11 @@ def test_recovery_equals_one_process_and_ranks_agree(task: str, hidden: float) -
     assert moved > 1e-4
     for k, v in one.items():
         assert torch.equal(w0[k], w1[k]), k  # every rank ends with the same weights
+        if k.endswith("attention.self.key.bias"):
+            # its exact gradient is zero (a key bias adds one constant to every score of a
+            # query, which the softmax removes): Adam turns the float noise left in it into
+            # lr-sized steps, different for any other summation order
+            continue
         torch.testing.assert_close(w0[k], v, rtol=1e-4, atol=1e-5, msg=k)
     assert rec0.first_loss == pytest.approx(rec1.first_loss, rel=1e-5)
     assert rec0.last_loss == pytest.approx(rec1.last_loss, rel=1e-5)
