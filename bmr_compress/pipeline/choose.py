@@ -35,7 +35,21 @@ def int8_schemes(f: Fitted) -> tuple[str, ...]:
     return AUTO_SCHEMES if ex.int8_scheme == "auto" else (ex.int8_scheme,)
 
 
+_EVALUATORS: dict[tuple[Any, ...], Any] = {}  # the last run's evaluator, by reference file
+
+
 def evaluator_for(f: Fitted, original_onnx: Path) -> Any:
+    """`_evaluator_for`, built once per reference file (the operating points and
+    --mixed-precision score against the same original: its pairs are encoded once)."""
+    st = Path(original_onnx).stat()
+    key = (str(Path(original_onnx).resolve()), st.st_mtime_ns, st.st_size, id(f.original))
+    if key not in _EVALUATORS:
+        _EVALUATORS.clear()
+        _EVALUATORS[key] = _evaluator_for(f, original_onnx)
+    return _EVALUATORS[key]
+
+
+def _evaluator_for(f: Fitted, original_onnx: Path) -> Any:
     """Retrieval pairs for a text embedding model; the calibration check batches and the
     held-out batches for every other task."""
     from bmr_compress.export.retention import BatchRetention, RetrievalRetention
