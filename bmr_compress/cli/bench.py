@@ -51,6 +51,13 @@ def _human(r: dict[str, Any]) -> str:
             lines.append(f"  {p['label']}: {p['reason']}")
     for s in r["skipped"]:
         lines.append(f"  skipped {s['label']}: {s['why']}")
+    mx = r.get("mixed")
+    if mx:
+        lines.append(f"  size artefact (not a speed candidate): {mx['file']} "
+                     + (f"{mx['times_smaller']:.2f}x smaller than the original ONNX, " if mx.get("times_smaller")
+                        else "")
+                     + f"{mx['speedup']:.2f}x its speed here, {_pct(mx['retention']['heldout'])} held-out "
+                     f"({_pct(mx['retention']['selection'])} selection)")
     if r.get("recorded_recommended") and r["recorded_recommended"] != r["recommended"]:
         lines.append(f"  (compress time recommended {r['recorded_recommended']!r} on its own CPU)")
     lines += [r["deploy"], f"written: {r['written']}"]

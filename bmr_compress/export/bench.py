@@ -159,6 +159,32 @@ def _retention(p: Mapping[str, Any], key: str) -> float | None:
     return float(v) if isinstance(v, (int, float)) and math.isfinite(v) else None
 
 
+def _mixed_record(out: Path) -> dict[str, Any] | None:
+    """report.json's mixed_precision record when OUT ships its file (`compress --mixed-precision`)."""
+    report = _json_or_empty(out / "report.json")
+    rec = report.get("mixed_precision")
+    if not isinstance(rec, Mapping) or not isinstance(rec.get("file"), str):
+        return None
+    path = inside(out, rec["file"])
+    if path is None or not path.is_file():
+        log.warning("skipping the mixed-precision file %r: missing from OUT", rec["file"])
+        return None
+    return {**rec, "path": path}
+
+
+def _mixed_row(d: Path, rec: Mapping[str, Any], ref: Path, lat: Mapping[str, Any]) -> dict[str, Any]:
+    """The mixed-precision file timed here beside the original: a size artefact, shown with its
+    recorded retention, never a candidate of the speed recommendation."""
+    f, ref_ms = rel_name(d, rec["path"]), lat[rel_name(d, ref)]["median_ms"]
+    ret = rec.get("retention") if isinstance(rec.get("retention"), Mapping) else {}
+    size = rec["path"].stat().st_size
+    return {"label": "mixed precision", "file": f, "median_ms": lat[f]["median_ms"],
+            "p90_ms": lat[f]["p90_ms"], "speedup": ref_ms / lat[f]["median_ms"], "size_bytes": size,
+            "times_smaller": (rec.get("original_bytes") or 0) / max(size, 1) or None,
+            "retention": {k: _retention({"retention": ret}, k) for k in ("selection", "heldout")},
+            "recorded_median_ms": rec.get("median_ms"), "recorded_speedup": rec.get("speedup")}
+
+
 def _timed_files(out: Path, ops: Mapping[str, Any]) -> tuple[Path, dict[str, Path], list[dict[str, str]]]:
     """(reference path, label -> file path of every point that can be timed here, skipped
     points with why)."""
@@ -255,7 +281,9 @@ def bench_directory(out: str | Path, *, threads: int | None = None, runs: int | 
     ref, files, skipped = _timed_files(d, ops)
     for s in skipped:
         log.warning("skipping %r: %s", s["label"], s["why"])
-    lat = _measure(d, ops, sorted({ref, *files.values()}), threads, runs)
+    mixed = _mixed_record(d)
+    timed = {ref, *files.values(), *([mixed["path"]] if mixed else [])}
+    lat = _measure(d, ops, sorted(timed), threads, runs)
     points, cands = _joined(d, ops, files, ref, lat)
     choice = choose(cands, float(budget))
     for q in points:
@@ -269,6 +297,7 @@ def bench_directory(out: str | Path, *, threads: int | None = None, runs: int | 
               "points": points, "skipped": skipped, "recommended": choice.recommended,
               "recommended_file": next(q["file"] for q in points if q["recommended"]),
               "recorded_recommended": ops.get("recommended"), "tool_version": __version__,
+              "mixed": _mixed_row(d, mixed, ref, lat) if mixed else None,
               "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     result["deploy"] = deploy_line(result)
     return result

@@ -154,6 +154,30 @@ def test_budget_override_and_json(out: Path, tmp_path: Path) -> None:
     assert r.returncode == 2 and "--max-quality-loss" in one_error_line(r)
 
 
+def test_the_mixed_precision_file_is_timed_here_but_never_recommended_for_speed(out: Path, tmp_path: Path) -> None:
+    """`compress --mixed-precision` ships model.mixed.onnx, a size artefact: bench times it here
+    beside the original and shows its recorded retention; the speed recommendation is unchanged."""
+    token_model(out / "model.mixed.onnx", 8, 3)  # narrower than model.onnx: faster, yet not a candidate
+    report = json.loads((out / "report.json").read_text())
+    original_bytes = (out / "candidates/original.onnx").stat().st_size
+    report["mixed_precision"] = {"file": "model.mixed.onnx", "original_bytes": original_bytes,
+                                 "retention": {"selection": 0.992, "heldout": 0.989}, "median_ms": 9.0}
+    (out / "report.json").write_text(json.dumps(report))
+    r = run_cli_process(["bench", str(out), "--runs", "5", "--json"], tmp_path / "cache", timeout=120)
+    assert r.returncode == 0, r.stderr
+    res = json.loads(r.stdout)
+    assert res["recommended"] == "round 2"
+    mx = res["mixed"]
+    assert mx["file"] == "model.mixed.onnx" and mx["retention"] == {"selection": 0.992, "heldout": 0.989}
+    assert mx["speedup"] == pytest.approx(res["reference"]["median_ms"] / mx["median_ms"])
+    assert mx["median_ms"] != 9.0 and mx["recorded_median_ms"] == 9.0  # timed here, not copied
+    assert mx["times_smaller"] == pytest.approx(original_bytes / (out / "model.mixed.onnx").stat().st_size)
+    assert "model.mixed.onnx" not in {q["file"] for q in res["points"]}
+    human = run_cli_process(["bench", str(out), "--runs", "3"], tmp_path / "cache", timeout=120)
+    assert "size artefact (not a speed candidate): model.mixed.onnx" in human.stdout
+    assert "98.9% held-out (99.2% selection)" in human.stdout
+
+
 def test_a_missing_file_is_skipped_with_a_note(out: Path, tmp_path: Path) -> None:
     (out / "candidates/round1.onnx").unlink()
     (out / "model.onnx").unlink()  # round 2's int8 cannot be judged without its fp32 source here
