@@ -4,7 +4,7 @@ instead, every one given the same treatment after its choice.
     python -m bench.curve                       # tolerances 0.1 (the default) and 0.2
     python -m bench.curve --tolerances 0.1      # one operating point (~25 min on 2 cores)
 
-Per tolerance T, on the calibration corpus exactly as `compress zoo:all-minilm-l6-v2` builds it:
+Per tolerance T, on the docstring corpus exactly as `compress zoo:all-minilm-l6-v2` builds it:
 
 - BMR: the default Laplace path at T, `bmr_compress.compress_` (calibrated ν, ΔlnZ ≥ 0 out,
   survivors to their reduced means, cut, recovery; 3 rounds);
@@ -192,7 +192,7 @@ def _table(lat: dict, quality: dict, sizes: dict, params: dict, info: dict, n_he
     rounds, steps, lr = lap.rounds, lap.recovery_steps, lap.recovery_lr
     base = lat["original"]["median_ms"]
     lines = ["## curve: MiniLM operating points, BMR's choice beside the alternatives", "",
-             f"Held-out: {n_held} paragraphs of the recipe's calibration corpus (never used to decide). Every pruned model "
+             f"Held-out: {n_held} docstring paragraphs (never used to decide). Every pruned model "
              f"got the same treatment after its choice: {rounds} rounds, the same compensation "
              f"(reduced means of the survivors), {steps} recovery steps per round at lr {lr:g}; "
              "magnitude and OBS-saliency rows keep exactly BMR's per-layer widths in each round "

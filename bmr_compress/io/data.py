@@ -43,18 +43,11 @@ class DataBundle:
     heldout: str = ""  # which examples the held-out metric is computed on, in words
 
 
-# Paragraphs of the installed-documentation corpus a text model calibrates on without --data:
-# ~80 % train the recovery (the standard library alone gives about 700), ~10 % are held out.
-DOCS_SAMPLES = 2048
-
-
 def default_data_for(source: LoadedSource) -> tuple[DataSpec, str]:
     """The calibration data a checkpoint gets when neither ``--data`` nor a recipe names any,
     chosen by the model's input modality, with a one-line note of the choice.
 
-    token inputs -> the installed-documentation corpus (io/package_corpus.py: the standard
-                    library's docstrings, the installed packages' docstrings and READMEs, man
-                    pages), DOCS_SAMPLES paragraphs, tokenised with the checkpoint's tokenizer;
+    token inputs -> the stdlib docstring corpus (tokenised with the checkpoint's tokenizer);
     image inputs -> the sklearn digits images, resized / converted to what the model takes.
     """
     main = _main_input(source)
@@ -63,9 +56,8 @@ def default_data_for(source: LoadedSource) -> tuple[DataSpec, str]:
         if tok is None or not callable(tok):
             raise InputError(f"{source.source_id} takes text but has no tokenizer files; pass --data "
                              "with pre-tokenised inputs (.npz/.pt holding input_ids)")
-        return DataSpec(kind="docs", max_samples=DOCS_SAMPLES), (
-            f"text model: calibrating on {DOCS_SAMPLES} paragraphs of the installed documentation (standard "
-            "library, installed packages' docstrings and READMEs, man pages; English text); pass --data to choose")
+        return DataSpec(kind="docstrings"), (
+            "text model: calibrating on the stdlib docstring corpus (English text); pass --data to choose")
     if main == "pixel_values":
         return DataSpec(kind="digits"), (
             "image model: calibrating on the sklearn digits images, resized/converted to the model's "
@@ -77,7 +69,7 @@ def _modality_hint(source: LoadedSource) -> str:
     """How to fix data that does not fit, by what the model takes."""
     main = _main_input(source)
     if main == "input_ids":
-        return "it is a text model: use --data docs, a .txt/.jsonl file or hf:NAME"
+        return "it is a text model: use --data docstrings, a .txt/.jsonl file or hf:NAME"
     if main == "pixel_values":
         return "it is an image model: use --data digits, an image folder or hf:NAME"
     return f"it takes {main!r}: use --data with a .npz/.pt file holding {main!r}"

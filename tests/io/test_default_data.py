@@ -24,32 +24,18 @@ def vit_dir(tmp_path_factory) -> Path:
     return vit_snapshot(tmp_path_factory.mktemp("bare") / "vit")
 
 
-def test_text_model_defaults_to_the_installed_documentation(bert_dir: Path, caplog) -> None:
+def test_text_model_defaults_to_docstrings(bert_dir: Path, caplog) -> None:
     src = resolve_source(str(bert_dir))
     with caplog.at_level("WARNING", logger="bmr_compress"):
         data = make_dataset(None, src, max_samples=64, batch_size=16)
-    assert data.name.startswith("installed documentation (stdlib")
-    assert data.choice and "text model" in data.choice and "installed documentation" in data.choice
+    assert data.name == "stdlib docstrings"
+    assert data.choice and "text model" in data.choice and "docstring" in data.choice
     assert any("no --data" in r.getMessage() for r in caplog.records)  # the one-line note
-    assert "installed documentation" in data.heldout and "hash" in data.heldout
+    assert "standard-library docstrings" in data.heldout
     b = data.train_batches[0]
     assert {"input_ids", "attention_mask"} <= set(b)
     assert b["input_ids"].shape[1] <= MAX_POS  # capped at the model's positions
     assert "labels" not in b
-
-
-def test_default_text_calibration_never_holds_a_retrieval_pair_text() -> None:
-    """What the recovery trains on (the default corpus' train side) shares no paragraph with
-    the retrieval pairs that choose (selection) or are reported (held-out)."""
-    from bmr_compress.io.data import DOCS_SAMPLES
-    from bmr_compress.io.package_corpus import docs_corpus, split_texts
-
-    corpus = docs_corpus(DOCS_SAMPLES)
-    assert len(corpus.train) > 1000  # broader than the standard library's ~700 paragraphs
-    train = set(corpus.train)
-    for split in ("selection", "heldout"):
-        assert not train & set(split_texts(split))
-    assert not train & set(corpus.heldout)
 
 
 def test_image_model_defaults_to_digits_as_its_images(vit_dir: Path) -> None:
@@ -63,7 +49,7 @@ def test_image_model_defaults_to_digits_as_its_images(vit_dir: Path) -> None:
 
 
 def test_unfit_data_names_the_fix(bert_dir: Path, vit_dir: Path, tmp_path: Path) -> None:
-    with pytest.raises(InputError, match=r"does not fit.*text model: use --data docs"):
+    with pytest.raises(InputError, match=r"does not fit.*text model: use --data docstrings"):
         make_dataset("digits", resolve_source(str(bert_dir)))
     p = tmp_path / "lines.txt"
     p.write_text("one line\nanother line\n")
@@ -79,9 +65,9 @@ def test_bare_text_snapshot_compresses_without_data(bert_dir: Path, tmp_path: Pa
                                  "--max-samples", "64"])
     assert r.exit_code == 0, r.output
     rep = json.loads((out / "report.json").read_text())
-    assert rep["source"]["dataset"].startswith("installed documentation (stdlib")
-    assert "installed documentation" in rep["source"]["heldout"]
-    assert "installed documentation" in rep["source"]["data_choice"]
+    assert rep["source"]["dataset"] == "stdlib docstrings"
+    assert "docstrings" in rep["source"]["heldout"]
+    assert "no --data" in r.output or "docstring" in rep["source"]["data_choice"]
 
 
 def test_bare_image_snapshot_picks_image_data(vit_dir: Path, tmp_path: Path) -> None:
