@@ -38,6 +38,19 @@ def test_text_model_defaults_to_docstrings(bert_dir: Path, caplog) -> None:
     assert "labels" not in b
 
 
+def test_the_docs_corpus_never_trains_on_a_retrieval_pair_text() -> None:
+    """What `--data docs` trains the recovery on shares no paragraph with the retrieval pairs
+    that choose operating points (selection) or are reported (held-out)."""
+    from bmr_compress.io.package_corpus import docs_corpus, split_texts
+
+    corpus = docs_corpus(2048)
+    assert len(corpus.train) > 1000  # broader than the standard library's ~700 paragraphs
+    train = set(corpus.train)
+    for split in ("selection", "heldout"):
+        assert not train & set(split_texts(split))
+    assert not train & set(corpus.heldout)
+
+
 def test_image_model_defaults_to_digits_as_its_images(vit_dir: Path) -> None:
     src = resolve_source(str(vit_dir))
     data = make_dataset(None, src, max_samples=40, batch_size=8)
