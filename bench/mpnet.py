@@ -16,6 +16,9 @@ Rows:
     python -m bench.mpnet                     # ~35 min on 2 cores; writes the `mpnet` section
     python -m bench.mpnet --from out/mpnet    # + the BMR rows of an existing compress output
     python -m bench.mpnet --quick             # the code path on small settings; writes nothing
+    python -m bench.mpnet --add-from out/mpnet   # an earlier run's rows (--work) + the BMR rows
+                                                 # of a compress output, every row re-timed
+                                                 # interleaved, only the new rows scored
 """
 
 from __future__ import annotations
@@ -147,7 +150,7 @@ def time_rows(rows: list[Row], runs: int) -> dict[str, Any]:
 
 
 def score_rows(rows: list[Row], tokenizers: Mapping[str, Any], pairs: Any,
-               after_each: Callable[[], None] = lambda: None) -> None:
+               after_each: Callable[[], None] = lambda: None, rescore: bool = True) -> None:
     """Held-out MRR@10 of every row on the same pairs; retention and its paired standard
     error against the first row (mpnet fp32). `after_each` runs after every row (a
     checkpoint of what is measured so far)."""
@@ -156,6 +159,8 @@ def score_rows(rows: list[Row], tokenizers: Mapping[str, Any], pairs: Any,
     )
 
     for r in rows:
+        if not rescore and r.rr is not None:  # scored before on the same pairs
+            continue
         t = time.perf_counter()
         tok = tokenizers[r.tokenizer]
         seq = min(SEQ, int(getattr(tok, "model_max_length", SEQ) or SEQ))
@@ -233,6 +238,35 @@ def run(args: argparse.Namespace) -> tuple[list[Row], dict[str, Any]]:
     return rows, facts
 
 
+def add_bmr(args: argparse.Namespace) -> tuple[list[Row], dict[str, Any]]:
+    """An earlier run's rows (args.work/results.json) with the BMR rows of args.add_from in
+    place of any it had: every row timed again, interleaved in one run, so the speed-ups
+    stay side by side; only the rows without a score are scored (same pairs, same mpnet
+    reference)."""
+    from bmr_compress.export import retrieval_pairs
+    from bmr_compress.pipeline import resolve_source
+
+    path = args.work / "results.json"
+    if not path.is_file():
+        raise SystemExit(f"--add-from needs an earlier run's {path}: run `python -m bench.mpnet` first")
+    facts = json.loads(path.read_text())
+    rows = [Row.from_json(r) for r in facts.pop("rows") if r["family"] != "bmr"]
+    missing = [r.label for r in rows if not r.path.is_file()]
+    if missing:
+        raise SystemExit(f"--add-from: files of the earlier rows are gone: {', '.join(missing)}")
+    rows += bmr_rows(args.add_from)
+    t = time.perf_counter()
+    facts["timing"] = time_rows(rows, args.runs)
+    facts["stages"]["timing"] = time.perf_counter() - t
+    mpnet, minilm = resolve_source("zoo:all-mpnet-base-v2"), resolve_source("zoo:all-minilm-l6-v2")
+    t = time.perf_counter()
+    score_rows(rows, {"mpnet": mpnet.tokenizer_or_processor, "minilm": minilm.tokenizer_or_processor},
+               retrieval_pairs(facts["pairs"])["heldout"], rescore=False)
+    facts["stages"]["scoring BMR rows"] = time.perf_counter() - t
+    facts["from"] = str(args.add_from)
+    return rows, facts
+
+
 def save(work: Path, rows: Sequence[Row], facts: Mapping[str, Any]) -> None:
     """results.json: every row (with its per-query reciprocal ranks) and the run's facts."""
     (work / "results.json").write_text(json.dumps(
@@ -253,13 +287,21 @@ def main() -> None:
                     help="where the ONNX files and results.json go")
     ap.add_argument("--render", type=Path, default=None,
                     help="re-write the section from a results.json of an earlier run")
+    ap.add_argument("--add-from", type=Path, default=None,
+                    help="add a compress output's BMR rows to the earlier run in --work: every row "
+                         "re-timed interleaved, only the new rows scored")
     ap.add_argument("--quick", action="store_true",
                     help="40 pairs, 2 recovery steps, 3 runs; prints, writes no section")
     args = ap.parse_args()
     if args.quick:
         args.pairs, args.steps, args.runs = 40, 2, 3
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    if args.render is not None:
+    if args.add_from is not None:
+        started = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+        rows, facts = add_bmr(args)
+        facts["added"] = {"command": command(), "commit": git_rev(), "started": started}
+        save(args.work, rows, facts)
+    elif args.render is not None:
         facts = json.loads(args.render.read_text())
         rows = [Row.from_json(r) for r in facts.pop("rows")]
         facts["rendered"] = True

@@ -184,6 +184,11 @@ def section(rows: Sequence[Row], facts: dict[str, Any]) -> str:
         lines += [f"Measured by `{m['command']}` at commit {m['commit']}, started {m['started']}"
                   + (f"; this section re-rendered from its results.json." if facts.get("rendered")
                      else "."), ""]
+    a = facts.get("added")
+    if a:
+        lines += [f"BMR rows added by `{a['command']}` at commit {a['commit']}, started {a['started']}: "
+                  "every row above timed again in that one interleaved run; the BMR rows scored on "
+                  "the same pairs against the same mpnet fp32 scores.", ""]
     if head is not None:
         lines += [f"Headline: {head.label} runs {head.speedup:.1f}x faster than mpnet fp32 and keeps "
                   f"{pct(head)} of its held-out MRR@10; "
