@@ -160,7 +160,8 @@ def _head_groups(names, layer: Layer, i: int, family: str) -> UnitGroup:
     gate = names[id(v)] if v is not q else None
     return UnitGroup(f"layers.{i}.attention", kind, layer.num_kv, tuple(slices), family,
                      unit_width=rep * hd, extra={"heads_per_unit": rep, "head_dim": hd,
-                                                 "gate_module": gate, "gate_unit": hd})
+                                                 "gate_module": gate, "gate_unit": hd,
+                                                 "branch": "attention"})
 
 
 def ffn_width(layer: Layer) -> int:
@@ -176,7 +177,7 @@ def _ffn_group(names, layer: Layer, i: int, family: str) -> UnitGroup:
     # up_proj for gated FFNs: the gate enters linearly; none on a chunked (fused GLU) output
     gate = names[id(layer.ffn_in[-1])] if layer.ffn_chunks == 1 else None
     return UnitGroup(f"layers.{i}.ffn", "neuron", n, tuple(slices), family,
-                     extra={"gate_module": gate, "gate_unit": 1})
+                     extra={"gate_module": gate, "gate_unit": 1, "branch": "ffn"})
 
 
 def out_size(m: nn.Module) -> int:

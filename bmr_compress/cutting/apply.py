@@ -23,7 +23,7 @@ from bmr_compress.io.checks import count_params
 from bmr_compress.layers import layer_type
 from bmr_compress.coupling.adapters import adapter_for
 from bmr_compress.cutting.cut import cut_, removed_indices
-from bmr_compress.coupling.groups import UnitGroup
+from bmr_compress.coupling.groups import UnitGroup, zero_width_ok
 from bmr_compress.planning.plan import Plan
 
 log = logging.getLogger(__name__)
@@ -60,7 +60,7 @@ def apply_plan_(
     """
     names = dict(model.named_parameters(remove_duplicate=False))
     for g in groups:
-        if not plan.keep.get(g.name, [0]):
+        if not plan.keep.get(g.name, [0]) and g.num_units and not zero_width_ok(g):
             raise UnsupportedModelError(f"plan keeps no unit of {g.name}")
     cuts = removed_indices(model, groups, plan.keep)  # validates indices before mutating
     cut_ids = set(cuts)

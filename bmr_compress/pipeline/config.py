@@ -75,6 +75,9 @@ class LaplaceSettings:
     recovery_lr: float = 1e-4  # Adam learning rate of those steps
     recovery_schedule: str = "constant"  # "constant" or "cosine" (algorithms/recovery.lr_factor)
     recovery_hidden_weight: float = 0.0  # weight of the layer-wise loss (0: the output only)
+    # a whole FFN block may go when its joint evidence says so (docs/theory.md §7c); off:
+    # every layer keeps at least one unit of each branch, as before
+    branches: bool = False
 
     def __post_init__(self) -> None:
         if self.tolerance is not None and not 0 < self.tolerance < float("inf"):
