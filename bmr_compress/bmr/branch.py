@@ -39,6 +39,7 @@ from bmr_compress.bmr.structured import LayerFactors, UnitEvidence
 
 _GRID = torch.linspace(-8.0, 8.0, 33, dtype=torch.float64) * math.log(10.0)
 _GOLDEN = 40
+ROUNDING = 1e-6  # nats: a type-II minimum above −ROUNDING is 0 (τ* at the grid's floor)
 
 
 def _check(ok: bool, message: str) -> None:
@@ -119,7 +120,7 @@ def branch_evidence(factors: LayerFactors, columns: Tensor, nu: float,
     best, tau = _minimise(br.ard_value)
     occam = float(0.5 * br.solve_logdet(tau, br.w)[1].sum()) if tau > 0 else 0.0
     # as bmr/ard.py: a branch the evidence removes (τ* = 0) is reported at τ = 1, clamped ≥ 0
-    value = best if best < 0.0 else max(br.ard_value(1.0), 0.0)
+    value = best if best < -ROUNDING else max(br.ard_value(1.0), 0.0)
     return _evidence(value, occam, br.distortion())
 
 
@@ -141,7 +142,7 @@ def _minimise(f) -> tuple[float, float]:
     point of a ln τ grid, then golden-section search in ln τ over its neighbouring cells."""
     vals = [f(math.exp(float(g))) for g in _GRID]
     i = min(range(len(vals)), key=vals.__getitem__)
-    if vals[i] >= 0.0:
+    if vals[i] >= -ROUNDING:
         return 0.0, 0.0
     step = float(_GRID[1] - _GRID[0])
     lo, hi = float(_GRID[i]) - step, float(_GRID[i]) + step

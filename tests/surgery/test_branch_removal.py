@@ -1,0 +1,132 @@
+"""A whole FFN block removed by evidence (LaplaceSettings.branches): a tiny BERT whose layer-0
+FFN does nothing loses that block entirely and keeps the rest; the cut model (a zero-width
+FFN that adds its bias) exports to ONNX, runs in onnxruntime, and reloads from its files."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from bmr_compress.pipeline.config import CompressConfig, LaplaceSettings, PlanConfig
+from tests.tiny_models import tiny_bert
+
+
+def _useless_ffn_bert() -> torch.nn.Module:
+    model = tiny_bert()
+    with torch.no_grad():
+        model.encoder.layer[0].output.dense.weight.mul_(1e-6)  # only adds its bias
+        model.encoder.layer[1].output.dense.weight.mul_(100.0)  # the other blocks matter
+        for layer in model.encoder.layer:
+            layer.attention.output.dense.weight.mul_(30.0)
+    return model
+
+
+def _batches(n: int = 10, seed: int = 3) -> list[dict[str, torch.Tensor]]:
+    g = torch.Generator().manual_seed(seed)
+    out = []
+    for _ in range(n):
+        ids = torch.randint(0, 97, (16, 9), generator=g)
+        mask = torch.ones(16, 9, dtype=torch.long)
+        mask[:4, 6:] = 0  # some padding
+        out.append({"input_ids": ids, "attention_mask": mask})
+    return out
+
+
+def _compress(branches: bool):
+    import bmr_compress as bc
+
+    model = _useless_ffn_bert()
+    config = CompressConfig(progress=False, plan=PlanConfig(round_to=1),
+                            laplace=LaplaceSettings(tolerance=0.01, rounds=1, recovery_steps=0,
+                                                    branches=branches))
+    return bc.compress_(model, _batches(), config, task="embedding")
+
+
+@pytest.fixture(scope="module")
+def removed():
+    return _compress(branches=True)
+
+
+def test_evidence_removes_the_useless_ffn_block_and_keeps_the_rest(removed):
+    rec = removed
+    assert rec.plan.keep["layers.0.ffn"] == []
+    assert rec.surgery.groups["layers.0.ffn"]["kept"] == []
+    for name in ("layers.1.ffn", "layers.0.attention", "layers.1.attention"):
+        assert rec.plan.keep[name], name
+    blk = rec.model.encoder.layer[0]
+    assert blk.intermediate.dense.out_features == 0 and blk.output.dense.in_features == 0
+    assert rec.model.encoder.layer[1].intermediate.dense.out_features > 0
+    assert rec.final_distortion <= rec.tolerance
+
+
+def test_off_by_default_every_block_keeps_a_unit():
+    assert LaplaceSettings().branches is False
+    rec = _compress(branches=False)
+    assert all(rec.plan.keep[g] for g in rec.plan.keep)
+
+
+def test_removed_block_exports_to_onnx_and_matches_in_onnxruntime(removed, tmp_path: Path):
+    import onnxruntime as ort
+
+    from bmr_compress.export.onnx_export import export_onnx
+
+    model = removed.model.eval()
+    sample = {k: v[:2, :7] for k, v in _batches(1, seed=8)[0].items()}
+    art = export_onnx(model, tmp_path / "model.onnx", sample)
+    sess = ort.InferenceSession(str(art.path), providers=["CPUExecutionProvider"])
+    batch = _batches(1, seed=9)[0]  # another batch size and length than the export's
+    feed = {k: batch[k][:5].numpy() for k in ("input_ids", "attention_mask")}
+    got = sess.run(None, feed)[0]
+    with torch.no_grad():
+        want = model(input_ids=batch["input_ids"][:5],
+                     attention_mask=batch["attention_mask"][:5]).last_hidden_state.numpy()
+    assert got.shape == want.shape
+    assert np.abs(got - want).max() < 1e-4
+
+
+def _inputs() -> dict[str, torch.Tensor]:
+    batch = _batches(1, seed=11)[0]
+    return {k: batch[k][:6, :8] for k in ("input_ids", "attention_mask")}
+
+
+def test_removed_block_reloads_from_its_own_files(removed, tmp_path: Path):
+    """model.safetensors with the zero-width tensors + the manifest rebuild the cut model."""
+    from bmr_compress.cutting import load_compressed, read_manifest, save_compressed
+
+    save_compressed(removed.model, removed.surgery, tmp_path)
+    man = read_manifest(tmp_path)
+    assert man["shapes"]["encoder.layer.0.intermediate.dense.weight"] == [0, 36]
+    assert man["shapes"]["encoder.layer.0.output.dense.weight"] == [36, 0]
+    again = load_compressed(tmp_path)
+    assert again.encoder.layer[0].intermediate.dense.out_features == 0
+    x = _inputs()
+    with torch.no_grad():
+        torch.testing.assert_close(again(**x).last_hidden_state,
+                                   removed.model(**x).last_hidden_state, rtol=0, atol=0)
+
+
+def test_removed_block_in_the_padded_transformers_twin(removed, tmp_path: Path):
+    """The files plain transformers reads: the removed FFN zero-padded to the config's width
+    (it still adds only its bias); the project's loader un-pads them back to width 0."""
+    from transformers import BertModel
+
+    from bmr_compress.cutting import load_compressed, save_compressed
+    from bmr_compress.cutting.hf_layout import transformers_layout
+    from bmr_compress.export import export_safetensors
+
+    x = _inputs()
+    twin, layout = transformers_layout(removed.model, x)
+    assert layout["layout"] == "padded"
+    save_compressed(removed.model, removed.surgery, tmp_path,
+                    extra={"transformers_layout": layout})
+    export_safetensors(twin, tmp_path, {})
+    plain = BertModel.from_pretrained(str(tmp_path), add_pooling_layer=False).eval()
+    again = load_compressed(tmp_path)
+    assert again.encoder.layer[0].intermediate.dense.out_features == 0
+    with torch.no_grad():
+        want = removed.model(**x).last_hidden_state
+        torch.testing.assert_close(plain(**x).last_hidden_state, want, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(again(**x).last_hidden_state, want, rtol=0, atol=0)
