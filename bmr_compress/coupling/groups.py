@@ -13,15 +13,13 @@ import torch
 
 KINDS = ("neuron", "filter", "head", "kv_group", "hidden")
 ROLES = ("out", "in", "norm", "embed")
-# residual branches (`UnitGroup.extra["branch"]`) the cut can take to width 0: an FFN with no
-# neurons adds its output bias (a zero-width Linear gives its bias in torch and onnxruntime).
-# An attention block is not among them: the modeling code's head reshape needs ≥ 1 head.
-ZERO_WIDTH_BRANCHES = ("ffn",)
 
 
 def zero_width_ok(group: UnitGroup) -> bool:
-    """True when `group` is a whole residual branch the cut may remove entirely."""
-    return group.extra.get("branch") in ZERO_WIDTH_BRANCHES
+    """True when `group` is a whole residual branch (`extra["branch"]`: "ffn" or "attention")
+    that its family's surgery can take to width 0 (`extra["zero_width"]`, set by the family
+    adapter): the branch then adds only its output bias."""
+    return bool(group.extra.get("zero_width"))
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,7 @@
-"""A whole FFN block removed by evidence (LaplaceSettings.branches): a tiny BERT whose layer-0
-FFN does nothing loses that block entirely and keeps the rest; the cut model (a zero-width
-FFN that adds its bias) exports to ONNX, runs in onnxruntime, and reloads from its files."""
+"""Whole blocks removed by evidence (LaplaceSettings.branches): a tiny BERT whose layer-0 FFN
+and layer-1 attention do nothing loses those blocks entirely and keeps the other two; the cut
+model (zero-width blocks that add their biases) exports to ONNX, runs in onnxruntime, and
+reloads from its own files and from the padded transformers twin."""
 
 from __future__ import annotations
 
@@ -17,10 +18,11 @@ from tests.tiny_models import tiny_bert
 def _useless_ffn_bert() -> torch.nn.Module:
     model = tiny_bert()
     with torch.no_grad():
-        model.encoder.layer[0].output.dense.weight.mul_(1e-6)  # only adds its bias
-        model.encoder.layer[1].output.dense.weight.mul_(100.0)  # the other blocks matter
-        for layer in model.encoder.layer:
-            layer.attention.output.dense.weight.mul_(30.0)
+        first, second = model.encoder.layer
+        first.output.dense.weight.mul_(1e-6)  # layer 0's FFN only adds its bias
+        second.attention.output.dense.weight.mul_(1e-6)  # so does layer 1's attention
+        first.attention.output.dense.weight.mul_(30.0)  # the other two blocks matter
+        second.output.dense.weight.mul_(100.0)
     return model
 
 
@@ -50,15 +52,21 @@ def removed():
     return _compress(branches=True)
 
 
-def test_evidence_removes_the_useless_ffn_block_and_keeps_the_rest(removed):
+def test_evidence_removes_the_useless_blocks_and_keeps_the_rest(removed):
+    from bmr_compress.coupling.removed import RemovedAttention
+
     rec = removed
-    assert rec.plan.keep["layers.0.ffn"] == []
-    assert rec.surgery.groups["layers.0.ffn"]["kept"] == []
-    for name in ("layers.1.ffn", "layers.0.attention", "layers.1.attention"):
+    for name in ("layers.0.ffn", "layers.1.attention"):
+        assert rec.plan.keep[name] == [] and rec.surgery.groups[name]["kept"] == [], name
+    for name in ("layers.1.ffn", "layers.0.attention"):
         assert rec.plan.keep[name], name
-    blk = rec.model.encoder.layer[0]
-    assert blk.intermediate.dense.out_features == 0 and blk.output.dense.in_features == 0
-    assert rec.model.encoder.layer[1].intermediate.dense.out_features > 0
+    first, second = rec.model.encoder.layer
+    assert first.intermediate.dense.out_features == 0 and first.output.dense.in_features == 0
+    assert second.intermediate.dense.out_features > 0
+    assert isinstance(second.attention.self, RemovedAttention)
+    assert second.attention.self.query.out_features == 0
+    assert second.attention.output.dense.in_features == 0
+    assert not isinstance(first.attention.self, RemovedAttention)
     assert rec.final_distortion <= rec.tolerance
 
 
@@ -100,8 +108,10 @@ def test_removed_block_reloads_from_its_own_files(removed, tmp_path: Path):
     man = read_manifest(tmp_path)
     assert man["shapes"]["encoder.layer.0.intermediate.dense.weight"] == [0, 36]
     assert man["shapes"]["encoder.layer.0.output.dense.weight"] == [36, 0]
+    assert man["shapes"]["encoder.layer.1.attention.self.query.weight"] == [0, 36]
     again = load_compressed(tmp_path)
     assert again.encoder.layer[0].intermediate.dense.out_features == 0
+    assert again.encoder.layer[1].attention.self.num_attention_heads == 0
     x = _inputs()
     with torch.no_grad():
         torch.testing.assert_close(again(**x).last_hidden_state,
