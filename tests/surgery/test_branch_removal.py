@@ -140,3 +140,47 @@ def test_removed_block_in_the_padded_transformers_twin(removed, tmp_path: Path):
         want = removed.model(**x).last_hidden_state
         torch.testing.assert_close(plain(**x).last_hidden_state, want, rtol=1e-5, atol=1e-5)
         torch.testing.assert_close(again(**x).last_hidden_state, want, rtol=0, atol=0)
+
+
+def test_zoo_vit_layer_removed_whole_reloads_and_runs_in_onnxruntime(tmp_path: Path):
+    """Both blocks of the zoo ViT's layer 1 at width 0 (what dropping a layer is here): the
+    function is the layer's two biases added to the stream, through reload and onnxruntime."""
+    import onnxruntime as ort
+
+    from bmr_compress.coupling import discover_groups
+    from bmr_compress.cutting import apply_plan_, save_compressed
+    from bmr_compress.export.onnx_export import export_onnx
+    from bmr_compress.pipeline.sources import resolve_source
+    from bmr_compress.planning.plan import Plan, PlanSettings
+    from bmr_compress.zoo.adapters import register_with_surgery
+    from bmr_compress.zoo.architectures import build_model
+
+    register_with_surgery()
+    torch.manual_seed(0)
+    model = build_model("vit").eval()
+    init = model.zoo_config_dict()
+    x = torch.rand(3, 1, 8, 8)
+    groups = discover_groups(model, {"pixel_values": x})
+    assert all(g.extra["zero_width"] for g in groups if g.kind != "hidden")
+    blk = model.layers[1]
+    with torch.no_grad():  # the stream after layer 0, plus layer 1's two biases
+        h = model.layers[0](torch.cat([model.cls_token.expand(3, -1, -1),
+                                       model.patch_embed(x)], 1) + model.pos_embed)
+        want = model.head(model.norm((h + blk.attn.o_proj.bias + blk.mlp.fc2.bias)[:, 0]))
+    keep = {g.name: list(range(g.num_units)) for g in groups}
+    keep["layers.1.attention"] = keep["layers.1.ffn"] = []
+    record = apply_plan_(model, groups, Plan(keep, {}, PlanSettings(unstructured=False), {}))
+    assert record.config_updates["num_heads"] == [4, 0]
+    assert record.config_updates["mlp_dims"] == [64, 0]
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), want)
+    save_compressed(model, record, tmp_path / "cut", architecture=register_with_surgery(),
+                    init_config=init)
+    again = resolve_source(str(tmp_path / "cut")).model.eval()
+    art = export_onnx(model, tmp_path / "vit.onnx", {"pixel_values": x})
+    sess = ort.InferenceSession(str(art.path), providers=["CPUExecutionProvider"])
+    x2 = torch.rand(5, 1, 8, 8)
+    with torch.no_grad():
+        torch.testing.assert_close(again(x2), model(x2), rtol=0, atol=0)
+        got = sess.run(None, {"pixel_values": x2.numpy()})[0]
+        assert np.abs(got - model(x2).numpy()).max() < 1e-4
