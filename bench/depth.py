@@ -74,7 +74,26 @@ def _params(model: Any) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def run(recipe: str, seeds: int, rounds: int, steps: int, tolerances: list[float]) -> str:
+def _verdict(rows: dict[str, tuple[float, int, float, str]], drop: str) -> str:
+    """One sentence: the smallest BMR row at least as accurate as dropping, and how often a
+    block went whole. rows: name -> (mean accuracy, parameters, ORT ms, blocks removed)."""
+    acc, params, ms, _ = rows[drop]
+    bmr = {n: r for n, r in rows.items() if n.startswith("BMR")}
+    whole = sum(r[3] != "none" for r in bmr.values())
+    fit = [(r[1], n) for n, r in bmr.items() if r[0] >= acc]
+    head = (f"Dropping every other layer: {params:,} parameters, {acc:.4f} held-out, "
+            f"{ms:.2f} ms. ")
+    if fit:
+        p, n = min(fit)
+        head += (f"Smallest BMR row at least as accurate: {n}, {p:,} parameters, "
+                 f"{bmr[n][0]:.4f}, {bmr[n][2]:.2f} ms. ")
+    else:
+        head += "No BMR row is as accurate. "
+    return head + f"A block went whole in {whole} of {len(bmr)} BMR rows (last seed)."
+
+
+def run(recipe: str, seeds: int, rounds: int, steps: int, tolerances: list[float],
+        note: str = "") -> str:
     import torch
 
     from bench.common import onnx_and_latency, recovery_settings, reshuffle_batches, strip
@@ -116,7 +135,11 @@ def run(recipe: str, seeds: int, rounds: int, steps: int, tolerances: list[float
                                                           for i, n in enumerate(names)}},
                                big, Path(tmp), runs=50)
     base = _correct(original, held) / n_held
+    rows = {n: (statistics.mean(acc[n]) / n_held, _params(last[n]),
+                lat[f"m{i}"]["latency_ms"], _blocks_removed(last[n], example))
+            for i, n in enumerate(names)}
     lines = [f"## depth: BMR's blocks vs dropping every other layer ({recipe})", "",
+             _verdict(rows, names[-1]), "",
              f"Digits zoo ViT ({_params(original):,} parameters, held-out accuracy {base:.4f}), "
              f"{seeds} seeds (each a reshuffle of the calibration split; the fixed {n_held} "
              f"held-out images never decide). BMR: the default Laplace path (the classification "
@@ -126,15 +149,15 @@ def run(recipe: str, seeds: int, rounds: int, steps: int, tolerances: list[float
              "§7c). Dropping: both blocks of every odd layer at width 0 (each adds its output "
              f"bias), then {rounds * steps} steps of the same recovery. Parameters, blocks "
              "removed and recovery steps of the last seed; ORT: onnxruntime CPU, 1 thread, "
-             "batch 64, median of 50.", "",
+             f"batch 64, median of 50.{(' ' + note) if note else ''}", "",
              "| method | parameters | blocks removed (layer.block) | recovery steps | held-out accuracy "
              "(mean [min–max]) | ORT ms |", "|---|---:|---:|---:|---:|---:|",
              f"| original | {_params(original):,} | none | 0 | {base:.4f} | "
              f"{lat['original']['latency_ms']:.3f} |"]
     for i, name in enumerate(names):
         a = [c / n_held for c in acc[name]]
-        lines.append(f"| {name} | {_params(last[name]):,} | "
-                     f"{_blocks_removed(last[name], example)} | {last[name + ' steps']} | "
+        lines.append(f"| {name} | {rows[name][1]:,} | "
+                     f"{rows[name][3]} | {last[name + ' steps']} | "
                      f"{statistics.mean(a):.4f} [{min(a):.4f}–{max(a):.4f}] | "
                      f"{lat[f'm{i}']['latency_ms']:.3f} |")
     return "\n".join(lines) + "\n"
@@ -148,10 +171,11 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=100)
     ap.add_argument("--tolerances", default="0.01,0.1,0.3",
                     help="BMR's tolerances, comma-separated (0.01: the classification default)")
+    ap.add_argument("--note", default="", help="a sentence about the run's conditions")
     ap.add_argument("--no-write", action="store_true", help="print only")
     args = ap.parse_args()
     body = run(args.recipe, args.seeds, args.rounds, args.steps,
-               [float(t) for t in args.tolerances.split(",")])
+               [float(t) for t in args.tolerances.split(",")], args.note)
     print(body)
     if not args.no_write:
         write_section("depth", body)
