@@ -211,6 +211,7 @@ OPTIONS: dict[str, tuple[str, str]] = {
     "progress": ("", "progress"),
     "tolerance": ("laplace", "tolerance"), "rounds": ("laplace", "rounds"),
     "recovery_steps": ("laplace", "recovery_steps"), "recovery_lr": ("laplace", "recovery_lr"),
+    "blocks": ("laplace", "branches"),
     "steps": ("finetune", "steps"), "lr": ("finetune", "lr"), "n_data": ("finetune", "n_data"),
     "temperature": ("finetune", "temperature"), "noise_std": ("finetune", "hidden_noise_std"),
     "laplace_batches": ("finetune", "laplace_batches"),

@@ -184,3 +184,14 @@ def test_zoo_vit_layer_removed_whole_reloads_and_runs_in_onnxruntime(tmp_path: P
         torch.testing.assert_close(again(x2), model(x2), rtol=0, atol=0)
         got = sess.run(None, {"pixel_values": x2.numpy()})[0]
         assert np.abs(got - model(x2).numpy()).max() < 1e-4
+
+
+def test_a_recipe_or_the_cli_option_turns_block_removal_on():
+    from bmr_compress.pipeline.config import build_config, flat_record, from_recipe
+
+    assert build_config({"source": "x", "blocks": True}).laplace.branches is True
+    assert build_config({"source": "x"}).laplace.branches is False
+
+    config = from_recipe({"laplace": {"branches": True}}, "recipe.toml")
+    assert config.laplace.branches is True
+    assert flat_record(config)["blocks"] is True  # recorded in report.json / the manifest
