@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import warnings
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -123,7 +124,9 @@ def plain_loadable(model: nn.Module) -> bool:
     if cfg is None or not hasattr(cfg, "to_dict"):
         return False
     try:
-        with torch.device("meta"):
+        with torch.device("meta"), warnings.catch_warnings():
+            # a block removed whole (width 0 in every layer) builds zero-element tensors
+            warnings.filterwarnings("ignore", "Initializing zero-element tensors")
             fresh = type(model)(copy.deepcopy(cfg))
     except Exception as exc:  # noqa: BLE001 - any failure means "not expressible"
         log.info("config cannot express the cut model: %s", exc)

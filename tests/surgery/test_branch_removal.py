@@ -195,3 +195,28 @@ def test_a_recipe_or_the_cli_option_turns_block_removal_on():
     config = from_recipe({"laplace": {"branches": True}}, "recipe.toml")
     assert config.laplace.branches is True
     assert flat_record(config)["blocks"] is True  # recorded in report.json / the manifest
+
+
+def test_without_any_attention_the_onnx_file_still_takes_the_mask(tmp_path: Path):
+    """Every attention block removed: no node reads attention_mask, and the export keeps it
+    in the signature anyway (the feeds of every other export still work)."""
+    import onnxruntime as ort
+
+    from bmr_compress.coupling import discover_groups
+    from bmr_compress.cutting import apply_plan_
+    from bmr_compress.export.onnx_export import export_onnx
+    from bmr_compress.planning.plan import Plan, PlanSettings
+
+    model = tiny_bert()
+    groups = discover_groups(model)
+    keep = {g.name: [] if g.name.endswith("attention") else list(range(g.num_units))
+            for g in groups}
+    apply_plan_(model, groups, Plan(keep, {}, PlanSettings(unstructured=False), {}))
+    art = export_onnx(model, tmp_path / "m.onnx", _inputs())
+    sess = ort.InferenceSession(str(art.path), providers=["CPUExecutionProvider"])
+    assert [i.name for i in sess.get_inputs()] == ["input_ids", "attention_mask"]
+    batch = _batches(1, seed=12)[0]
+    feed = {k: batch[k][:3].numpy() for k in ("input_ids", "attention_mask")}
+    with torch.no_grad():
+        want = model(input_ids=batch["input_ids"][:3]).last_hidden_state.numpy()
+    assert np.abs(sess.run(None, feed)[0] - want).max() < 1e-4
