@@ -220,3 +220,28 @@ def test_without_any_attention_the_onnx_file_still_takes_the_mask(tmp_path: Path
     with torch.no_grad():
         want = model(input_ids=batch["input_ids"][:3]).last_hidden_state.numpy()
     assert np.abs(sess.run(None, feed)[0] - want).max() < 1e-4
+
+
+@pytest.mark.slow
+def test_cli_compress_with_blocks_passes_validation_and_reloads(tmp_path: Path):
+    """`compress --blocks` end to end (export, parity at other shapes, report, the padded
+    twin): the removed blocks are width 0 in the manifest and the output reloads."""
+    import json
+
+    from click.testing import CliRunner
+
+    from bmr_compress.cli.main import cli
+    from bmr_compress.cutting import load_compressed
+    from tests.snapshots import _save_text_snapshot
+
+    src = _save_text_snapshot(tmp_path / "snap", _useless_ffn_bert(), False)
+    out = tmp_path / "out"
+    r = CliRunner().invoke(cli, ["compress", str(src), "--out", str(out), "--max-samples", "96",
+                                 "--rounds", "1", "--recovery-steps", "3", "--blocks",
+                                 "--tolerance", "0.05", "--round-to", "1"])
+    assert r.exit_code == 0, r.output
+    man = json.loads((out / "bmr_manifest.json").read_text())
+    widths = {k: v["final_width"] for k, v in man["groups"].items()}
+    assert widths["layers.0.ffn"] == 0, widths
+    again = load_compressed(out)
+    assert again.encoder.layer[0].intermediate.dense.out_features == 0
