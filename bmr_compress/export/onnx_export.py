@@ -254,15 +254,11 @@ def export_onnx(
 
 def _keep_declared_inputs_(proto: onnx.ModelProto, spec: IoSpec,
                            sample: dict[str, torch.Tensor]) -> None:
-    """Put back, unread, every declared input the exporter dropped because no node reads it
-    (a model whose attention blocks were all removed no longer reads attention_mask), so the
-    file takes the same feeds as the model's other exports."""
+    """Put back, unread, each declared input no node reads (a model with every attention block
+    removed ignores attention_mask), so the file takes the same feeds as other exports."""
     import onnx
 
-    have = {i.name: i for i in proto.graph.input}
-    if all(n in have for n in spec.input_names):
-        return
-    out = []
+    have, out = {i.name: i for i in proto.graph.input}, []
     for name in spec.input_names:
         if name in have:
             out.append(have.pop(name))
