@@ -47,6 +47,20 @@ def _check(ok: bool, message: str) -> None:
         raise ValueError(message)
 
 
+def _basis(factors: LayerFactors, cols: Tensor, k: int | None,
+           ) -> tuple[Tensor, Tensor, Tensor, float]:
+    """(c, V, ã = Vᵀ A_Pk, α = A_kk) with C = A_PP = V diag(c) Vᵀ, A from the factors' s² A
+    (ã = 0, α = 1 without a bias column k)."""
+    up = factors.u[cols] * factors.e  # (p, d): rows P of U diag(e)
+    c = up @ factors.u[cols].T / factors.prior_var  # A_PP
+    c_eig, v = torch.linalg.eigh(0.5 * (c + c.T))
+    if k is None:
+        return c_eig.clamp_min(0.0), v, torch.zeros_like(c_eig), 1.0
+    a_pk = up @ factors.u[k] / factors.prior_var  # (p,)
+    alpha = float((factors.u[k] ** 2 * factors.e).sum() / factors.prior_var)
+    return c_eig.clamp_min(0.0), v, a_pk @ v, alpha
+
+
 class _Branch:
     """The per-row pieces of M_i in the eigenbasis of C (see the module docstring)."""
 
@@ -61,21 +75,15 @@ class _Branch:
         _check(len(rest) <= 1, "a branch must own every column of its consumer but the bias; "
                f"{len(rest)} columns are left")
         s2 = factors.prior_var
-        a_full = (factors.u * factors.e) @ factors.u.T / s2  # A, from the factors' s² A
-        c = a_full[cols][:, cols]
-        c_eig, v = torch.linalg.eigh(0.5 * (c + c.T))
-        self.c = c_eig.clamp_min(0.0)  # (p,)
+        key = ("branch", tuple(cols.tolist()))
+        if key not in factors.cache:  # independent of ν: once per layer and branch
+            factors.cache[key] = _basis(factors, cols, rest[0] if rest else None)
+        self.c, v, self.a, alpha = factors.cache[key]
         self.t = nu * factors.row_scale * s2  # (rows,)
         self.w = factors.w0[:, cols] @ v  # (rows, p): ŵ_i in the basis V
         self.v, self.cols, self.s2, self.nu = v, cols, s2, nu
-        if rest:
-            k = rest[0]
-            self.a = a_full[cols, k] @ v  # (p,): ã
-            alpha = float(a_full[k, k])
-            self.gamma = self.t ** 2 / (self.t * alpha + 1.0)  # (rows,)
-        else:
-            self.a = torch.zeros_like(self.c)
-            self.gamma = torch.zeros_like(self.t)
+        # γ_i = t_i² / (t_i α + 1); 0 without a bias column (ã = 0 then too)
+        self.gamma = self.t ** 2 / (self.t * alpha + 1.0) if rest else torch.zeros_like(self.t)
 
     def times_m(self, x: Tensor) -> Tensor:
         """M_i x_i for every row; x: (rows, p) in the basis V."""

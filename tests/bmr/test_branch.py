@@ -115,3 +115,14 @@ def test_branch_must_own_every_column_but_one():
     fac = LayerFactors.build(w0, a, b, S2)
     with pytest.raises(ValueError, match="every column"):
         branch_evidence(fac, torch.arange(D - 3), NU)
+
+
+def test_the_basis_is_computed_once_per_layer_and_reused_across_nu():
+    w0, a, b = _layer(13)
+    cols = torch.arange(D - 1)
+    fac = LayerFactors.build(w0, a, b, S2)
+    first = [float(branch_evidence(fac, cols, nu).delta_lnz[0]) for nu in (4.0, 40.0, 400.0)]
+    assert len(fac.cache) == 1
+    fresh = [float(branch_evidence(LayerFactors.build(w0, a, b, S2), cols, nu).delta_lnz[0])
+             for nu in (4.0, 40.0, 400.0)]
+    assert first == fresh
