@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from bmr_compress.bmr.ard import unit_score
-from bmr_compress.bmr.branch import branch_evidence
+from bmr_compress.bmr.branch import ROUNDING, branch_evidence
 from bmr_compress.bmr.structured import LayerFactors, column_reduced_means
 from bmr_compress.layers import layer_type
 from bmr_compress.coupling.groups import UnitGroup, zero_width_ok
@@ -172,10 +172,13 @@ def _branch_goes(fac: LayerFactors, cols: torch.Tensor, nu: float, prior: str,
     if int(cols.numel()) + 1 < fac.w0.shape[1]:  # columns other than the bias: not a branch
         return False
     ev = branch_evidence(fac, cols, nu, prior)
-    gone = sorted(set(range(len(unit_scores))) - set(kept))
-    thin = 0.0 if prior == "ard" else float(unit_scores[gone].sum()) if gone else 0.0
-    goes = float(ev.delta_lnz[0]) >= max(0.0, thin)
-    log.info("branch of %d units: joint ΔlnZ %.4g vs thinning %.4g: %s", len(unit_scores),
+    gone = unit_scores[sorted(set(range(len(unit_scores))) - set(kept))]
+    # units pinned at +inf by earlier rounds (weights already zero) add nothing either way
+    thin = 0.0 if prior == "ard" else float(gone[torch.isfinite(gone)].sum())
+    # within ROUNDING nats of each other (a layer whose weights are ~0 has s² ~ 0, so both
+    # are ~0): a tie, and ties go to the smaller model
+    goes = float(ev.delta_lnz[0]) >= max(0.0, thin) - ROUNDING
+    log.debug("branch of %d units: joint ΔlnZ %.4g vs thinning %.4g: %s", len(unit_scores),
              float(ev.delta_lnz[0]), thin, "removed" if goes else "kept")
     return goes
 

@@ -37,11 +37,11 @@ def _batches(n: int = 10, seed: int = 3) -> list[dict[str, torch.Tensor]]:
     return out
 
 
-def _compress(branches: bool):
+def _compress(branches: bool, prior: str = "ard"):
     import bmr_compress as bc
 
     model = _useless_ffn_bert()
-    config = CompressConfig(progress=False, plan=PlanConfig(round_to=1),
+    config = CompressConfig(progress=False, plan=PlanConfig(round_to=1, unit_prior=prior),
                             laplace=LaplaceSettings(tolerance=0.01, rounds=1, recovery_steps=0,
                                                     branches=branches))
     return bc.compress_(model, _batches(), config, task="embedding")
@@ -68,6 +68,12 @@ def test_evidence_removes_the_useless_blocks_and_keeps_the_rest(removed):
     assert second.attention.output.dense.in_features == 0
     assert not isinstance(first.attention.self, RemovedAttention)
     assert rec.final_distortion <= rec.tolerance
+
+
+def test_under_the_layer_prior_the_useless_blocks_go_too():
+    rec = _compress(branches=True, prior="layer")
+    assert rec.plan.keep["layers.0.ffn"] == [] and rec.plan.keep["layers.1.attention"] == []
+    assert rec.plan.keep["layers.1.ffn"] and rec.plan.keep["layers.0.attention"]
 
 
 def test_off_by_default_every_block_keeps_a_unit():
