@@ -68,7 +68,7 @@ KINDS = ("neuron", "filter", "head", "kv_group")
 
 def _one_shot(model: nn.Module, sites: Mapping[str, Any], factors: Mapping[str, Any],
               a_in: Mapping[str, torch.Tensor], groups: Mapping[str, Any], nu: float,
-              round_to: int, prior: str) -> tuple[nn.Module, int]:
+              round_to: int, prior: str, branches: bool = False) -> tuple[nn.Module, int]:
     """A copy of `model` with every site reduced at ν from the same statistics."""
     from bmr_compress.bmr.structured import column_reduced_means
     from bmr_compress.planning.sequential import decide_site, write_rows_
@@ -77,7 +77,8 @@ def _one_shot(model: nn.Module, sites: Mapping[str, Any], factors: Mapping[str, 
     removed = 0
     for name, site in sites.items():
         fac = factors[name]
-        keep, _, drop = decide_site(fac, site, groups, nu, round_to, prior=prior)
+        keep, _, drop = decide_site(fac, site, groups, nu, round_to, prior=prior,
+                                    branches=branches)
         removed += sum(groups[g].num_units - len(k) for g, k in keep.items())
         new = column_reduced_means(fac.w0, drop, a_in[name],
                                    nu * fac.row_scale, 1.0 / fac.prior_var)
@@ -90,7 +91,7 @@ def _calibrate(model: nn.Module, original: nn.Module, sites: Mapping[str, Any],
                groups: Mapping[str, Any], check: Sequence[Mapping[str, Any]], task: str,
                scale: float, base: float, budget: float, round_to: int, prior: str,
                near: float | None = None,
-               reference: Sequence[torch.Tensor] | None = None) -> float:
+               reference: Sequence[torch.Tensor] | None = None, branches: bool = False) -> float:
     """ν whose one-shot reduction adds at most `budget` measured distortion to `base`.
 
     `near`: the previous round's ν. The search then starts within a factor 10 of it (rounds
@@ -100,7 +101,8 @@ def _calibrate(model: nn.Module, original: nn.Module, sites: Mapping[str, Any],
     from bmr_compress.scoring.tolerance import calibrate_nu, distortion_at
 
     def measured(nu: float) -> tuple[float, int]:
-        tmp, removed = _one_shot(model, sites, factors, a_in, groups, nu, round_to, prior)
+        tmp, removed = _one_shot(model, sites, factors, a_in, groups, nu, round_to, prior,
+                                 branches)
         return distortion(tmp, original, check, task, scale, reference=reference) - base, removed
 
     if near is not None and math.isfinite(near):
@@ -189,7 +191,7 @@ def laplace_reduce(original: nn.Module, data: Any, task: str, *, tolerance: floa
                    rounds: int, recovery_steps: int, lr: float, round_to: int,
                    timer: Any, progress: bool = False, ranking: Ranking = EVIDENCE,
                    unit_prior: str = "ard", schedule: str = "constant",
-                   hidden_weight: float = 0.0) -> LaplaceOutcome:
+                   hidden_weight: float = 0.0, branches: bool = False) -> LaplaceOutcome:
     """Reduce a copy of `original` within `tolerance` (relative output distortion).
 
     `data`: .train_batches (calibration: check, statistics and recovery batches) and
@@ -201,6 +203,8 @@ def laplace_reduce(original: nn.Module, data: Any, task: str, *, tolerance: floa
     (one empirical-Bayes scale per layer, bmr/structured.py). `schedule`, `hidden_weight`:
     the recovery's lr schedule and layer-wise loss weight (algorithms/recovery.recover_); the
     teacher's targets on the recovery batches are computed once, for every round.
+    `branches`: a whole residual branch (an FFN block) may go when its joint evidence says so
+    (planning/sequential.decide_site, docs/theory.md §7c); off by default.
     """
     from bmr_compress.algorithms.curve import SNAPSHOT_MAX_PARAMS
     from bmr_compress.algorithms.recovery import distortion, probe_outputs
@@ -219,7 +223,8 @@ def laplace_reduce(original: nn.Module, data: Any, task: str, *, tolerance: floa
                          {g.name: g.num_units for g in first}, {}, tolerance=tolerance)
     ref = probe_outputs(original, cal.check, task)  # the original's side of every distortion
     run = _Run(original, example, cal, task, scale, round_to, timer, progress, ranking,
-               recovery_steps, lr, unit_prior, schedule, hidden_weight, ref)
+               recovery_steps, lr, unit_prior, schedule, hidden_weight, ref,
+               branches=branches)
     share = 1.0  # of the remaining tolerance a round may spend (halved after an overshoot)
     for r in range(len(ranking.follow) if following else rounds):
         before = distortion(model, original, cal.check, task, scale, reference=ref)
@@ -264,6 +269,7 @@ class _Run:
     hidden_weight: float = 0.0
     check_ref: Sequence[torch.Tensor] | None = None  # the original's outputs on cal.check
     targets: Any = None  # the teacher's outputs on cal.labelled, computed at the first recovery
+    branches: bool = False  # whole residual branches may go (decide_site)
 
     def round(self, model: nn.Module, out: LaplaceOutcome, r: int, before: float, budget: float,
               followed: FollowedRound | None) -> tuple[nn.Module, int, float] | None:
@@ -290,14 +296,15 @@ class _Run:
                 nu = _calibrate(model, o, sites, factors, a_in, {g.name: g for g in groups},
                                 cal.check, task, scale, before, budget, self.round_to,
                                 self.unit_prior, out.rounds[-1]["nu"] if out.rounds else None,
-                                self.check_ref)
+                                self.check_ref, self.branches)
         if not math.isfinite(nu):
             return None
         undo = copy.deepcopy(model), {k: list(v) for k, v in out.keep.items()}
         with self.timer("reduce"):
             res = reduce_sequential_(model, groups, sites, b, cal.stats, nu,
                                      round_to=self.round_to, prior=self.unit_prior,
-                                     ranking=self.ranking, round_index=r)
+                                     ranking=self.ranking, round_index=r,
+                                     branches=self.branches)
             plan = Plan({g.name: res.keep.get(g.name, list(range(g.num_units))) for g in groups},
                         {}, PlanSettings(unstructured=False, round_to=self.round_to), {})
             apply_plan_(model, groups, plan)

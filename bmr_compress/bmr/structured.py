@@ -40,7 +40,7 @@ written at their compensated values, not at the shrunk μ.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor
@@ -74,6 +74,8 @@ class LayerFactors:
     u: Tensor
     row_scale: Tensor
     prior_var: float
+    # what a scorer derives from these factors and reuses across ν (bmr/branch.py)
+    cache: dict = field(default_factory=dict, compare=False, repr=False)
 
     @classmethod
     def build(cls, w0: Tensor, a_in: Tensor, row_scale: Tensor, prior_var: float) -> LayerFactors:

@@ -85,6 +85,10 @@ fit_options = _stack(
                  help="Laplace: distillation steps after each round's cut [default: 100]."),
     click.option("--recovery-lr", type=FINITE_POSITIVE,
                  help="Laplace: Adam learning rate of the recovery steps [default: 1e-4]."),
+    click.option("--blocks/--no-blocks", "blocks", default=None,
+                 help="Laplace: let a whole attention or FFN block go when the evidence for "
+                      "removing it jointly says so (it then adds only its output bias); "
+                      "BERT, RoBERTa, XLM-R and the zoo ViT [default: off]."),
     click.option("--steps", type=click.IntRange(0),
                  help="Variational fine-tune steps; giving it selects --posterior variational "
                       "(the default Laplace path has no fine-tune; said on stderr)."),

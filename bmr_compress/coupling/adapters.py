@@ -44,6 +44,7 @@ class Layer:
     # KV unit along dim 0, cut with the heads (MPNet's per-layer head ids)
     ffn_chunks: int = 1  # ffn_in outputs `chunks` stacked halves (ModernBERT's GLU Wi: input
     # then gate rows); neuron j owns row j of every chunk
+    attn_owner: tuple[nn.Module, str] | None = None  # (parent, attribute) holding `attn`
 
 
 @dataclass
@@ -64,6 +65,8 @@ class FamilyAdapter:
     # for the README's family table (coupling.family_table)
     units = "attention heads, FFN neurons, hidden width"
     plain_transformers = "exact when widths are uniform, else zero-padded to them"
+    # residual branches ("ffn", "attention") the family's surgery can take to width 0
+    zero_width_branches: tuple[str, ...] = ()
 
     def parts(self, model: nn.Module) -> Parts:
         raise NotImplementedError
@@ -77,7 +80,7 @@ class FamilyAdapter:
         raise NotImplementedError
 
     def groups(self, model: nn.Module) -> list[UnitGroup]:
-        return build_groups(model, self.parts(model), self.family)
+        return build_groups(model, self.parts(model), self.family, self.zero_width_branches)
 
     def sync_(self, model: nn.Module) -> dict[str, object]:
         """Re-sync attention attributes and the config after a cut; returns config updates."""
@@ -147,7 +150,7 @@ def _channels(module: nn.Module, where: str) -> LayerType:
 
 
 def _head_groups(names, layer: Layer, i: int, family: str) -> UnitGroup:
-    rep = layer.num_heads // layer.num_kv
+    rep = layer.num_heads // layer.num_kv if layer.num_kv else 1  # 0: the block was removed
     hd = layer.head_dim
     (q, qo), (k, ko), (v, vo) = layer.q, layer.k, layer.v
     qi = blocks(layer.num_kv, rep * hd, qo)
@@ -160,7 +163,8 @@ def _head_groups(names, layer: Layer, i: int, family: str) -> UnitGroup:
     gate = names[id(v)] if v is not q else None
     return UnitGroup(f"layers.{i}.attention", kind, layer.num_kv, tuple(slices), family,
                      unit_width=rep * hd, extra={"heads_per_unit": rep, "head_dim": hd,
-                                                 "gate_module": gate, "gate_unit": hd})
+                                                 "gate_module": gate, "gate_unit": hd,
+                                                 "branch": "attention"})
 
 
 def ffn_width(layer: Layer) -> int:
@@ -176,7 +180,7 @@ def _ffn_group(names, layer: Layer, i: int, family: str) -> UnitGroup:
     # up_proj for gated FFNs: the gate enters linearly; none on a chunked (fused GLU) output
     gate = names[id(layer.ffn_in[-1])] if layer.ffn_chunks == 1 else None
     return UnitGroup(f"layers.{i}.ffn", "neuron", n, tuple(slices), family,
-                     extra={"gate_module": gate, "gate_unit": 1})
+                     extra={"gate_module": gate, "gate_unit": 1, "branch": "ffn"})
 
 
 def out_size(m: nn.Module) -> int:
@@ -228,12 +232,15 @@ def _get(model: nn.Module, name: str) -> torch.Tensor:
     return getattr(model.get_submodule(mpath) if mpath else model, attr)
 
 
-def build_groups(model: nn.Module, parts: Parts, family: str) -> list[UnitGroup]:
+def build_groups(model: nn.Module, parts: Parts, family: str,
+                 zero_width: tuple[str, ...] = ()) -> list[UnitGroup]:
     names = _names(model)
     groups = []
     for i, layer in enumerate(parts.layers):
         groups.append(_head_groups(names, layer, i, family))
         groups.append(_ffn_group(names, layer, i, family))
+    for g in groups:
+        g.extra["zero_width"] = g.extra["branch"] in zero_width
     hidden = _hidden_group(model, names, parts, family, groups)
     if hidden is not None:
         groups.append(hidden)

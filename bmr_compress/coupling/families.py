@@ -15,6 +15,7 @@ from bmr_compress.coupling.adapters import (
     FamilyAdapter, Layer, Parts, embedding_params, out_size, register_adapter, set_derived_heads,
     set_uniform,
 )
+from bmr_compress.coupling.removed import swap_attention_
 
 
 def _n(model: nn.Module) -> dict[int, str]:
@@ -30,6 +31,8 @@ def _widths(parts: Parts) -> tuple[list[int], list[int], list[int]]:
 
 
 class _BertLike(FamilyAdapter):
+    zero_width_branches = ("ffn", "attention")  # no heads: coupling/removed.py
+
     def _base(self, model: nn.Module) -> nn.Module:
         return model.base_model
 
@@ -44,7 +47,8 @@ class _BertLike(FamilyAdapter):
             norms = [blk.attention.output.LayerNorm, blk.output.LayerNorm]
             layers.append(Layer((sa.query, 0), (sa.key, 0), (sa.value, 0),
                                 blk.attention.output.dense, [blk.intermediate.dense],
-                                blk.output.dense, norms, sa, n, n, hd))
+                                blk.output.dense, norms, sa, n, n, hd,
+                                attn_owner=(blk.attention, "self")))
         producers = embedding_params(model, emb.word_embeddings, emb.position_embeddings,
                                       getattr(emb, "token_type_embeddings", None))
         consumers, fixed = [], []
@@ -62,6 +66,8 @@ class _BertLike(FamilyAdapter):
 
     def sync_layer_(self, layer: Layer) -> None:
         sa = layer.attn
+        if layer.attn_owner is not None:  # no heads left (or back, padded): coupling/removed
+            sa = layer.attn = swap_attention_(*layer.attn_owner)
         sa.all_head_size = sa.query.weight.shape[0]
         sa.num_attention_heads = sa.all_head_size // sa.attention_head_size
 

@@ -15,6 +15,13 @@ KINDS = ("neuron", "filter", "head", "kv_group", "hidden")
 ROLES = ("out", "in", "norm", "embed")
 
 
+def zero_width_ok(group: UnitGroup) -> bool:
+    """True when `group` is a whole residual branch (`extra["branch"]`: "ffn" or "attention")
+    that its family's surgery can take to width 0 (`extra["zero_width"]`, set by the family
+    adapter): the branch then adds only its output bias."""
+    return bool(group.extra.get("zero_width"))
+
+
 @dataclass(frozen=True)
 class Slice:
     """Unit j owns `state_dict()[param].index_select(dim, index[j])`.
@@ -80,14 +87,18 @@ def count_numel(group_slices: tuple[Slice, ...], shapes: dict[str, torch.Size]) 
         by_param.setdefault(s.param, []).append(s)
     for param, ss in by_param.items():
         shape = shapes[param]
-        numel = 1
-        for d in shape:
-            numel *= d
+
+        def across(*dims: int) -> int:  # elements per index along `dims` (a zero-width
+            n = 1  # axis elsewhere makes it 0, a zero-width `dims` axis does not)
+            for j, size in enumerate(shape):
+                n *= 1 if j in dims else size
+            return n
+
         owned = 0
         for s in ss:
-            owned += numel // shape[s.dim] * s.index.shape[1]
+            owned += across(s.dim) * s.index.shape[1]
         if len(ss) == 2 and ss[0].dim != ss[1].dim:  # inclusion-exclusion for row+column
             a, b = ss
-            owned -= numel // (shape[a.dim] * shape[b.dim]) * a.index.shape[1] * b.index.shape[1]
+            owned -= across(a.dim, b.dim) * a.index.shape[1] * b.index.shape[1]
         total += owned
     return total

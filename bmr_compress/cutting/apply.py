@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import warnings
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -23,7 +24,7 @@ from bmr_compress.io.checks import count_params
 from bmr_compress.layers import layer_type
 from bmr_compress.coupling.adapters import adapter_for
 from bmr_compress.cutting.cut import cut_, removed_indices
-from bmr_compress.coupling.groups import UnitGroup
+from bmr_compress.coupling.groups import UnitGroup, zero_width_ok
 from bmr_compress.planning.plan import Plan
 
 log = logging.getLogger(__name__)
@@ -60,7 +61,7 @@ def apply_plan_(
     """
     names = dict(model.named_parameters(remove_duplicate=False))
     for g in groups:
-        if not plan.keep.get(g.name, [0]):
+        if not plan.keep.get(g.name, [0]) and g.num_units and not zero_width_ok(g):
             raise UnsupportedModelError(f"plan keeps no unit of {g.name}")
     cuts = removed_indices(model, groups, plan.keep)  # validates indices before mutating
     cut_ids = set(cuts)
@@ -123,7 +124,9 @@ def plain_loadable(model: nn.Module) -> bool:
     if cfg is None or not hasattr(cfg, "to_dict"):
         return False
     try:
-        with torch.device("meta"):
+        with torch.device("meta"), warnings.catch_warnings():
+            # a block removed whole (width 0 in every layer) builds zero-element tensors
+            warnings.filterwarnings("ignore", "Initializing zero-element tensors")
             fresh = type(model)(copy.deepcopy(cfg))
     except Exception as exc:  # noqa: BLE001 - any failure means "not expressible"
         log.info("config cannot express the cut model: %s", exc)

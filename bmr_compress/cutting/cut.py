@@ -16,7 +16,7 @@ from torch import nn
 
 from bmr_compress.errors import UnsupportedModelError
 from bmr_compress.layers import layer_type
-from bmr_compress.coupling.groups import UnitGroup
+from bmr_compress.coupling.groups import UnitGroup, zero_width_ok
 
 log = logging.getLogger(__name__)
 
@@ -95,6 +95,9 @@ def cut_(
     tensor's qualified name) that are cut the same way; returns them cut.
     """
     cuts = removed_indices(model, groups, keep)
+    # (tensor, dim) a whole residual branch removed entirely may take to width 0
+    emptied = {(id(resolve(model, s.param)), s.dim) for g in groups
+               if zero_width_ok(g) and not keep.get(g.name, [0]) for s in g.slices}
     own = owners(model)
     old_sizes: set[int] = set()
     touched: dict[int, nn.Module] = {}
@@ -108,7 +111,7 @@ def cut_(
             size = t.shape[dim]
             old_sizes.add(size)
             kept_idx = torch.tensor([i for i in range(size) if i not in gone], dtype=torch.long)
-            if kept_idx.numel() == 0:
+            if kept_idx.numel() == 0 and (tid, dim) not in emptied:
                 raise UnsupportedModelError(f"cut would remove every channel of {entries[0][2]}")
             new = new.index_select(dim, kept_idx.to(new.device))
             for _, _, qual in entries:

@@ -248,7 +248,29 @@ def export_onnx(
         for w in caught:
             log.debug("onnx export: %s: %s", w.category.__name__, w.message)
         proto = onnx.load(str(raw))  # loads external data too, if torch wrote any
+    _keep_declared_inputs_(proto, spec, sample_inputs)
     return save_onnx(proto, path, spec, sparse=sparse, external_data_threshold=external_data_threshold)
+
+
+def _keep_declared_inputs_(proto: onnx.ModelProto, spec: IoSpec,
+                           sample: dict[str, torch.Tensor]) -> None:
+    """Put back, unread, each declared input no node reads (a model with every attention block
+    removed ignores attention_mask), so the file takes the same feeds as other exports."""
+    import onnx
+
+    have, out = {i.name: i for i in proto.graph.input}, []
+    for name in spec.input_names:
+        if name in have:
+            out.append(have.pop(name))
+            continue
+        t, axes = sample[name], spec.dynamic_axes.get(name, {})
+        out.append(onnx.helper.make_tensor_value_info(
+            name, onnx.helper.np_dtype_to_tensor_dtype(t.numpy().dtype),
+            [axes.get(d, t.shape[d]) for d in range(t.dim())]))
+        log.info("onnx export: input %s is read by no node; kept in the signature", name)
+    out += list(have.values())
+    del proto.graph.input[:]
+    proto.graph.input.extend(out)
 
 
 @contextlib.contextmanager

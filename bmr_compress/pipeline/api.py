@@ -119,7 +119,7 @@ def compress_(model: nn.Module, batches: Sequence[Mapping[str, Any]],
             lr=lap.recovery_lr, round_to=config.plan.round_to, timer=timer,
             progress=config.progress, ranking=Ranking(compensate=config.plan.compensate),
             unit_prior=config.plan.unit_prior, schedule=lap.recovery_schedule,
-            hidden_weight=lap.recovery_hidden_weight)
+            hidden_weight=lap.recovery_hidden_weight, branches=lap.branches)
     record = _finish(model, outcome, example, config, timer)
     record.processes = 1 if shard is None else shard.world
     return record

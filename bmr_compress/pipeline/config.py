@@ -75,6 +75,9 @@ class LaplaceSettings:
     recovery_lr: float = 1e-4  # Adam learning rate of those steps
     recovery_schedule: str = "constant"  # "constant" or "cosine" (algorithms/recovery.lr_factor)
     recovery_hidden_weight: float = 0.0  # weight of the layer-wise loss (0: the output only)
+    # a whole FFN block may go when its joint evidence says so (docs/theory.md §7c); off:
+    # every layer keeps at least one unit of each branch, as before
+    branches: bool = False
 
     def __post_init__(self) -> None:
         if self.tolerance is not None and not 0 < self.tolerance < float("inf"):
@@ -208,6 +211,7 @@ OPTIONS: dict[str, tuple[str, str]] = {
     "progress": ("", "progress"),
     "tolerance": ("laplace", "tolerance"), "rounds": ("laplace", "rounds"),
     "recovery_steps": ("laplace", "recovery_steps"), "recovery_lr": ("laplace", "recovery_lr"),
+    "blocks": ("laplace", "branches"),
     "steps": ("finetune", "steps"), "lr": ("finetune", "lr"), "n_data": ("finetune", "n_data"),
     "temperature": ("finetune", "temperature"), "noise_std": ("finetune", "hidden_noise_std"),
     "laplace_batches": ("finetune", "laplace_batches"),

@@ -19,9 +19,10 @@ import torch
 from torch import nn
 
 from bmr_compress.bmr.ard import unit_score
+from bmr_compress.bmr.branch import ROUNDING, branch_evidence
 from bmr_compress.bmr.structured import LayerFactors, column_reduced_means
 from bmr_compress.layers import layer_type
-from bmr_compress.coupling.groups import UnitGroup
+from bmr_compress.coupling.groups import UnitGroup, zero_width_ok
 from bmr_compress.planning.plan import keep_top, rounded_count
 from bmr_compress.planning.ranking import EVIDENCE, Ranking
 from bmr_compress.scoring.unit_posterior import (
@@ -69,6 +70,7 @@ def reduce_sequential_(
     prior: str = "ard",
     ranking: Ranking = EVIDENCE,
     round_index: int = 0,
+    branches: bool = False,
 ) -> SequentialResult:
     """Zero and compensate, site by site, every unit whose ΔlnZ ≥ 0 at precision ν.
 
@@ -79,7 +81,8 @@ def reduce_sequential_(
     `prior`: how each unit's prior scale is set (bmr.ard.UNIT_PRIORS; "ard" by default).
     `ranking` (planning/ranking.py): which units stay and whether the survivors are
     compensated; when it follows an earlier reduction, that reduction's round `round_index`
-    fixes how many units of each group stay.
+    fixes how many units of each group stay. `branches`: a whole residual branch may go
+    (decide_site).
     """
     by_name = {g.name: g for g in groups}
     result = SequentialResult()
@@ -100,7 +103,7 @@ def reduce_sequential_(
         fac = LayerFactors.build(w, a_in, b, s2)
         keep, scores, drop = decide_site(fac, site, by_name, nu, round_to, min_units,
                                          prior=prior, ranking=ranking, model=model,
-                                         round_index=round_index)
+                                         round_index=round_index, branches=branches)
         result.keep.update(keep)
         result.delta_lnz.update(scores)
         # the survivors make up for the removed columns: the conditional mean of the Laplace
@@ -121,7 +124,7 @@ def reduce_sequential_(
 def decide_site(fac: LayerFactors, site: Site, groups: Mapping[str, UnitGroup], nu: float,
                 round_to: int, min_units: int = 1, *, prior: str = "ard",
                 ranking: Ranking = EVIDENCE, model: nn.Module | None = None,
-                round_index: int = 0,
+                round_index: int = 0, branches: bool = False,
                 ) -> tuple[dict[str, list[int]], dict[str, torch.Tensor], torch.Tensor]:
     """BMR's decision at one consumer site: (kept units per group, ΔlnZ per unit, bool mask
     of the consumer columns that go). Units with ΔlnZ ≥ 0 go; kept counts are rounded to a
@@ -129,7 +132,12 @@ def decide_site(fac: LayerFactors, site: Site, groups: Mapping[str, UnitGroup], 
 
     `ranking` chooses which units stay (by its importance; `model`: the model as it is now,
     read by the magnitude ranking) and, when it follows an earlier reduction, how many
-    (that reduction's round `round_index`)."""
+    (that reduction's round `round_index`).
+
+    `branches`: a group that is a whole residual branch the cut can remove
+    (coupling.groups.zero_width_ok) and the only one its site consumes is also scored as one
+    unit (bmr.branch.branch_evidence); it goes entirely when that joint ΔlnZ ≥ 0 and is at
+    least what thinning gains (docs/theory.md §7c)."""
     counts = ranking.kept_counts(round_index)
     keep: dict[str, list[int]] = {}
     scores: dict[str, torch.Tensor] = {}
@@ -143,11 +151,36 @@ def decide_site(fac: LayerFactors, site: Site, groups: Mapping[str, UnitGroup], 
             n_keep = rounded_count(g, int((ev.delta_lnz < 0).sum()), round_to, min_units,
                                    scores=ev.delta_lnz)
         keep[gname] = keep_top(-ranking.importance(model, g, ev).double(), n_keep)
+        if branches and counts is None and len(site.columns) == 1 and zero_width_ok(g) \
+                and _branch_goes(fac, cols, nu, prior, ev.delta_lnz, keep[gname]):
+            keep[gname] = []
         scores[gname] = ev.delta_lnz
         gone = sorted(set(range(g.num_units)) - set(keep[gname]))
         if gone:
             drop[cols[gone].flatten()] = True
     return keep, scores, drop
+
+
+def _branch_goes(fac: LayerFactors, cols: torch.Tensor, nu: float, prior: str,
+                 unit_scores: torch.Tensor, kept: list[int]) -> bool:
+    """Whether removing the whole branch beats thinning it, by evidence. The branch's joint
+    ΔlnZ must be ≥ 0 (the constant branch is at least as probable as the full one) and at
+    least the thinned layer's, which the per-unit rule takes as the sum of its removed units'
+    ΔlnZ under "layer"; under "ard" a removed unit's evidence is 0 (its τ* = 0; the score
+    reported for it is its τ = 1 value, for ordering), so thinning gains 0 and a tie goes to
+    the smaller model."""
+    if int(cols.numel()) + 1 < fac.w0.shape[1]:  # columns other than the bias: not a branch
+        return False
+    ev = branch_evidence(fac, cols, nu, prior)
+    gone = unit_scores[sorted(set(range(len(unit_scores))) - set(kept))]
+    # units pinned at +inf by earlier rounds (weights already zero) add nothing either way
+    thin = 0.0 if prior == "ard" else float(gone[torch.isfinite(gone)].sum())
+    # within ROUNDING nats of each other (a layer whose weights are ~0 has s² ~ 0, so both
+    # are ~0): a tie, and ties go to the smaller model
+    goes = float(ev.delta_lnz[0]) >= max(0.0, thin) - ROUNDING
+    log.debug("branch of %d units: joint ΔlnZ %.4g vs thinning %.4g: %s", len(unit_scores),
+             float(ev.delta_lnz[0]), thin, "removed" if goes else "kept")
+    return goes
 
 
 def _rel_error(w: torch.Tensor, new: torch.Tensor, a_in: torch.Tensor, b: torch.Tensor) -> float:

@@ -50,7 +50,7 @@ def consumer_sites(model: nn.Module, groups: Iterable[UnitGroup],
     sites: dict[str, Site] = {}
     unsupported: list[str] = []
     for g in groups:
-        if g.kind not in kinds:
+        if g.kind not in kinds or g.num_units == 0:  # a branch an earlier round removed
             continue
         ins = [s for s in g.slices if s.role == "in"]
         if any(s.role in ("norm", "embed") for s in g.slices) or not ins:

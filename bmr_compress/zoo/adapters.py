@@ -44,6 +44,7 @@ def register_with_surgery() -> str:
 @register_adapter(ViT)
 class ZooViTAdapter(FamilyAdapter):
     family = "zoo:vit"
+    zero_width_branches = ("ffn", "attention")  # zero heads: SelfAttention gives o's bias
 
     def parts(self, model: nn.Module) -> Parts:
         assert isinstance(model, ViT)

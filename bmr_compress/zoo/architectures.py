@@ -266,6 +266,9 @@ class SelfAttention(nn.Module):
         # heads from the projection width, so removing whole heads needs no attribute edits
         self.num_heads = self.q_proj.out_features // self.head_dim
 
+        if self.num_heads == 0:  # a removed block (docs/theory.md §7c): the zero-width context gives the
+            return self.o_proj(x[..., :0])  # bias (a 0-head reshape breaks the ONNX exporter)
+
         def split(y: torch.Tensor) -> torch.Tensor:  # (B, T, h*d) -> (B, h, T, d)
             return y.reshape(b, t, -1, self.head_dim).transpose(1, 2)
 
