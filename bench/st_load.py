@@ -30,11 +30,9 @@ def main() -> None:
     import transformers
     from transformers import AutoTokenizer
 
-    from bmr_compress.export.validation import ValidationResult
-    from bmr_compress.export.validation_checks import check_st_embeddings
-    from bmr_compress.io.package_corpus import split_texts
+    from bmr_compress.export import ValidationResult, check_st_embeddings, retrieval_pairs
 
-    texts = list(split_texts("heldout")[: args.texts])
+    texts = list(retrieval_pairs(args.texts)["heldout"].documents)
     tok = AutoTokenizer.from_pretrained(str(args.out))
     res = ValidationResult()
     info = check_st_embeddings(res, args.out, None, tok, texts,  # type: ignore[arg-type]

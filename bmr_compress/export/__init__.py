@@ -18,6 +18,7 @@ _EXPORTS = {
     "quantize_int8": "quantize",
     "validate": "gate", "ValidationResult": "validation", "ValidationSettings": "validation",
     "Check": "validation", "make_inputs_like": "validation",
+    "check_st_embeddings": "validation_checks",
     "task_metric": "metrics", "measure_latency": "latency", "cpu_session": "latency",
     "make_pairs": "retrieval", "onnx_encoder": "retrieval", "retrieval_metrics": "retrieval",
     "retention": "retrieval", "ranks": "retrieval", "reciprocal_ranks": "retrieval",
